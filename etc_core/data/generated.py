@@ -1,0 +1,211 @@
+"""The generated dataset on disk: writer (one Ray task per clip when Ray is up) and reader.
+
+Layout (docs/data.md):
+
+    ROOT/dataset.json                          manifest, written last: spec, class names, clip ids per split
+    ROOT/{split}/{clip_id}/clip.json           the clip's seed and spec (a clip dir exists only when complete)
+    ROOT/{split}/{clip_id}/frames/{t:06d}.png  RGB uint8
+    ROOT/{split}/{clip_id}/labels/{t:06d}.png  class ids (mode L), only for labelled frames
+    ROOT/{split}/{clip_id}/flows/{t:06d}.npy   float32 [2,H,W], the pair (t, t+1), project convention
+    ROOT/{split}/{clip_id}/valid/{t:06d}.png   255 where flows[t] is in frame and not occluded
+
+Clip ids are `clip_{i:06d}`. Each clip is written into `{clip_id}.tmp/` and renamed when complete, and the
+manifest is written last, so a killed writer leaves no half clip and a rerun redoes only what is missing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from etc_core.config import DataConfig
+from etc_core.data.base import IGNORE_INDEX, Clip
+from etc_core.data.synthetic import class_names, make_clip
+from etc_core.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "etc-generated-v1"
+SPLITS = ("train", "val")
+_SPEC_KEYS = ("seed", "num_frames", "height", "width", "num_classes", "label_every", "label_offset", "noise")
+
+
+def _spec(cfg: DataConfig) -> dict:
+    return {k: getattr(cfg, k) for k in _SPEC_KEYS}
+
+
+def clip_seed(seed: int, split: str, index: int) -> int:
+    """The make_clip seed of clip `index` of `split` (train and val never share a clip)."""
+    return (seed * 1_000_003 + SPLITS.index(split) * 500_009 + index) % 2**63
+
+
+def labelled_frames(num_frames: int, label_every: int, label_offset: int) -> list[int]:
+    """Frames that keep their label: offset, offset + every, ..."""
+    return list(range(min(label_offset, num_frames - 1), num_frames, label_every))
+
+
+def _write_clip(root: str, split: str, index: int, spec: dict) -> str:
+    """Generate and atomically write one clip; skip it when a complete copy with the same spec exists."""
+    clip_id = f"clip_{index:06d}"
+    final = Path(root) / split / clip_id
+    meta = {"seed": clip_seed(spec["seed"], split, index), "spec": spec}
+    if (final / "clip.json").is_file() and json.loads((final / "clip.json").read_text()) == meta:
+        return clip_id
+    clip = make_clip(meta["seed"], spec["num_frames"], spec["height"], spec["width"], spec["num_classes"],
+                     noise=spec["noise"])
+    tmp = final.with_name(clip_id + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for sub in ("frames", "labels", "flows", "valid"):
+        (tmp / sub).mkdir(parents=True)
+    keep = set(labelled_frames(spec["num_frames"], spec["label_every"], spec["label_offset"]))
+    for t in range(clip.num_frames):
+        Image.fromarray(clip.frames[t]).save(tmp / "frames" / f"{t:06d}.png")
+        if t in keep:
+            Image.fromarray(clip.labels[t], mode="L").save(tmp / "labels" / f"{t:06d}.png")
+        if t + 1 < clip.num_frames:
+            np.save(tmp / "flows" / f"{t:06d}.npy", clip.flows[t])
+            Image.fromarray(clip.valid[t].astype(np.uint8) * 255, mode="L").save(tmp / "valid" / f"{t:06d}.png")
+    (tmp / "clip.json").write_text(json.dumps(meta))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return clip_id
+
+
+def write_dataset(cfg: DataConfig, progress: bool = True) -> GeneratedDataset:
+    """Write cfg.train_clips + cfg.val_clips generated clips under cfg.root; return the reader.
+
+    Runs one Ray task per clip when Ray is initialised (see etc_core.ray_utils.init_ray), else in this process.
+    An existing dataset with the same spec is reused as is; one with another spec is an error.
+    """
+    root = Path(cfg.root)
+    spec = _spec(cfg)
+    counts = {"train": cfg.train_clips, "val": cfg.val_clips}
+    manifest_path = root / "dataset.json"
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        if old.get("spec") == spec and {s: len(ids) for s, ids in old.get("splits", {}).items()} == counts:
+            log.info("dataset at %s already complete, reusing it", root)
+            return GeneratedDataset(root)
+        want = {**spec, **{f"{s}_clips": n for s, n in counts.items()}}
+        have = {**old.get("spec", {}), **{f"{s}_clips": len(ids) for s, ids in old.get("splits", {}).items()}}
+        key = next(k for k in want if have.get(k) != want[k])
+        raise DatasetError(f"{manifest_path}: generated with data.{key}={have.get(key)!r}, config asks for "
+                           f"{want[key]!r}; choose another data.root or delete it")
+    jobs = [(split, i) for split in SPLITS for i in range(counts[split])]
+    bar = tqdm(total=len(jobs), desc="generate clips", unit="clip", disable=not progress)
+    ids = _run_jobs(str(root), jobs, spec, bar)
+    bar.close()
+    manifest = {"format": FORMAT, "spec": spec, "class_names": class_names(cfg.num_classes),
+                "labelled_frames": labelled_frames(cfg.num_frames, cfg.label_every, cfg.label_offset),
+                "splits": {split: sorted(i for s, i in ids if s == split) for split in SPLITS}}
+    tmp = manifest_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, manifest_path)
+    return GeneratedDataset(root)
+
+
+def _run_jobs(root: str, jobs: list[tuple[str, int]], spec: dict, bar) -> list[tuple[str, str]]:
+    import ray
+
+    if not ray.is_initialized():
+        done = []
+        for split, i in jobs:
+            done.append((split, _write_clip(root, split, i, spec)))
+            bar.update(1)
+        return done
+    remote = ray.remote(num_cpus=1, max_retries=2)(_write_clip)
+    pending = {remote.remote(root, split, i, spec): split for split, i in jobs}
+    done = []
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        split = pending.pop(ready[0])
+        done.append((split, ray.get(ready[0])))
+        bar.update(1)
+    return done
+
+
+class GeneratedDataset:
+    """Reader for the layout above; implements etc_core.data.base.VideoDataset."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        manifest_path = self.root / "dataset.json"
+        if not manifest_path.is_file():
+            raise DatasetError(f"{manifest_path}: not found (generate the dataset first: etc-pipeline make-dataset)")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{manifest_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        if manifest.get("format") != FORMAT:
+            raise DatasetError(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        self.spec: dict = manifest["spec"]
+        self.num_classes: int = self.spec["num_classes"]
+        self.class_names: list[str] = manifest["class_names"]
+        self.labelled_frames: list[int] = manifest["labelled_frames"]
+        self._splits: dict[str, list[str]] = manifest["splits"]
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self._splits)
+
+    def clip_ids(self, split: str) -> list[str]:
+        if split not in self._splits:
+            raise DatasetError(f"{self.root}: no split {split!r} (have {', '.join(self._splits)})")
+        return list(self._splits[split])
+
+    def read_clip(self, split: str, clip_id: str) -> Clip:
+        """Load frames, labels (255 on unlabelled frames), ground-truth flows and valid masks."""
+        d = self.root / split / clip_id
+        n, h, w = self.spec["num_frames"], self.spec["height"], self.spec["width"]
+        frames = np.stack([self._png(d / "frames" / f"{t:06d}.png", (h, w, 3)) for t in range(n)])
+        labels = np.full((n, h, w), IGNORE_INDEX, np.uint8)
+        for t in self.labelled_frames:
+            labels[t] = self._png(d / "labels" / f"{t:06d}.png", (h, w))
+        flows = np.stack([self._npy(d / "flows" / f"{t:06d}.npy", (2, h, w)) for t in range(n - 1)])
+        valid = np.stack([self._png(d / "valid" / f"{t:06d}.png", (h, w)) > 0 for t in range(n - 1)])
+        return Clip(frames=frames, labels=labels, flows=flows, valid=valid)
+
+    @staticmethod
+    def _png(path: Path, shape: tuple) -> np.ndarray:
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im)
+        except FileNotFoundError:
+            raise DatasetError(f"{path}: missing") from None
+        except OSError as e:
+            raise DatasetError(f"{path}: unreadable image ({e})") from None
+        if arr.shape != shape:
+            raise DatasetError(f"{path}: shape {arr.shape}, expected {shape}")
+        return arr
+
+    @staticmethod
+    def _npy(path: Path, shape: tuple) -> np.ndarray:
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise DatasetError(f"{path}: missing") from None
+        except ValueError as e:
+            raise DatasetError(f"{path}: unreadable array ({e})") from None
+        if arr.shape != shape:
+            raise DatasetError(f"{path}: shape {arr.shape}, expected {shape}")
+        return arr.astype(np.float32, copy=False)
+
+    def summary(self) -> str:
+        """A few lines describing the dataset (printed by the demo)."""
+        s = self.spec
+        lines = [f"generated video dataset at {self.root}",
+                 f"  {s['num_frames']} frames of {s['height']}x{s['width']} per clip, {self.num_classes} classes: "
+                 f"{', '.join(self.class_names)}",
+                 f"  labelled frames per clip: {len(self.labelled_frames)} (every {s['label_every']}, "
+                 f"from {s['label_offset']}); flow pairs per clip: {s['num_frames'] - 1}"]
+        for split in self.splits:
+            n = len(self._splits[split])
+            lines.append(f"  {split}: {n} clips, {n * s['num_frames']} frames, "
+                         f"{n * len(self.labelled_frames)} labelled")
+        return "\n".join(lines)

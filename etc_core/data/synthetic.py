@@ -1,0 +1,211 @@
+"""The generated video dataset: textured shapes moving over a moving textured background, with exact labels and flow.
+
+Every layer (the background and each object) is a textured plane under a time-varying similarity transform
+(translation, rotation, scale). A pixel shows the front-most layer whose shape covers it, so labels are exact
+per pixel, and the flow of a pair (t, t+1) follows from the visible layer's two transforms:
+p' = A(t+1) A(t)^-1 p, flow = p' - p, on frame t's grid. That is the project convention,
+warp(frame_{t+1}, flow) ~ frame_t, exactly, up to per-frame lighting noise and bilinear interpolation.
+Objects occlude each other, and some leave or enter the frame. Class 0 is the background; every object class
+appears in every clip, so every split contains every class.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from etc_core.data.base import Clip
+
+SHAPES = ("disk", "square", "triangle", "ellipse", "ring", "diamond", "cross")
+
+
+def class_names(num_classes: int) -> list[str]:
+    """Readable class names: background, then shape names (with an index once shapes repeat)."""
+    names = ["background"]
+    for c in range(1, num_classes):
+        shape = SHAPES[(c - 1) % len(SHAPES)]
+        names.append(shape if c <= len(SHAPES) else f"{shape}{(c - 1) // len(SHAPES) + 1}")
+    return names
+
+
+def _inside(shape: str, ux: np.ndarray, uy: np.ndarray) -> np.ndarray:
+    """Whether local coordinates (unit radius) lie inside `shape`."""
+    if shape == "disk":
+        return ux**2 + uy**2 <= 1.0
+    if shape == "square":
+        return np.maximum(np.abs(ux), np.abs(uy)) <= 0.8
+    if shape == "triangle":  # equilateral, circumradius 1, apex up
+        return (uy <= 0.5) & (np.sqrt(3) * ux - uy <= 1.0) & (-np.sqrt(3) * ux - uy <= 1.0)
+    if shape == "ellipse":
+        return ux**2 + (uy / 0.55) ** 2 <= 1.0
+    if shape == "ring":
+        r2 = ux**2 + uy**2
+        return (r2 <= 1.0) & (r2 >= 0.45**2)
+    if shape == "diamond":
+        return np.abs(ux) + np.abs(uy) <= 1.0
+    if shape == "cross":
+        ax, ay = np.abs(ux), np.abs(uy)
+        return ((ax <= 1.0) & (ay <= 0.33)) | ((ay <= 1.0) & (ax <= 0.33))
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """A textured plane moving as p = scale(t) * R(angle(t)) u + center(t); u in the layer's own pixels."""
+
+    label: int
+    shape: str | None  # None = background (covers everything)
+    radius: float
+    center0: np.ndarray  # [2] (x, y) pixels at t=0
+    velocity: np.ndarray  # [2] pixels per frame
+    accel: np.ndarray  # [2] pixels per frame^2
+    angle0: float
+    spin: float  # radians per frame
+    scale_rate: float  # log-scale change per frame
+    colour: np.ndarray  # [3] base RGB in [0,255]
+    freqs: np.ndarray  # [K,2] cycles per pixel
+    phases: np.ndarray  # [K]
+    amps: np.ndarray  # [K,3] per-channel amplitude
+
+    def pose(self, t: float) -> tuple[np.ndarray, float, float]:
+        center = self.center0 + self.velocity * t + 0.5 * self.accel * t * t
+        return center, self.angle0 + self.spin * t, float(np.exp(self.scale_rate * t))
+
+    def to_local(self, t: float, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Image points -> layer coordinates (pixels of the layer at scale 1)."""
+        center, angle, scale = self.pose(t)
+        dx, dy = x - center[0], y - center[1]
+        c, s = np.cos(angle), np.sin(angle)
+        return (c * dx + s * dy) / scale, (-s * dx + c * dy) / scale
+
+    def to_image(self, t: float, ux: np.ndarray, uy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        center, angle, scale = self.pose(t)
+        c, s = np.cos(angle), np.sin(angle)
+        return center[0] + scale * (c * ux - s * uy), center[1] + scale * (s * ux + c * uy)
+
+    def covers(self, ux: np.ndarray, uy: np.ndarray) -> np.ndarray:
+        if self.shape is None:
+            return np.ones(ux.shape, bool)
+        return _inside(self.shape, ux / self.radius, uy / self.radius)
+
+    def texture(self, ux: np.ndarray, uy: np.ndarray) -> np.ndarray:
+        """RGB float [...,3]: base colour plus a few sinusoidal gratings fixed to the layer."""
+        waves = np.sin(2 * np.pi * (ux[..., None] * self.freqs[:, 0] + uy[..., None] * self.freqs[:, 1])
+                       + self.phases)  # [...,K]
+        return self.colour + waves @ self.amps
+
+
+def _random_texture(rng: np.random.Generator, k: int, fmin: float, fmax: float) -> tuple:
+    freq = rng.uniform(fmin, fmax, k)
+    theta = rng.uniform(0, np.pi, k)
+    freqs = np.stack([freq * np.cos(theta), freq * np.sin(theta)], 1)
+    return freqs, rng.uniform(0, 2 * np.pi, k), rng.uniform(-1, 1, (k, 3)) * rng.uniform(20, 40, (k, 1))
+
+
+def _hue_colour(hue: float, sat: float, val: float) -> np.ndarray:
+    """HSV -> RGB in [0,255]."""
+    i, f = int(hue * 6) % 6, hue * 6 - int(hue * 6)
+    p, q, t = val * (1 - sat), val * (1 - sat * f), val * (1 - sat * (1 - f))
+    rgb = [(val, t, p), (q, val, p), (p, val, t), (p, q, val), (t, p, val), (val, p, q)][i]
+    return np.array(rgb) * 255
+
+
+def _trajectory(rng, lo: float, hi: float, speed: float, steps: int, keep_inside: bool) -> tuple[float, float]:
+    """Start and velocity on one axis; with keep_inside the path stays within [lo, hi] for all steps."""
+    v = rng.uniform(-speed, speed)
+    if not keep_inside:
+        return rng.uniform(lo, hi), v
+    span = hi - lo
+    if abs(v) * steps > 0.8 * span:
+        v = np.sign(v) * 0.8 * span / max(steps, 1)
+    start_lo, start_hi = lo - min(0.0, v * steps), hi - max(0.0, v * steps)
+    return rng.uniform(start_lo, start_hi), v
+
+
+def _make_layers(rng: np.random.Generator, num_frames: int, height: int, width: int,
+                 num_classes: int) -> list[_Layer]:
+    """Background first, then objects back to front."""
+    size = min(height, width)
+    steps = num_frames - 1
+    freqs, phases, amps = _random_texture(rng, 4, 0.03, 0.12)
+    layers = [_Layer(
+        label=0, shape=None, radius=1.0,
+        center0=np.array([width / 2, height / 2]),
+        velocity=rng.uniform(-1, 1, 2) * 0.012 * size, accel=np.zeros(2),
+        angle0=0.0, spin=rng.uniform(-1, 1) * 0.003, scale_rate=rng.uniform(-1, 1) * 0.004,
+        colour=_hue_colour(rng.uniform(), 0.15, 0.55), freqs=freqs, phases=phases, amps=amps * 0.8)]
+    # One object per class that stays in frame (so each class is in every clip), plus some that cross the border.
+    n_extra = int(rng.integers(1, max(2, num_classes // 2) + 1))
+    classes = list(range(1, num_classes)) + [int(c) for c in rng.integers(1, num_classes, n_extra)]
+    anchors = [True] * (num_classes - 1) + [False] * n_extra
+    order = rng.permutation(len(classes))  # depth order, back to front
+    for idx in order:
+        label, anchor = classes[idx], anchors[idx]
+        radius = rng.uniform(0.1, 0.2) * size
+        margin = 0.25 if anchor else -0.1
+        speed = (0.02 if anchor else 0.05) * size
+        cx, vx = _trajectory(rng, margin * width, (1 - margin) * width, speed, steps, anchor)
+        cy, vy = _trajectory(rng, margin * height, (1 - margin) * height, speed, steps, anchor)
+        freqs, phases, amps = _random_texture(rng, 3, 0.05, 0.15)
+        hue = (label - 1) / max(num_classes - 1, 1) + rng.uniform(-0.03, 0.03)
+        layers.append(_Layer(
+            label=label, shape=SHAPES[(label - 1) % len(SHAPES)], radius=radius,
+            center0=np.array([cx, cy]), velocity=np.array([vx, vy]),
+            accel=rng.uniform(-1, 1, 2) * 0.002 * size,
+            angle0=rng.uniform(0, 2 * np.pi), spin=rng.uniform(-1, 1) * np.deg2rad(4),
+            scale_rate=rng.uniform(-1, 1) * 0.012,
+            colour=_hue_colour(hue % 1.0, rng.uniform(0.55, 0.9), rng.uniform(0.6, 0.95)),
+            freqs=freqs, phases=phases, amps=amps))
+    return layers
+
+
+def _visible_layer(layers: list[_Layer], t: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Index of the front-most layer covering each point at time t."""
+    top = np.zeros(x.shape, np.int64)
+    for j, layer in enumerate(layers[1:], start=1):
+        top[layer.covers(*layer.to_local(t, x, y))] = j
+    return top
+
+
+def make_clip(seed: int, num_frames: int, height: int, width: int, num_classes: int,
+              noise: float = 0.02) -> Clip:
+    """Generate one clip, deterministic in its arguments.
+
+    Returns Clip(frames uint8 [T,H,W,3], labels uint8 [T,H,W], flows float32 [T-1,2,H,W], valid bool [T-1,H,W]).
+    `noise` scales the per-frame lighting change and sensor noise (0 = frames are exact renderings).
+    """
+    if num_frames < 2 or height < 8 or width < 8 or not 2 <= num_classes <= 255:
+        raise ValueError(f"make_clip: need num_frames >= 2, height/width >= 8, 2 <= num_classes <= 255; got "
+                         f"{num_frames=} {height=} {width=} {num_classes=}")
+    rng = np.random.default_rng(seed)
+    layers = _make_layers(rng, num_frames, height, width, num_classes)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    label_of = np.array([layer.label for layer in layers], np.uint8)
+    frames = np.empty((num_frames, height, width, 3), np.uint8)
+    labels = np.empty((num_frames, height, width), np.uint8)
+    flows = np.empty((num_frames - 1, 2, height, width), np.float32)
+    valid = np.empty((num_frames - 1, height, width), bool)
+    for t in range(num_frames):
+        top = _visible_layer(layers, t, xs, ys)
+        labels[t] = label_of[top]
+        image = np.zeros((height, width, 3))
+        flow = np.zeros((2, height, width))
+        for j, layer in enumerate(layers):
+            sel = top == j
+            if not sel.any():
+                continue
+            ux, uy = layer.to_local(t, xs[sel], ys[sel])
+            image[sel] = layer.texture(ux, uy)
+            if t + 1 < num_frames:
+                nx, ny = layer.to_image(t + 1, ux, uy)
+                flow[0][sel], flow[1][sel] = nx - xs[sel], ny - ys[sel]
+        gain = 1 + 2 * noise * rng.standard_normal()
+        offset = 255 * noise * rng.standard_normal(3)
+        image = image * gain + offset + 0.5 * 255 * noise * rng.standard_normal(image.shape)
+        frames[t] = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+        if t + 1 < num_frames:
+            flows[t] = flow
+            px, py = xs + flow[0], ys + flow[1]
+            in_frame = (px >= 0) & (px <= width - 1) & (py >= 0) & (py <= height - 1)
+            valid[t] = in_frame & (_visible_layer(layers, t + 1, px, py) == top)
+    return Clip(frames=frames, labels=labels, flows=flows, valid=valid)

@@ -1,0 +1,43 @@
+"""Start or join Ray the same way in every entry point, test and demo.
+
+A local Ray keeps every port on 127.0.0.1: Ray binds all interfaces unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+is set in the environment of the process that starts it (ECOSYSTEM.md, "Verified on this machine"). Ray reads
+that variable once, when `ray` is first imported, so `init_ray` sets it before importing Ray and, when Ray was
+imported earlier, applies the same setting to the already-read constant.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from etc_core.config import RayConfig
+
+log = logging.getLogger(__name__)
+
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def init_ray(cfg: RayConfig | None = None, runtime_env: dict | None = None) -> dict:
+    """Join the cluster named by cfg.address or RAY_ADDRESS (ray job submit sets it), else start Ray on 127.0.0.1.
+
+    Returns ray.init's context as a dict ({"address": ..., "dashboard_url": ...}). A no-op when Ray is up.
+    """
+    cfg = cfg or RayConfig()
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        os.environ.update(LOOPBACK_ENV)  # inherited by every Ray process this driver starts
+        if "ray._private.ray_constants" in sys.modules:
+            sys.modules["ray._private.ray_constants"].ENABLE_RAY_CLUSTER = False
+    import ray
+
+    if ray.is_initialized():
+        return {"address": ray.get_runtime_context().gcs_address, "dashboard_url": None}
+    if address:
+        log.info("joining Ray at %s", address)
+        ctx = ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ctx = ray.init(num_cpus=cfg.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                       runtime_env=runtime_env)
+        log.info("started a local Ray on 127.0.0.1 (dashboard %s)", ctx.dashboard_url)
+    return {"address": ctx.address_info.get("gcs_address"), "dashboard_url": ctx.dashboard_url}
