@@ -1,6 +1,6 @@
 """The `etc-pipeline` console script: small tools beside the Ray pipelines in pipelines/.
 
-    etc-pipeline make-dataset --config configs/demo.yaml data.root=/tmp/data data.train_clips=20
+    etc-pipeline make-dataset --config configs/demo.yaml data.root=/tmp/data data.num_videos=24
 """
 from __future__ import annotations
 

@@ -45,8 +45,8 @@ class DataConfig(_Section):
     kind: Literal["synthetic"] = "synthetic"
     root: str = "runs/demo/data"
     seed: int = 0
-    train_clips: int = Field(8, ge=1)
-    val_clips: int = Field(2, ge=1)
+    num_videos: int = Field(10, ge=2)  # clips in all; val_fraction of them (at least 1) form the val split
+    val_fraction: float = Field(0.2, gt=0, lt=1)
     num_frames: int = Field(12, ge=2)
     height: int = Field(96, ge=16)
     width: int = Field(160, ge=16)
@@ -54,6 +54,12 @@ class DataConfig(_Section):
     label_every: int = Field(1, ge=1)  # keep only every n-th frame's label (Cityscapes keeps 1 in 30)
     label_offset: int = Field(0, ge=0)  # index of the first labelled frame inside a clip
     noise: float = Field(0.02, ge=0, le=1)  # per-frame lighting/sensor noise that makes per-frame models flicker
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        """Clips per split: {"train": n, "val": m}, both at least 1."""
+        val = min(max(1, round(self.num_videos * self.val_fraction)), self.num_videos - 1)
+        return {"train": self.num_videos - val, "val": val}
 
     @field_validator("root")
     @classmethod

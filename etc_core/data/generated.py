@@ -78,22 +78,23 @@ def _write_clip(root: str, split: str, index: int, spec: dict) -> str:
 
 
 def write_dataset(cfg: DataConfig, progress: bool = True) -> GeneratedDataset:
-    """Write cfg.train_clips + cfg.val_clips generated clips under cfg.root; return the reader.
+    """Write cfg.num_videos generated clips (train and val) under cfg.root; return the reader.
 
     Runs one Ray task per clip when Ray is initialised (see etc_core.ray_utils.init_ray), else in this process.
     An existing dataset with the same spec is reused as is; one with another spec is an error.
     """
     root = Path(cfg.root)
     spec = _spec(cfg)
-    counts = {"train": cfg.train_clips, "val": cfg.val_clips}
+    counts = cfg.split_sizes
     manifest_path = root / "dataset.json"
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text())
         if old.get("spec") == spec and {s: len(ids) for s, ids in old.get("splits", {}).items()} == counts:
             log.info("dataset at %s already complete, reusing it", root)
             return GeneratedDataset(root)
-        want = {**spec, **{f"{s}_clips": n for s, n in counts.items()}}
-        have = {**old.get("spec", {}), **{f"{s}_clips": len(ids) for s, ids in old.get("splits", {}).items()}}
+        want = {**spec, "num_videos": sum(counts.values()), "val_videos": counts["val"]}
+        have = {**old.get("spec", {}), "num_videos": sum(map(len, old.get("splits", {}).values())),
+                "val_videos": len(old.get("splits", {}).get("val", []))}
         key = next(k for k in want if have.get(k) != want[k])
         raise DatasetError(f"{manifest_path}: generated with data.{key}={have.get(key)!r}, config asks for "
                            f"{want[key]!r}; choose another data.root or delete it")

@@ -40,7 +40,7 @@ def test_local_ray_listens_only_on_loopback(ray_local):
 
 
 def test_dataset_written_by_ray_tasks_matches_in_process(ray_local, tmp_path):
-    kw = dict(train_clips=3, val_clips=2, num_frames=4, height=24, width=32, num_classes=3)
+    kw = dict(num_videos=5, val_fraction=0.4, num_frames=4, height=24, width=32, num_classes=3)
     by_ray = write_dataset(DataConfig(root=str(tmp_path / "ray"), **kw), progress=False)
     ray_local.shutdown()
     try:
@@ -60,7 +60,7 @@ def test_dataset_written_by_ray_tasks_matches_in_process(ray_local, tmp_path):
 def test_demo_entry_point_end_to_end(tmp_path):
     """pipelines/full.py starts its own local Ray, writes the dataset and prints the summary."""
     proc = run_python("pipelines/full.py", "--config", "configs/demo.yaml", f"data.root={tmp_path}/data",
-                      "data.train_clips=2", "data.val_clips=1", "data.height=32", "data.width=48",
+                      "data.num_videos=3", "data.val_fraction=0.3", "data.height=32", "data.width=48",
                       "data.num_frames=4", "ray.num_cpus=2", timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "train: 2 clips, 8 frames" in proc.stdout and "val: 1 clips" in proc.stdout

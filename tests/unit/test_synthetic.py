@@ -48,7 +48,7 @@ def test_any_size_and_bad_arguments():
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(root=str(tmp_path / "data"), train_clips=2, val_clips=1, num_frames=5, height=24, width=32,
+    base = dict(root=str(tmp_path / "data"), num_videos=3, val_fraction=0.3, num_frames=5, height=24, width=32,
                 num_classes=4, label_every=2, label_offset=1)
     return DataConfig(**{**base, **kw})
 
