@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from etc_core.config import DataConfig
 from etc_core.data.base import IGNORE_INDEX, Clip
-from etc_core.data.synthetic import class_names, make_clip
+from etc_core.data.synthetic import class_names, make_clip, pair_flow
 from etc_core.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,16 @@ class GeneratedDataset:
         flows = np.stack([self._npy(d / "flows" / f"{t:06d}.npy", (2, h, w)) for t in range(n - 1)])
         valid = np.stack([self._png(d / "valid" / f"{t:06d}.png", (h, w)) > 0 for t in range(n - 1)])
         return Clip(frames=frames, labels=labels, flows=flows, valid=valid)
+
+    def pair_flow(self, split: str, clip_id: str, t: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact ground-truth flow of the pair (t, t+k), any k: (float32 [2,H,W], valid bool [H,W])."""
+        meta_path = self.root / split / clip_id / "clip.json"
+        try:
+            seed = json.loads(meta_path.read_text())["seed"]
+        except (OSError, ValueError, KeyError) as e:
+            raise DatasetError(f"{meta_path}: unreadable ({e})") from None
+        s = self.spec
+        return pair_flow(seed, s["num_frames"], s["height"], s["width"], s["num_classes"], t, k)
 
     @staticmethod
     def _png(path: Path, shape: tuple) -> np.ndarray:

@@ -167,6 +167,27 @@ def _visible_layer(layers: list[_Layer], t: float, x: np.ndarray, y: np.ndarray)
     return top
 
 
+def _pair_flow(layers: list[_Layer], t: int, k: int, xs: np.ndarray, ys: np.ndarray,
+               top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact flow of the pair (t, t+k) on frame t's grid, and where it is in frame and not occluded at t+k."""
+    flow = np.zeros((2, *xs.shape))
+    for j, layer in enumerate(layers):
+        sel = top == j
+        if sel.any():
+            nx, ny = layer.to_image(t + k, *layer.to_local(t, xs[sel], ys[sel]))
+            flow[0][sel], flow[1][sel] = nx - xs[sel], ny - ys[sel]
+    height, width = xs.shape
+    px, py = xs + flow[0], ys + flow[1]
+    in_frame = (px >= 0) & (px <= width - 1) & (py >= 0) & (py <= height - 1)
+    return flow.astype(np.float32), in_frame & (_visible_layer(layers, t + k, px, py) == top)
+
+
+def _check_args(num_frames: int, height: int, width: int, num_classes: int) -> None:
+    if num_frames < 2 or height < 8 or width < 8 or not 2 <= num_classes <= 255:
+        raise ValueError(f"make_clip: need num_frames >= 2, height/width >= 8, 2 <= num_classes <= 255; got "
+                         f"{num_frames=} {height=} {width=} {num_classes=}")
+
+
 def make_clip(seed: int, num_frames: int, height: int, width: int, num_classes: int,
               noise: float = 0.02) -> Clip:
     """Generate one clip, deterministic in its arguments.
@@ -174,9 +195,7 @@ def make_clip(seed: int, num_frames: int, height: int, width: int, num_classes: 
     Returns Clip(frames uint8 [T,H,W,3], labels uint8 [T,H,W], flows float32 [T-1,2,H,W], valid bool [T-1,H,W]).
     `noise` scales the per-frame lighting change and sensor noise (0 = frames are exact renderings).
     """
-    if num_frames < 2 or height < 8 or width < 8 or not 2 <= num_classes <= 255:
-        raise ValueError(f"make_clip: need num_frames >= 2, height/width >= 8, 2 <= num_classes <= 255; got "
-                         f"{num_frames=} {height=} {width=} {num_classes=}")
+    _check_args(num_frames, height, width, num_classes)
     rng = np.random.default_rng(seed)
     layers = _make_layers(rng, num_frames, height, width, num_classes)
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
@@ -189,23 +208,28 @@ def make_clip(seed: int, num_frames: int, height: int, width: int, num_classes: 
         top = _visible_layer(layers, t, xs, ys)
         labels[t] = label_of[top]
         image = np.zeros((height, width, 3))
-        flow = np.zeros((2, height, width))
         for j, layer in enumerate(layers):
             sel = top == j
-            if not sel.any():
-                continue
-            ux, uy = layer.to_local(t, xs[sel], ys[sel])
-            image[sel] = layer.texture(ux, uy)
-            if t + 1 < num_frames:
-                nx, ny = layer.to_image(t + 1, ux, uy)
-                flow[0][sel], flow[1][sel] = nx - xs[sel], ny - ys[sel]
+            if sel.any():
+                image[sel] = layer.texture(*layer.to_local(t, xs[sel], ys[sel]))
         gain = 1 + 2 * noise * rng.standard_normal()
         offset = 255 * noise * rng.standard_normal(3)
         image = image * gain + offset + 0.5 * 255 * noise * rng.standard_normal(image.shape)
         frames[t] = np.clip(np.rint(image), 0, 255).astype(np.uint8)
         if t + 1 < num_frames:
-            flows[t] = flow
-            px, py = xs + flow[0], ys + flow[1]
-            in_frame = (px >= 0) & (px <= width - 1) & (py >= 0) & (py <= height - 1)
-            valid[t] = in_frame & (_visible_layer(layers, t + 1, px, py) == top)
+            flows[t], valid[t] = _pair_flow(layers, t, 1, xs, ys, top)
     return Clip(frames=frames, labels=labels, flows=flows, valid=valid)
+
+
+def pair_flow(seed: int, num_frames: int, height: int, width: int, num_classes: int, t: int,
+              k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact flow of the pair (t, t+k) of the clip make_clip(seed, ...) would give, for any k (negative too).
+
+    Returns flow float32 [2,H,W] (project convention: warp(frame_{t+k}, flow) ~ frame_t) and valid bool [H,W].
+    """
+    _check_args(num_frames, height, width, num_classes)
+    if not (0 <= t < num_frames and 0 <= t + k < num_frames):
+        raise ValueError(f"pair_flow: frames {t} and {t + k} must lie in [0, {num_frames})")
+    layers = _make_layers(np.random.default_rng(seed), num_frames, height, width, num_classes)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    return _pair_flow(layers, t, k, xs, ys, _visible_layer(layers, t, xs, ys))

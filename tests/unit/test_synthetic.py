@@ -69,6 +69,8 @@ def test_write_and_read_roundtrip_with_sparse_labels(tmp_path):
     assert np.array_equal(clip.labels[[1, 3]], ref.labels[[1, 3]])
     assert (clip.labels[[0, 2, 4]] == 255).all() and clip.labelled == [1, 3]
     assert "train: 2 clips, 10 frames, 4 labelled" in ds.summary()
+    gt_flow, gt_valid = ds.pair_flow("train", "clip_000001", 2, 1)
+    assert np.array_equal(gt_flow, clip.flows[2]) and np.array_equal(gt_valid, clip.valid[2])
     # val clips differ from train clips
     assert not np.array_equal(ds.read_clip("val", "clip_000000").frames, ds.read_clip("train", "clip_000000").frames)
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from etc_core.data.synthetic import make_clip
+from etc_core.data.synthetic import make_clip, pair_flow
 from etc_core.flow import flow_to_color, in_frame_mask, warp
 
 
@@ -64,6 +64,26 @@ def test_warp_reproduces_generated_frames_and_labels(noise):
     # the wrong direction of the flow must not work as well
     err_neg = (warp(frames[1:], -flows) - frames[:-1]).abs().mean(1)[interior]
     assert err.mean() < err_neg.mean()
+
+
+@pytest.mark.parametrize("t, k", [(2, 1), (3, -1), (1, 3), (4, -3)])
+def test_pair_flow_for_any_gap_warps_labels_exactly(t, k):
+    """pair_flow(t, k) satisfies warp(frame_{t+k}, F) = frame_t for gaps both ways, and k=1 equals clip.flows."""
+    args = dict(seed=11, num_frames=6, height=48, width=80, num_classes=5)
+    clip = make_clip(**args, noise=0.0)
+    flow, valid = pair_flow(**args, t=t, k=k)
+    if k == 1:
+        assert np.array_equal(flow, clip.flows[t]) and np.array_equal(valid, clip.valid[t])
+    labels = torch.from_numpy(clip.labels)
+    edges = _edges(labels)
+    flow_t = torch.from_numpy(flow)[None]
+    interior = torch.from_numpy(valid) & (edges[t, 0] == 0) & (warp(edges[t + k][None], flow_t)[0, 0] == 0)
+    assert interior.float().mean() > 0.5
+    warped = warp(labels[t + k][None, None].float(), flow_t, mode="nearest")[0, 0].long()
+    assert torch.equal(warped[interior], labels[t].long()[interior])
+    frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float()
+    err = (warp(frames[t + k][None], flow_t)[0] - frames[t]).abs().mean(0)[interior]
+    assert err.mean() < 2.0
 
 
 def test_warp_rejects_bad_shapes_and_modes():
