@@ -74,11 +74,33 @@ class RayConfig(_Section):
     num_cpus: int | None = Field(None, ge=1)
 
 
+class MlflowConfig(_Section):
+    """Where runs, pictures and models go. tracking_uri: None = $MLFLOW_TRACKING_URI, else SQLite under runs/."""
+
+    tracking_uri: str | None = Field(None, validate_default=True)
+    experiment: str = "etc-pipeline"
+    artifact_root: str = "runs/mlartifacts"  # artifact location of an experiment created on a local store
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _resolve_uri(cls, value: str | None) -> str:
+        value = value or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///runs/mlflow.db"
+        if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
+            return "sqlite:///" + _expand_path(value[len("sqlite:///"):])  # four slashes: absolute
+        return _ENV_RE.sub(lambda m: os.environ.get(m.group(1), m.group(0)), value)
+
+    @field_validator("artifact_root")
+    @classmethod
+    def _absolute_artifacts(cls, value: str) -> str:
+        return _expand_path(value)
+
+
 class EtcConfig(_Section):
     """The whole configuration; each stage reads its own section."""
 
-    data: DataConfig = DataConfig()
-    ray: RayConfig = RayConfig()
+    data: DataConfig = Field(default_factory=DataConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any, item: str) -> None:

@@ -1,0 +1,112 @@
+"""MLflow plumbing: experiment set-up, stage runs nested under the pipeline's run, params, metrics and pictures.
+
+Only the driver process logs (one writer per SQLite store, ECOSYSTEM.md 4). Values that look like credentials
+never reach MLflow: `log_params` drops keys that name a secret.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from etc_core.config import MlflowConfig
+
+log = logging.getLogger(__name__)
+
+_SECRET_RE = re.compile(r"(secret|password|passwd|token|access_key|credential|session_key)", re.I)
+_MAX_PARAM_CHARS = 6000
+
+
+def setup(cfg: MlflowConfig) -> str:
+    """Point MLflow at cfg.tracking_uri and make sure the experiment exists; return its id."""
+    import mlflow
+
+    if cfg.tracking_uri.startswith("sqlite:///"):
+        Path(cfg.tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(cfg.experiment)
+    if exp is None:
+        location = None
+        if not cfg.tracking_uri.startswith(("http://", "https://", "databricks")):
+            Path(cfg.artifact_root).mkdir(parents=True, exist_ok=True)
+            location = Path(cfg.artifact_root).as_uri()
+        try:
+            exp_id = client.create_experiment(cfg.experiment, artifact_location=location)
+        except mlflow.exceptions.MlflowException:  # another process created it meanwhile
+            exp_id = client.get_experiment_by_name(cfg.experiment).experiment_id
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+@contextmanager
+def stage_run(cfg: MlflowConfig, stage: str, run_name: str | None = None, params: dict[str, Any] | None = None,
+              parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[Any]:
+    """Open a run for one stage, tagged `etc.stage`; nested under the active run or `parent_run_id`."""
+    import mlflow
+
+    exp_id = setup(cfg)
+    active = mlflow.active_run()
+    parent = parent_run_id or (active.info.run_id if active else None)
+    run_tags = {"etc.stage": stage, **(tags or {})}
+    if parent:
+        run_tags["mlflow.parentRunId"] = parent
+    with mlflow.start_run(run_name=run_name or stage, experiment_id=exp_id, nested=active is not None,
+                          tags=run_tags) as run:
+        if params:
+            log_params(params)
+        yield run
+
+
+def clean_params(params: dict[str, Any]) -> dict[str, str]:
+    """Stringified params without credential-like keys, each cut to MLflow's value limit."""
+    out = {}
+    for key, value in params.items():
+        if _SECRET_RE.search(key):
+            continue
+        text = "None" if value is None else str(value)
+        out[key] = text[:_MAX_PARAM_CHARS]
+    return out
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log a flat dict of params to the active run (see clean_params)."""
+    import mlflow
+
+    items = list(clean_params(params).items())
+    for i in range(0, len(items), 100):
+        mlflow.log_params(dict(items[i:i + 100]))
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Log numeric metrics to the active run; names like `train/loss_tc`, `val/miou`."""
+    import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_image(image: np.ndarray, artifact_file: str) -> None:
+    """Log a uint8 [H,W,3] picture as a PNG artifact of the active run."""
+    import mlflow
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, os.path.basename(artifact_file))
+        Image.fromarray(image).save(path)
+        mlflow.log_artifact(path, artifact_path=os.path.dirname(artifact_file) or None)
+
+
+def log_figure(fig: Any, artifact_file: str) -> None:
+    """Log a matplotlib figure as an artifact of the active run."""
+    import mlflow
+
+    mlflow.log_figure(fig, artifact_file)
