@@ -1,0 +1,45 @@
+"""Segmentation cross-entropy with ignore index 255 and PSPNet's auxiliary ("deep supervision") term."""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+# the label value of etc_core.data.base.IGNORE_INDEX; not imported from there because etc_core.config imports
+# this package and etc_core.data imports etc_core.config (a test keeps the two equal)
+IGNORE_INDEX = 255
+
+
+def cross_entropy(logits: Tensor, label: Tensor, class_weight: Optional[Tensor] = None) -> Tensor:
+    """Mean CE over labelled pixels (255 ignored); 0, not NaN, when no pixel is labelled.
+
+    logits [B,K,H,W], label [B,H,W] int (255 = ignore), class_weight [K] or None -> 0-dim
+    """
+    if logits.shape[0] != label.shape[0] or logits.shape[2:] != label.shape[1:]:
+        raise ValueError(f"cross_entropy: logits {list(logits.shape)} and label {list(label.shape)} do not match")
+    label = label.long()
+    per_pixel = F.cross_entropy(logits.float(), label, weight=class_weight, ignore_index=IGNORE_INDEX,
+                                reduction="none")  # [B,H,W], 0 at ignored pixels
+    valid = label != IGNORE_INDEX
+    if class_weight is None:
+        denom = valid.sum().to(per_pixel.dtype)
+    else:  # weighted mean, as F.cross_entropy(weight=...) with reduction="mean"
+        denom = class_weight[label.clamp(max=class_weight.numel() - 1)].mul(valid).sum().to(per_pixel.dtype)
+    return per_pixel.sum() / denom.clamp(min=1e-12)  # no labelled pixel: 0 / eps = 0
+
+
+def segmentation_loss(logits: Tensor, label: Tensor, aux: Optional[Tensor] = None, aux_weight: float = 0.4,
+                      class_weight: Optional[Tensor] = None) -> Tensor:
+    """CE_dsn of PAPER.md 2.2: CE(logits) + aux_weight * CE(aux) when aux is given.
+
+    logits, aux [B,K,H,W] at label size, label [B,H,W] (255 = ignore) -> 0-dim
+    """
+    loss = cross_entropy(logits, label, class_weight)
+    if aux is not None and aux_weight > 0:
+        loss = loss + aux_weight * cross_entropy(aux, label, class_weight)
+    return loss
