@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from etc_core.errors import ConfigError
+from etc_core.losses.etc import LossConfig
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -36,7 +37,7 @@ def _expand_path(value: str) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class DataConfig(_Section):
@@ -74,6 +75,71 @@ class RayConfig(_Section):
     num_cpus: int | None = Field(None, ge=1)
 
 
+class TrainConfig(_Section):
+    """What teacher and student training share: Ray Train scaling, optimiser, schedule, augmentation, checkpoints."""
+
+    max_steps: int = Field(300, ge=1)  # optimizer steps in all
+    steps_per_epoch: int = Field(50, ge=1)  # validation, checkpoint and MLflow cadence
+    workers: int = Field(1, ge=0)  # Ray Train workers; 0 = Ray's local mode (the loop runs in the driver)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    loader_workers: int = Field(0, ge=0)  # DataLoader processes per Ray Train worker
+    batch_size: int = Field(8, ge=1)  # per worker
+    val_batch_size: int = Field(8, ge=1)
+    crop: tuple[int, int] | None = None  # (height, width); None = the whole frame
+    scale: tuple[float, float] = (0.5, 2.0)
+    flip: bool = True
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0)  # backbone; heads get lr * head_lr_mult (PAPER.md 6)
+    head_lr_mult: float = Field(10.0, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    poly_power: float = Field(0.9, ge=0)
+    amp: bool = True  # mixed precision, on GPU only
+    grad_clip: float | None = Field(None, gt=0)
+    seed: int = 0
+    log_every: int = Field(10, ge=1)
+    num_to_keep: int = Field(2, ge=1)  # best checkpoints kept, by val mIoU
+    max_failures: int = Field(2, ge=-1)  # worker-group restarts from the last checkpoint (-1 = forever)
+    storage_path: str = "runs/ray_results"  # local path or s3://bucket/prefix
+    pictures: int = Field(4, ge=0)  # val pairs drawn in the per-epoch picture grid
+
+    @field_validator("storage_path")
+    @classmethod
+    def _absolute_storage(cls, value: str) -> str:
+        return _expand_path(value)
+
+
+class TeacherConfig(_Section):
+    """The large teacher: trained with CE + the temporal loss (PAPER.md 3)."""
+
+    arch: str = "pspnet50"
+    loss: LossConfig = Field(default_factory=LossConfig)
+
+
+class StudentLossConfig(LossConfig):
+    """A student's loss: the teacher's terms plus pixel-wise and pair-wise temporal distillation (PAPER.md 3.6)."""
+
+    kd_pixel_weight: float = Field(1.0, ge=0)
+    kd_temporal_weight: float = Field(1.0, ge=0)
+
+
+class StudentConfig(_Section):
+    """A compact student; its teacher comes from the MLflow registry (or any models:/ or runs:/ URI)."""
+
+    arch: str = "pspnet18"
+    loss: StudentLossConfig = Field(default_factory=StudentLossConfig)
+    teacher_uri: str = "models:/etc-teacher@champion"
+
+
+class RegistryConfig(_Section):
+    """When a newly registered version becomes `champion` (else it is tagged `candidate`)."""
+
+    champion_metric: Literal["val_miou", "val_tc", "val_score"] = "val_miou"
+    min_improvement: float = Field(0.0, ge=0)  # in metric points over the current champion
+    score_tc_weight: float = Field(0.5, ge=0, le=1)  # val_score = (1 - w) * mIoU + w * TC
+
+
 class MlflowConfig(_Section):
     """Where runs, pictures and models go. tracking_uri: None = $MLFLOW_TRACKING_URI, else SQLite under runs/."""
 
@@ -95,12 +161,60 @@ class MlflowConfig(_Section):
         return _expand_path(value)
 
 
+class FlowConfig(_Section):
+    """Where training flow comes from: a ptlflow model (name checked when the stage starts) or the dataset's own."""
+
+    source: Literal["ptlflow", "ground_truth"] = "ground_truth"  # ground_truth: the generated data's exact flow
+    model: str = "rapidflow_it1"  # any ptlflow.get_model_names() entry
+    weights: str = "none"  # ptlflow checkpoint name (things, sintel, ...), a local checkpoint path, or none = random
+    num_actors: int | None = Field(None, ge=1)  # None: one per GPU, else 1
+    cpus_per_actor: int = Field(1, ge=1)
+    batch_size: int = Field(4, ge=1)  # pairs per actor call
+
+
+class ShardsConfig(_Section):
+    """The WebDataset shards the flow stage writes and training reads: a local folder or s3://bucket/prefix."""
+
+    uri: str = "runs/demo/shards"
+    k: list[int] = Field(default_factory=lambda: [1])  # frame gaps of training pairs (t, t+k); negative allowed
+    max_samples_per_shard: int = Field(64, ge=1)
+    max_shard_bytes: int = Field(256 * 2**20, ge=2**16)
+    seed: int = 0  # shuffled assignment of videos to shards
+
+    @field_validator("uri")
+    @classmethod
+    def _absolute_uri(cls, value: str) -> str:
+        value = _expand_path(value)
+        return value.rstrip("/") if value.startswith("s3://") else value
+
+    @field_validator("k")
+    @classmethod
+    def _nonzero_gaps(cls, value: list[int]) -> list[int]:
+        if not value or 0 in value:
+            raise ValueError("frame gaps must be a non-empty list of non-zero integers")
+        return sorted(set(value), key=value.index)
+
+
+class S3Config(_Section):
+    """S3 client settings; credentials come only from the environment / boto3 chain, never from here."""
+
+    endpoint_url: str | None = None  # None: $AWS_ENDPOINT_URL, else real AWS
+    region: str | None = None  # None: $AWS_DEFAULT_REGION / boto3's default
+
+
 class EtcConfig(_Section):
     """The whole configuration; each stage reads its own section."""
 
     data: DataConfig = Field(default_factory=DataConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    flow: FlowConfig = Field(default_factory=FlowConfig)
+    shards: ShardsConfig = Field(default_factory=ShardsConfig)
+    s3: S3Config = Field(default_factory=S3Config)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any, item: str) -> None:
@@ -167,6 +281,16 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         key, reason = _describe(e.errors()[0], EtcConfig)
         where = f"override {from_override[key]}" if key in from_override else source
         raise ConfigError(f"{where}: {key}: {reason}") from None
+
+
+def config_hash(*sections: BaseModel) -> str:
+    """A short stable hash of config sections (12 hex chars), for caching stage outputs and naming runs."""
+    import hashlib
+    import json
+
+    payload = json.dumps([type(s).__name__ for s in sections] + [s.model_dump(mode="json") for s in sections],
+                         sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
 def flatten(cfg: BaseModel, prefix: str = "") -> dict[str, Any]:

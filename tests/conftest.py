@@ -33,3 +33,35 @@ def run_python(*args: str, cwd: Path = REPO, timeout: int = 300):
 
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """A real moto S3 server on 127.0.0.1 (port chosen by the OS); yields its endpoint URL.
+
+    Sets fake AWS_* credentials and AWS_ENDPOINT_URL in os.environ for the whole session, so boto3 in this process,
+    in subprocesses and in Ray workers started afterwards can never reach real AWS; tests that start Ray earlier
+    pass the same variables through runtime_env (see `aws_env`).
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    _, port = server.get_host_and_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = aws_env(endpoint)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield endpoint
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop()
+
+
+def aws_env(endpoint: str) -> dict[str, str]:
+    """Test-only AWS variables pointing boto3 at `endpoint` (a moto server)."""
+    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}

@@ -110,3 +110,29 @@ def log_figure(fig: Any, artifact_file: str) -> None:
     import mlflow
 
     mlflow.log_figure(fig, artifact_file)
+
+
+class RunLogger:
+    """Logs to one run by id from any process (a Ray Train rank-0 worker), without an active run."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        import mlflow
+
+        self.client = mlflow.MlflowClient(tracking_uri)
+        self.run_id = run_id
+
+    def metrics(self, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def image(self, image: np.ndarray, artifact_file: str) -> None:
+        from PIL import Image
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, os.path.basename(artifact_file))
+            Image.fromarray(image).save(path)
+            self.client.log_artifact(self.run_id, path, artifact_path=os.path.dirname(artifact_file) or None)

@@ -1,0 +1,307 @@
+"""WebDataset shards of flow pairs: writing one shard atomically, the manifest, and reading them back.
+
+Layout under a shard URI (local folder or s3://bucket/prefix):
+
+    {uri}/manifest.json               written last: shards, sample counts, config hash, versions
+    {uri}/{train,val}/shard-{i:06d}.tar
+    sample `{video}_{t:06d}_{k}`: img0.png (frame t, RGB), img1.png (frame t+k), flow.npy (float16 [2,H,W],
+    project convention), label.png (uint8, 255 = ignore; only when frame t is labelled), meta.json
+
+Readers: `iter_samples` (each sample once, numpy) and `make_loader` (a rank-aware torch DataLoader for training
+and evaluation). s3:// shards are streamed through boto3 (a gopen handler registered at import).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import random
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from functools import partial
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from etc_core.data.base import IGNORE_INDEX
+from etc_core.errors import ShardError, StorageError
+from etc_core.storage import uri as storage
+
+log = logging.getLogger(__name__)
+
+FORMAT = "etc-shards-v1"
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val")
+FIELDS = ("img0.png", "img1.png", "flow.npy", "meta.json")  # label.png is optional
+_SHUFFLE_BUFFER = 256
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}/shard-{index:06d}.tar"
+
+
+def sample_key(video: str, t: int, k: int) -> str:
+    return f"{video}_{t:06d}_{k}"
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+def encode_sample(key: str, img0: np.ndarray, img1: np.ndarray, flow: np.ndarray, label: np.ndarray | None,
+                  meta: dict) -> dict:
+    """One WebDataset sample: img0/img1 uint8 [H,W,3], flow float [2,H,W] (stored float16), label uint8 [H,W]."""
+    sample = {"__key__": key, "img0.png": img0, "img1.png": img1, "flow.npy": flow.astype(np.float16),
+              "meta.json": meta}
+    if label is not None:
+        sample["label.png"] = label
+    return sample
+
+
+def write_shard(samples: list[dict], url: str, endpoint_url: str | None = None, region: str | None = None) -> int:
+    """Write samples as one tar and make it visible at url only when complete; return its size in bytes."""
+    if storage.is_s3(url):
+        fd, tmp = tempfile.mkstemp(prefix="etc-shard-", suffix=".tar.tmp")
+        os.close(fd)
+    else:
+        os.makedirs(os.path.dirname(url), exist_ok=True)
+        tmp = f"{url}.tmp.{os.getpid()}"
+    try:
+        with wds.TarWriter(tmp, mtime=0) as sink:  # mtime fixed: the same samples give the same bytes
+            for sample in samples:
+                sink.write(sample)
+        nbytes = os.path.getsize(tmp)
+        storage.put_file(tmp, url, endpoint_url, region)
+    except storage.UriError as e:
+        raise StorageError(str(e)) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return nbytes
+
+
+def count_samples(url: str, endpoint_url: str | None = None, region: str | None = None) -> int | None:
+    """Samples in a complete, readable shard, or None when it is missing, truncated or unreadable."""
+    try:
+        keys = set()
+        with storage.open_read(url, endpoint_url, region) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                if member.isreg():
+                    tar.extractfile(member).read()
+                    keys.add(member.name.split(".", 1)[0])
+        return len(keys)
+    except (OSError, tarfile.TarError, EOFError):
+        return None
+
+
+def read_manifest(uri: str, endpoint_url: str | None = None, region: str | None = None) -> dict | None:
+    """The manifest at {uri}/manifest.json, or None when there is none."""
+    path = storage.join(uri, MANIFEST)
+    try:
+        if not storage.exists(path, endpoint_url, region):
+            return None
+        manifest = json.loads(storage.read_bytes(path, endpoint_url, region))
+    except storage.UriError as e:
+        raise StorageError(str(e)) from None
+    except ValueError as e:
+        raise ShardError(f"{path}: not valid JSON ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise ShardError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def write_manifest(uri: str, manifest: dict, endpoint_url: str | None = None, region: str | None = None) -> None:
+    try:
+        storage.put_bytes(json.dumps(manifest, indent=1, sort_keys=True).encode(), storage.join(uri, MANIFEST),
+                          endpoint_url, region)
+    except storage.UriError as e:
+        raise StorageError(str(e)) from None
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+def _gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
+    if mode != "rb":
+        raise ValueError(f"{url}: s3 shards are read-only here (mode {mode!r})")
+    return storage.open_read(url)  # boto3 streaming body; endpoint from AWS_ENDPOINT_URL
+
+
+wds.gopen_schemes["s3"] = _gopen_s3  # at import, so DataLoader workers have it too
+
+
+def _shard_urls(uri: str, split: str) -> tuple[list[str], dict[str, int]]:
+    manifest = read_manifest(uri)
+    if manifest is None:
+        raise ShardError(f"{storage.join(uri, MANIFEST)}: not found (run pipelines/precompute_flow.py first)")
+    if split not in manifest["splits"]:
+        raise ShardError(f"{storage.join(uri, MANIFEST)}: no split {split!r} (have {', '.join(manifest['splits'])})")
+    shards = manifest["splits"][split]["shards"]
+    urls = [storage.join(uri, s["path"]) for s in shards]
+    return urls, {u: s["samples"] for u, s in zip(urls, shards)}
+
+
+def _url_of(exn: BaseException) -> str | None:
+    return next((a for a in reversed(exn.args) if isinstance(a, str) and a.endswith(".tar")), None)
+
+
+def _raise_shard_error(exn: BaseException) -> bool:
+    """wds handler: a tar/stream error becomes ShardError naming the shard (once webdataset has added the URL)."""
+    if isinstance(exn, ShardError):
+        raise exn
+    url = _url_of(exn)
+    if url is None:
+        raise exn  # inner tar iterator: re-raised; the shard expander adds the URL and calls us again
+    reason = str(exn.args[0]) if exn.args else type(exn).__name__
+    raise ShardError(f"{url}: unreadable shard ({type(exn).__name__}: {reason.split(' @ ')[0]})") from None
+
+
+def _check_counts(src: Iterator[dict], expected: dict[str, int]) -> Iterator[dict]:
+    """Pass samples through; a shard that ends with fewer samples than the manifest says is truncated."""
+    url, seen = None, 0
+    for sample in src:
+        if sample.get("__url__") != url:
+            if url is not None and seen != expected.get(url, seen):
+                raise ShardError(f"{url}: truncated shard ({seen} of {expected[url]} samples)")
+            url, seen = sample.get("__url__"), 0
+        seen += 1
+        yield sample
+    if url is not None and seen != expected.get(url, seen):
+        raise ShardError(f"{url}: truncated shard ({seen} of {expected[url]} samples)")
+
+
+def _decode_png(data: bytes, mode: str) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert(mode))
+
+
+def decode_sample(sample: dict) -> dict:
+    """Raw tar members -> {__key__, img0, img1 uint8 [H,W,3], flow float32 [2,H,W], label uint8 [H,W] | None, meta}."""
+    url, key = sample.get("__url__", "?"), sample.get("__key__", "?")
+    if ".." in key or key.startswith("/") or "\\" in key:
+        raise ShardError(f"{url}: refusing member name {key!r} (absolute or '..' path)")
+    for field in FIELDS:
+        if field not in sample:
+            raise ShardError(f"{url}: member {key}.{field} missing")
+    field = "?"
+    try:
+        field = "img0.png"
+        img0 = _decode_png(sample[field], "RGB")
+        field = "img1.png"
+        img1 = _decode_png(sample[field], "RGB")
+        field = "flow.npy"
+        flow = np.load(io.BytesIO(sample[field]), allow_pickle=False).astype(np.float32)
+        field = "label.png"
+        label = _decode_png(sample[field], "L") if field in sample else None
+        field = "meta.json"
+        meta = json.loads(sample[field])
+    except (OSError, ValueError) as e:
+        raise ShardError(f"{url}: member {key}.{field} unreadable ({type(e).__name__}: {e})") from None
+    shape = img0.shape[:2]
+    if img1.shape != img0.shape or flow.shape != (2, *shape) or (label is not None and label.shape != shape):
+        raise ShardError(f"{url}: member {key}: shapes img0 {img0.shape}, img1 {img1.shape}, flow {flow.shape}, "
+                         f"label {None if label is None else label.shape} disagree")
+    return {"__key__": key, "__url__": url, "img0": img0, "img1": img1, "flow": flow, "label": label, "meta": meta}
+
+
+def _decoded(src: Iterator[dict]) -> Iterator[dict]:
+    for sample in src:
+        yield decode_sample(sample)
+
+
+def iter_samples(uri: str, split: str = "train") -> Iterator[dict]:
+    """Every sample of split once, in manifest order: dicts with __key__, img0/img1 uint8 [H,W,3],
+    flow float32 [2,H,W], label uint8 [H,W] or None, meta (dict)."""
+    urls, expected = _shard_urls(uri, split)
+    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=_raise_shard_error),
+                                partial(_check_counts, expected=expected), _decoded)
+    yield from pipeline
+
+
+def _split_by_rank(src: Iterator[dict], rank: int, world_size: int) -> Iterator[dict]:
+    for i, item in enumerate(src):
+        if i % world_size == rank:
+            yield item
+
+
+def _worker() -> tuple[int, int]:
+    info = torch.utils.data.get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def _worker_seed(rank: int) -> int:
+    return rank * 1000 + _worker()[0]
+
+
+class _Shuffle:
+    """Sample shuffle buffer seeded by (seed, rank, worker, pass), so every worker and epoch differs."""
+
+    def __init__(self, seed: int, rank: int):
+        self.seed, self.rank, self.passes = seed, rank, 0
+
+    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
+        self.passes += 1
+        rng = random.Random(hash((self.seed, self.rank, _worker()[0], self.passes)))
+        return wds.filters._shuffle(src, bufsize=_SHUFFLE_BUFFER, initial=_SHUFFLE_BUFFER // 4, rng=rng)
+
+
+def _prepare(src: Iterator[dict], transform: Callable[[dict], dict] | None) -> Iterator[dict]:
+    for sample in src:
+        sample = decode_sample(sample)
+        if sample["label"] is None:
+            sample["label"] = np.full(sample["img0"].shape[:2], IGNORE_INDEX, np.uint8)
+        yield transform(sample) if transform is not None else sample
+
+
+def collate(samples: list[dict]) -> dict:
+    """Decoded samples -> img0/img1 uint8 [B,3,H,W], flow float32 [B,2,H,W], label int64 [B,H,W], key list."""
+    def stack(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.stack([np.ascontiguousarray(s[name]) for s in samples]))
+
+    return {"img0": stack("img0").permute(0, 3, 1, 2).contiguous(),
+            "img1": stack("img1").permute(0, 3, 1, 2).contiguous(),
+            "flow": stack("flow").float(), "label": stack("label").long(), "key": [s["__key__"] for s in samples]}
+
+
+def _take_share(src: Iterator[dict], steps: int) -> Iterator[dict]:
+    """Yield this DataLoader worker's share of `steps` batches, so the loader yields exactly `steps`."""
+    worker, num_workers = _worker()
+    share = steps // num_workers + (1 if worker < steps % num_workers else 0)
+    for i, batch in enumerate(src):
+        if i >= share:
+            return
+        yield batch
+
+
+def make_loader(uri: str, split: str, batch_size: int, *, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                shuffle: bool = True, seed: int = 0, transform: Callable[[dict], dict] | None = None,
+                steps_per_epoch: int | None = None) -> torch.utils.data.DataLoader:
+    """A DataLoader over split's shards for one rank: dict batches img0/img1 uint8 [B,3,H,W] RGB, flow float32
+    [B,2,H,W], label int64 [B,H,W] (255 = ignore), key list[str].
+
+    steps_per_epoch set (training): shards resampled (rank-specific seeds) and exactly steps_per_epoch batches per
+    rank, so DDP ranks stay in step. steps_per_epoch None (evaluation): each sample once, shards split across ranks
+    (then across workers); the last batch may be smaller. `transform` runs per decoded numpy sample.
+    """
+    urls, expected = _shard_urls(uri, split)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"make_loader: rank {rank} not in [0, {world_size})")
+    if steps_per_epoch is not None:
+        mine = urls[rank::world_size] if len(urls) >= world_size else urls
+        stages = [wds.ResampledShards(mine, seed=seed, worker_seed=partial(_worker_seed, rank), deterministic=True)]
+    else:
+        stages = [wds.SimpleShardList(urls), partial(_split_by_rank, rank=rank, world_size=world_size),
+                  wds.split_by_worker]
+    stages.append(wds.tarfile_to_samples(handler=_raise_shard_error))
+    if steps_per_epoch is None:
+        stages.append(partial(_check_counts, expected=expected))
+    if shuffle:
+        stages.append(_Shuffle(seed, rank))
+    stages += [partial(_prepare, transform=transform),
+               wds.batched(batch_size, collation_fn=collate, partial=steps_per_epoch is None)]
+    if steps_per_epoch is not None:
+        stages.append(partial(_take_share, steps=steps_per_epoch))
+    pipeline = wds.DataPipeline(*stages)
+    return torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=num_workers,
+                                       persistent_workers=num_workers > 0)

@@ -1,0 +1,1 @@
+"""Local paths and s3:// URIs (uri.py)."""

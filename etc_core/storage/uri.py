@@ -1,0 +1,183 @@
+"""Local paths and s3:// URIs behind one small interface: join, exists/size, list, read, stream, atomic put.
+
+S3 goes through boto3. The endpoint comes from the caller (config `s3.endpoint_url`) or, when None, from boto3's
+own chain (`AWS_ENDPOINT_URL`, then real AWS); credentials only ever come from the environment / boto3 chain
+and are never logged. This module imports nothing from the project.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlparse
+
+log = logging.getLogger(__name__)
+
+_MULTIPART_THRESHOLD = 64 * 2**20
+_PART_SIZE = 64 * 2**20
+
+
+class UriError(OSError):
+    """A location cannot be read or written; the message is one line naming the URI."""
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts onto a local path or an s3:// prefix."""
+    if is_s3(base):
+        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(base, *parts))
+
+
+def _split(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if not parsed.netloc:
+        raise UriError(f"{uri}: no bucket in S3 URI")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+@functools.lru_cache(maxsize=8)
+def _client(pid: int, endpoint_url: str | None, region: str | None):
+    import boto3
+    import botocore.config
+
+    # One client per process (pid in the key): a client must not be shared across fork.
+    return boto3.client("s3", endpoint_url=endpoint_url, region_name=region,
+                        config=botocore.config.Config(s3={"addressing_style": "path"},
+                                                      retries={"max_attempts": 3, "mode": "standard"}))
+
+
+def s3_client(endpoint_url: str | None = None, region: str | None = None):
+    """The boto3 S3 client of this process for (endpoint_url, region); None = boto3's own lookup."""
+    return _client(os.getpid(), endpoint_url, region)
+
+
+def _s3_call(uri: str, what: str, fn, *args, **kwargs):
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return fn(*args, **kwargs)
+    except ClientError as e:
+        code = e.response.get("Error", {}).get("Code", "?")
+        raise UriError(f"{uri}: {what} failed ({code})") from None
+    except BotoCoreError as e:
+        raise UriError(f"{uri}: {what} failed ({type(e).__name__}: {e})") from None
+
+
+def size(uri: str, endpoint_url: str | None = None, region: str | None = None) -> int | None:
+    """Size in bytes of the file/object at uri, or None when it does not exist."""
+    if not is_s3(uri):
+        try:
+            return os.stat(uri).st_size
+        except FileNotFoundError:
+            return None
+    from botocore.exceptions import ClientError
+
+    bucket, key = _split(uri)
+    try:
+        return s3_client(endpoint_url, region).head_object(Bucket=bucket, Key=key)["ContentLength"]
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise UriError(f"{uri}: head failed ({e.response.get('Error', {}).get('Code', '?')})") from None
+    except Exception as e:  # noqa: BLE001 - endpoint unreachable etc.: one line naming the URI
+        raise UriError(f"{uri}: head failed ({type(e).__name__}: {e})") from None
+
+
+def exists(uri: str, endpoint_url: str | None = None, region: str | None = None) -> bool:
+    return size(uri, endpoint_url, region) is not None
+
+
+def list_files(prefix: str, endpoint_url: str | None = None, region: str | None = None) -> list[str]:
+    """All files/objects under prefix (recursively), as full URIs, sorted."""
+    if not is_s3(prefix):
+        root = Path(prefix)
+        return sorted(str(p) for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    bucket, key = _split(prefix)
+    key = key.rstrip("/") + "/" if key else ""
+    paginator = s3_client(endpoint_url, region).get_paginator("list_objects_v2")
+    out = []
+    pages = _s3_call(prefix, "list", lambda: list(paginator.paginate(Bucket=bucket, Prefix=key)))
+    for page in pages:
+        out += [f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", [])]
+    return sorted(out)
+
+
+def open_read(uri: str, endpoint_url: str | None = None, region: str | None = None) -> IO[bytes]:
+    """A binary stream of uri; for S3 the streaming body of get_object (nothing downloaded first)."""
+    if not is_s3(uri):
+        try:
+            return open(uri, "rb")
+        except OSError as e:
+            raise UriError(f"{uri}: cannot open ({e.strerror or e})") from None
+    bucket, key = _split(uri)
+    client = s3_client(endpoint_url, region)
+    return _s3_call(uri, "get", client.get_object, Bucket=bucket, Key=key)["Body"]
+
+
+def read_bytes(uri: str, endpoint_url: str | None = None, region: str | None = None) -> bytes:
+    with open_read(uri, endpoint_url, region) as stream:
+        return stream.read()
+
+
+def put_file(local_path: str, uri: str, endpoint_url: str | None = None, region: str | None = None) -> None:
+    """Make the finished local file visible at uri atomically (rename locally; one put or a completed multipart
+    upload on S3, aborted on failure). The local file is moved (locally) or left in place (S3)."""
+    if not is_s3(uri):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(local_path, uri)
+        return
+    bucket, key = _split(uri)
+    client = s3_client(endpoint_url, region)
+    total = os.path.getsize(local_path)
+    if total <= _MULTIPART_THRESHOLD:
+        with open(local_path, "rb") as f:
+            _s3_call(uri, "put", client.put_object, Bucket=bucket, Key=key, Body=f)
+        return
+    upload_id = _s3_call(uri, "create multipart upload", client.create_multipart_upload,
+                         Bucket=bucket, Key=key)["UploadId"]
+    try:
+        parts = []
+        with open(local_path, "rb") as f:
+            for number in range(1, total // _PART_SIZE + 2):
+                chunk = f.read(_PART_SIZE)
+                if not chunk:
+                    break
+                etag = _s3_call(uri, f"upload part {number}", client.upload_part, Bucket=bucket, Key=key,
+                                UploadId=upload_id, PartNumber=number, Body=chunk)["ETag"]
+                parts.append({"PartNumber": number, "ETag": etag})
+        _s3_call(uri, "complete multipart upload", client.complete_multipart_upload, Bucket=bucket, Key=key,
+                 UploadId=upload_id, MultipartUpload={"Parts": parts})
+    except BaseException:
+        try:
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            log.warning("%s: could not abort multipart upload %s", uri, upload_id)
+        raise
+
+
+def put_bytes(data: bytes, uri: str, endpoint_url: str | None = None, region: str | None = None) -> None:
+    """Write data to uri atomically (temp file + rename locally, a single put on S3)."""
+    if is_s3(uri):
+        bucket, key = _split(uri)
+        _s3_call(uri, "put", s3_client(endpoint_url, region).put_object, Bucket=bucket, Key=key, Body=data)
+        return
+    tmp = f"{uri}.tmp.{os.getpid()}"
+    Path(uri).parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, uri)
+
+
+def remove(uri: str, endpoint_url: str | None = None, region: str | None = None) -> None:
+    """Delete the file/object at uri if it exists."""
+    if is_s3(uri):
+        bucket, key = _split(uri)
+        _s3_call(uri, "delete", s3_client(endpoint_url, region).delete_object, Bucket=bucket, Key=key)
+    else:
+        Path(uri).unlink(missing_ok=True)
