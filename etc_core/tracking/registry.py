@@ -58,8 +58,14 @@ def log_and_register(model: torch.nn.Module, name: str, arch: str, num_classes: 
         with open(meta, "w") as f:
             json.dump({"arch": arch, "num_classes": num_classes, "metrics": clean_metrics, "tags": tags}, f)
         torch.save(model.state_dict(), weights)
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        signature = ModelSignature(  # any batch and size: frames in, per-class logits (SegOutput.logits) out
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), name="frames")]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes, -1, -1), name="logits")]))
         info = mlflow.pytorch.log_model(
-            model, name="model", input_example=example, serialization_format="pickle",
+            model, name="model", input_example=example, signature=signature, serialization_format="pickle",
             extra_files=[meta, weights], pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     client = mlflow.MlflowClient()
     mv = mlflow.register_model(info.model_uri, name, tags={**tags, **{f"metric.{k}": f"{v:.4f}" for k, v in

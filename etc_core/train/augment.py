@@ -34,12 +34,12 @@ class PairAugment:
         self.flip = flip
 
     def __call__(self, sample: dict) -> dict:
-        img0 = torch.from_numpy(np.ascontiguousarray(sample["img0"])).permute(2, 0, 1).float()  # [3,H,W]
-        img1 = torch.from_numpy(np.ascontiguousarray(sample["img1"])).permute(2, 0, 1).float()
-        flow = torch.from_numpy(np.ascontiguousarray(sample["flow"])).float()  # [2,H,W]
+        img0 = torch.tensor(sample["img0"]).permute(2, 0, 1).float()  # [3,H,W] (a copy: decoded arrays are read-only)
+        img1 = torch.tensor(sample["img1"]).permute(2, 0, 1).float()
+        flow = torch.tensor(sample["flow"]).float()  # [2,H,W]
         label = sample.get("label")
         label = (torch.full(img0.shape[1:], IGNORE_INDEX, dtype=torch.uint8) if label is None
-                 else torch.from_numpy(np.ascontiguousarray(label)))
+                 else torch.tensor(label))
         s = float(np.exp(np.random.uniform(np.log(self.scale[0]), np.log(self.scale[1]))))
         height, width = img0.shape[1:]
         size = (max(1, round(height * s)), max(1, round(width * s)))

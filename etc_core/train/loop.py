@@ -1,0 +1,221 @@
+"""The one training loop, for the teacher and the students alike (run by every Ray Train worker).
+
+Teacher: CE (+ the temporal loss) on labelled pairs. Student: the same loop with the ETC terms switched on by
+their weights and a frozen teacher passed in. Nothing here knows which stage it is beyond `cfg_dict["stage"]`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import tempfile
+import time
+
+import numpy as np
+import ray.train
+import torch
+from ray.train import Checkpoint
+from ray.train.torch import get_device, prepare_model
+
+from etc_core.config import EtcConfig
+from etc_core.data import shards
+from etc_core.losses import EtcLoss
+from etc_core.models import SegOutput, create_model
+from etc_core.tracking.mlflow import RunLogger
+from etc_core.train.augment import PairAugment, normalize
+from etc_core.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from etc_core.train.evaluate import evaluate
+
+log = logging.getLogger(__name__)
+
+HEAD_PREFIXES = ("ppm.", "head.", "aux_head.", "classifier.", "decoder.")
+
+
+def stage_spec(cfg: EtcConfig, stage: str):
+    """The `teacher` or `student` section of the config."""
+    return cfg.teacher if stage == "teacher" else cfg.student
+
+
+def param_groups(model: torch.nn.Module, lr: float, head_lr_mult: float) -> list[dict]:
+    """Backbone at lr, heads (PPM, classifier, aux) at lr * head_lr_mult (PAPER.md 6)."""
+    head, backbone = [], []
+    for name, p in model.named_parameters():
+        (head if name.startswith(HEAD_PREFIXES) else backbone).append(p)
+    return [{"params": backbone, "lr": lr}, {"params": head, "lr": lr * head_lr_mult}]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: EtcConfig) -> torch.optim.Optimizer:
+    t = cfg.train
+    groups = param_groups(model, t.lr, t.head_lr_mult)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def split_output(out: SegOutput, n: int) -> tuple[SegOutput, SegOutput]:
+    """Split a forward over cat([frames_t, frames_next]) back into the two frames' outputs."""
+    first = SegOutput(*[None if x is None else x[:n] for x in out])
+    second = SegOutput(*[None if x is None else x[n:] for x in out])
+    return first, second
+
+
+def _fp32(out: SegOutput | None) -> SegOutput | None:
+    return None if out is None else SegOutput(*[None if x is None else x.float() for x in out])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry: config = {"cfg": EtcConfig dump, "stage", "num_classes", "run_id", "teacher"}."""
+    cfg = EtcConfig.model_validate(config["cfg"])
+    stage, num_classes = config["stage"], config["num_classes"]
+    spec, t = stage_spec(cfg, stage), cfg.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    seed_everything(t.seed + rank)
+    device = get_device()
+    use_amp = t.amp and device.type == "cuda"
+
+    model = create_model(spec.arch, num_classes=num_classes)
+    raw = model
+    opt = build_optimizer(raw, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / t.max_steps) ** t.poly_power)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    step = 0
+    if (ckpt := ray.train.get_checkpoint()) is not None:
+        with ckpt.as_directory() as d:
+            state = load_checkpoint(d)
+        raw.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        step = state["step"]
+        set_rng_state(state["rng"])
+        if rank == 0:
+            log.info("%s: resumed from checkpoint at step %d", stage, step)
+    model = prepare_model(model)  # to the device; DDP when world > 1
+    for group in opt.state.values():  # optimizer state to the device after a resume
+        for k, v in group.items():
+            if torch.is_tensor(v):
+                group[k] = v.to(device)
+
+    teacher = _frozen_teacher(config.get("teacher"), device) if spec.loss.needs_teacher else None
+    loss_fn = EtcLoss(spec.loss).to(device)
+    logger = RunLogger(cfg.mlflow.tracking_uri, config["run_id"]) if rank == 0 and config.get("run_id") else None
+    augment = PairAugment(crop=t.crop, scale=t.scale, flip=t.flip) if t.crop else None
+
+    while True:
+        epoch = step // t.steps_per_epoch
+        steps = min(t.steps_per_epoch - step % t.steps_per_epoch, t.max_steps - step)
+        train_metrics = _train_epoch(model, teacher, loss_fn, opt, sched, scaler, cfg, epoch, step, steps,
+                                     rank, world, augment, device, use_amp, logger) if steps > 0 else {}
+        step += max(steps, 0)
+        metrics = {"step": step, "epoch": epoch, **train_metrics}
+        val = {"val_miou": float("nan"), "val_tc": float("nan"), "val_pairs": 0.0}
+        picture = None
+        if rank == 0:
+            val_loader = shards.make_loader(cfg.shards.uri, "val", t.val_batch_size, shuffle=False)
+            # the bare module: a DDP forward broadcasts buffers, a collective the other ranks never join
+            val, picture = evaluate(raw, val_loader, num_classes, device, pictures=t.pictures)
+            log.info("%s epoch %d step %d/%d: val mIoU %.2f TC %.2f (%d pairs)", stage, epoch, step, t.max_steps,
+                     val["val_miou"], val["val_tc"], val["val_pairs"])
+            if logger:
+                logger.metrics({f"val/{k[4:]}": v for k, v in val.items()}, step=step)
+                if picture is not None:
+                    logger.image(picture, f"pictures/val_step{step:07d}.png")
+        metrics.update(val)
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if rank == 0 and steps > 0:
+                save_checkpoint(d, model=raw.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                                scaler=scaler.state_dict(), step=step, rng=rng_state(), arch=spec.arch,
+                                num_classes=num_classes)
+                checkpoint = Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=checkpoint)  # every rank, same number of times
+        if step >= t.max_steps:
+            break
+
+
+def _frozen_teacher(teacher_ref, device: torch.device) -> torch.nn.Module:
+    if teacher_ref is None:
+        raise ValueError("student: distillation weights are > 0 but no teacher was passed")
+    meta, state = ray.get(teacher_ref) if isinstance(teacher_ref, ray.ObjectRef) else teacher_ref
+    teacher = create_model(meta["arch"], num_classes=meta["num_classes"])
+    teacher.load_state_dict(state)
+    teacher.requires_grad_(False)
+    return teacher.to(device).eval()
+
+
+def _train_epoch(model, teacher, loss_fn, opt, sched, scaler, cfg: EtcConfig, epoch: int, step0: int, steps: int,
+                 rank: int, world: int, augment, device, use_amp: bool, logger) -> dict[str, float]:
+    """`steps` optimizer steps over this rank's stream of training pairs; returns the epoch's mean loss terms."""
+    t = cfg.train
+    loader = shards.make_loader(cfg.shards.uri, "train", t.batch_size, rank=rank, world_size=world,
+                                num_workers=t.loader_workers, shuffle=True, seed=t.seed + 7919 * epoch,
+                                transform=augment, steps_per_epoch=steps)
+    model.train()
+    sums: dict[str, float] = {}
+    samples, start = 0, time.perf_counter()
+    bar = _progress(steps, f"epoch {epoch}") if rank == 0 else None
+    step = step0
+    for batch in loader:
+        img_t, img_next = normalize(batch["img0"].to(device)), normalize(batch["img1"].to(device))
+        n = len(img_t)
+        data = {"img_t": img_t, "img_next": img_next, "flow": batch["flow"].to(device).float(),
+                "label": batch["label"].to(device)}
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            both = loss_fn.cfg.needs_next_frame
+            out = model(torch.cat([img_t, img_next]) if both else img_t)
+            out_t, out_next = split_output(out, n) if both else (out, None)
+            t_out = (None, None)
+            if teacher is not None:
+                with torch.no_grad():
+                    t_out = split_output(teacher(torch.cat([img_t, img_next])), n)
+        parts = loss_fn(_fp32(out_t), _fp32(out_next), data, _fp32(t_out[0]), _fp32(t_out[1]))  # losses in fp32
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(parts["total"]).backward()
+        if t.grad_clip:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        step += 1
+        samples += n * world
+        values = {k: float(v.detach()) for k, v in parts.items()}
+        if not math.isfinite(values["total"]):
+            raise FloatingPointError(f"loss is {values['total']} at step {step} ({values})")
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+        if bar is not None:
+            bar.update(1)
+        if logger and step % t.log_every == 0:
+            logger.metrics({f"train/loss_{k}": v for k, v in values.items()} |
+                           {"train/lr": sched.get_last_lr()[0]}, step=step)
+    if bar is not None:
+        bar.close()
+    elapsed = time.perf_counter() - start
+    done = max(step - step0, 1)
+    metrics = {f"train_{k}": v / done for k, v in sums.items()}
+    metrics["samples_per_s"] = samples / max(elapsed, 1e-9)
+    if rank == 0:
+        log.info("epoch %d step %d/%d loss %.4f (%s) %.1f samples/s", epoch, step, t.max_steps,
+                 metrics.get("train_total", float("nan")),
+                 " ".join(f"{k} {metrics[f'train_{k}']:.4f}" for k in ("ce", "tc", "kd_pixel", "kd_temporal")
+                          if f"train_{k}" in metrics), metrics["samples_per_s"])
+        if logger:
+            logger.metrics({"train/samples_per_s": metrics["samples_per_s"]}, step=step)
+    return metrics
+
+
+def _progress(total: int, desc: str):
+    """A progress bar that renders on the driver when running inside a Ray worker."""
+    try:
+        from ray.experimental.tqdm_ray import tqdm
+    except ImportError:  # pragma: no cover - older Ray
+        from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc)

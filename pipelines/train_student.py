@@ -1,0 +1,27 @@
+"""Train a compact student with the ETC objective (temporal loss + distillation) from the registered teacher.
+
+    python pipelines/train_student.py --config configs/demo.yaml                     # local Ray on 127.0.0.1
+    python pipelines/train_student.py --config configs/demo.yaml student.arch=mobilenetv2 \
+        student.teacher_uri=models:/etc-teacher/3
+    ray job submit --working-dir . -- python pipelines/train_student.py --config configs/cluster.yaml
+
+Same loop as the teacher (etc_core/train/loop.py); the teacher comes from student.teacher_uri (default
+models:/etc-teacher@champion). Registers `etc-student-<arch>`.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from etc_core.entry import run_entry  # noqa: E402
+from pipelines.train_teacher import main as train_main  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    return train_main(argv, stage="student")
+
+
+if __name__ == "__main__":
+    run_entry(main)

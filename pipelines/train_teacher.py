@@ -1,0 +1,39 @@
+"""Train the teacher on the flow shards with Ray Train; log to MLflow and register `etc-teacher`.
+
+    python pipelines/train_teacher.py --config configs/demo.yaml                     # local Ray on 127.0.0.1
+    python pipelines/train_teacher.py --config configs/demo.yaml train.workers=2 train.max_steps=50
+    ray job submit --working-dir . -- python pipelines/train_teacher.py --config configs/cluster.yaml
+
+Needs the shards of pipelines/precompute_flow.py at shards.uri. Rerunning the same config resumes the Ray Train
+run from its last checkpoint (same storage_path and run name). The new version becomes `champion` when it beats
+the current one on registry.champion_metric, else `candidate`.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from etc_core.config import parse_args  # noqa: E402
+from etc_core.entry import run_entry  # noqa: E402
+
+STAGE = "teacher"
+
+
+def main(argv: list[str] | None = None, stage: str = STAGE) -> int:
+    cfg, _ = parse_args(__doc__.splitlines()[0], argv)
+    from etc_core.ray_utils import init_ray
+    from etc_core.train.run import run_training
+
+    init_ray(cfg.ray)
+    summary = run_training(cfg, stage)
+    reg = summary["registered"]
+    print(f"{stage} {summary['arch']}: step {summary['step']}, val mIoU {summary['val_miou']:.2f}, "
+          f"TC {summary['val_tc']:.2f}; registered {reg.name} version {reg.version} ({reg.alias}); "
+          f"MLflow run {summary['run_id']}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_entry(main)
