@@ -65,3 +65,27 @@ def aws_env(endpoint: str) -> dict[str, str]:
     """Test-only AWS variables pointing boto3 at `endpoint` (a moto server)."""
     return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
             "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
+
+
+TINY_DATA = ["data.num_videos=4", "data.val_fraction=0.25", "data.num_frames=6", "data.height=32", "data.width=48",
+             "data.label_every=2", "shards.k=[-1, 1]", "shards.max_samples_per_shard=8"]
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(ray_local, tmp_path_factory):
+    """Ground-truth-flow shards of a tiny generated dataset; returns the overrides that point a config at them."""
+    from etc_core.config import load_config
+    from etc_core.data.generated import write_dataset
+    from etc_core.flow.stage import run_flow_stage
+
+    root = tmp_path_factory.mktemp("tiny")
+    overrides = [f"data.root={root / 'data'}", f"shards.uri={root / 'shards'}", *TINY_DATA]
+    cfg = load_config(None, overrides)
+    run_flow_stage(cfg, write_dataset(cfg.data, progress=False), progress=False)
+    return overrides
+
+
+def run_dirs(tmp_path: Path) -> list[str]:
+    """Overrides that keep MLflow and Ray Train storage of one test inside tmp_path."""
+    return [f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"mlflow.artifact_root={tmp_path}/artifacts",
+            f"train.storage_path={tmp_path}/ray_results"]

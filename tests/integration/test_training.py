@@ -1,0 +1,148 @@
+"""Training on a real local Ray (2 CPUs) with a real SQLite MLflow: teacher, student, registry, resume, faults."""
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import time
+
+import mlflow
+import psutil
+import pytest
+import torch
+
+from etc_core.config import load_config
+from etc_core.tracking.registry import load_model
+from etc_core.train.run import run_training
+from tests.conftest import run_dirs, run_python
+
+pytestmark = pytest.mark.integration
+
+FAST = ["train.batch_size=2", "train.val_batch_size=4", "train.crop=[32,48]", "train.scale=[0.8,1.25]",
+        "train.pictures=2", "train.log_every=1", "teacher.arch=pspnet18_slim", "student.arch=lraspp_mobilenetv3"]
+
+
+def test_teacher_then_student_train_log_register_and_load(tiny_shards, tmp_path):
+    cfg = load_config(None, [*tiny_shards, *run_dirs(tmp_path), *FAST, "train.max_steps=12",
+                             "train.steps_per_epoch=6", "train.workers=2"])
+    teacher = run_training(cfg, "teacher")
+    client = mlflow.MlflowClient(cfg.mlflow.tracking_uri)
+    run = client.get_run(teacher["run_id"])
+    assert run.data.tags["etc.stage"] == "teacher" and run.data.params["teacher.arch"] == "pspnet18_slim"
+    losses = [m.value for m in client.get_metric_history(teacher["run_id"], "train/loss_total")]
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # the loss drops
+    assert [m.step for m in client.get_metric_history(teacher["run_id"], "val/miou")] == [6, 12]
+    pictures = [a.path for a in client.list_artifacts(teacher["run_id"], "pictures")]
+    assert pictures == ["pictures/val_step0000006.png", "pictures/val_step0000012.png"]
+    champion = client.get_model_version_by_alias("etc-teacher", "champion")
+    assert str(champion.version) == teacher["registered"].version and champion.tags["etc.config_hash"]
+
+    student_cfg = load_config(None, [*tiny_shards, *run_dirs(tmp_path), *FAST, "train.max_steps=4",
+                                     "train.steps_per_epoch=2", "train.workers=1"])
+    student = run_training(student_cfg, "student")  # teacher from models:/etc-teacher@champion
+    s_run = client.get_run(student["run_id"])
+    kd = [m.value for m in client.get_metric_history(student["run_id"], "train/loss_kd_pixel")]
+    assert kd and all(v > 0 for v in kd)  # distillation from the registered teacher was on
+    assert s_run.data.params["student.teacher_uri"] == "models:/etc-teacher@champion"
+    uri = "models:/etc-student-lraspp_mobilenetv3@champion"
+    frames = torch.randn(2, 3, 32, 48)
+    loaded = mlflow.pytorch.load_model(uri)
+    out = loaded(frames)
+    assert out.logits.shape == (2, 6, 32, 48)  # data.num_classes defaults to 6
+    rebuilt, meta = load_model(uri)  # weights-only path
+    assert meta["arch"] == "lraspp_mobilenetv3"
+    torch.testing.assert_close(rebuilt(frames).logits, loaded.eval()(frames).logits)
+
+    # a rerun of the same config registers nothing new; a worse-by-rule version only becomes a candidate
+    again = run_training(student_cfg, "student")
+    assert again["registered"].version == student["registered"].version
+    strict = load_config(None, [*tiny_shards, *run_dirs(tmp_path), *FAST, "train.max_steps=2",
+                                "train.steps_per_epoch=2", "train.workers=1", "registry.min_improvement=1000"])
+    third = run_training(strict, "student")
+    assert third["registered"].alias == "candidate"
+    assert str(client.get_model_version_by_alias("etc-student-lraspp_mobilenetv3", "champion").version) == \
+        student["registered"].version
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _train_cmd(tiny_shards, tmp_path, ray_address: str, *extra: str) -> list[str]:
+    return ["pipelines/train_teacher.py", *tiny_shards, *run_dirs(tmp_path), *FAST, f"ray.address={ray_address}",
+            "train.workers=1", *extra]
+
+
+def _checkpoints(tmp_path) -> list[str]:
+    """Checkpoints the Train controller has registered (a worker's upload alone is not yet one)."""
+    import json
+
+    found = []
+    for snapshot in glob.glob(f"{tmp_path}/ray_results/*/checkpoint_manager_snapshot.json"):
+        try:
+            found += [r["checkpoint_dir_name"] for r in json.load(open(snapshot))["checkpoint_results"]]
+        except (ValueError, KeyError):
+            pass  # being rewritten
+    return found
+
+
+def test_killed_driver_resumes_from_checkpoint_step(tiny_shards, tmp_path, ray_local):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    address = ray_local.get_runtime_context().gcs_address
+    cmd = _train_cmd(tiny_shards, tmp_path, address, "train.max_steps=12", "train.steps_per_epoch=3")
+    proc = subprocess.Popen([sys.executable, *cmd], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        _wait_for(lambda: _checkpoints(tmp_path), 180, "a first checkpoint")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    rerun = run_python(*cmd, timeout=400)  # the same config: the same Ray Train run name and storage
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resumed from checkpoint at step" in rerun.stderr
+    resumed_at = int(rerun.stderr.split("resumed from checkpoint at step ")[1].split()[0])
+    assert resumed_at >= 3
+
+
+def test_worker_killed_mid_epoch_is_survived(tiny_shards, tmp_path, ray_local):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    address = ray_local.get_runtime_context().gcs_address
+    cmd = _train_cmd(tiny_shards, tmp_path, address, "train.max_steps=24", "train.steps_per_epoch=4",
+                     "train.max_failures=2")
+    proc = subprocess.Popen([sys.executable, *cmd], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        _wait_for(lambda: _checkpoints(tmp_path), 180, "a first checkpoint")
+        worker = _wait_for(lambda: [p for p in psutil.process_iter(["cmdline"])
+                                    if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])], 60, "the worker")
+        os.kill(worker[0].pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert "resumed from checkpoint at step" in out
+    assert "registered etc-teacher version 1" in out  # one version, not one per attempt
+
+
+def test_missing_teacher_alias_is_one_clear_line(tiny_shards, tmp_path):
+    proc = run_python("pipelines/train_student.py", *tiny_shards, *run_dirs(tmp_path), *FAST,
+                      "student.teacher_uri=models:/etc-teacher@nope", timeout=200)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("RegistryError: models:/etc-teacher@nope: cannot resolve"), proc.stderr[-2000:]
