@@ -1,10 +1,12 @@
-"""The whole pipeline on Ray, on the embedded default or a cluster config.
+"""The whole ETC pipeline on Ray: generated (or real) video -> flow shards -> teacher -> students -> evaluation.
 
-    python pipelines/full.py --config configs/demo.yaml              # starts a local Ray on 127.0.0.1
-    ray job submit --working-dir . -- python pipelines/full.py ...   # joins the cluster (RAY_ADDRESS)
+    python pipelines/full.py --config configs/demo.yaml            # starts a local Ray on 127.0.0.1
+    python pipelines/full.py --config configs/demo.yaml --force student
+    ray job submit --working-dir . -- python pipelines/full.py --config configs/demo.yaml   # joins the cluster
 
-Stages so far: the generated video dataset (one Ray task per clip). Later stages (flow shards, teacher,
-students, evaluation, registry) are added here as they land.
+Every stage is skipped when its output for the same config exists (shards manifest, registered model version
+tagged with the stage's config hash), so a rerun after a crash continues where it stopped; --force STAGE redoes
+one. Ends with the evaluation table, the MLflow UI command and how to load the champion student.
 """
 from __future__ import annotations
 
@@ -16,15 +18,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from etc_core.config import parse_args  # noqa: E402
 from etc_core.entry import run_entry  # noqa: E402
 
+FORCEABLE = ("flow", "teacher", "sweep", "baseline", "student")
+
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, _ = parse_args(__doc__.splitlines()[0], argv)
-    from etc_core.data.generated import write_dataset
+    def add(parser) -> None:
+        parser.add_argument("--force", action="append", default=[], choices=FORCEABLE, metavar="STAGE",
+                            help=f"redo a stage even if its output exists ({', '.join(FORCEABLE)}); repeatable")
+
+    cfg, args = parse_args(__doc__.splitlines()[0], argv, add)
+    from etc_core.pipeline import run_pipeline
     from etc_core.ray_utils import init_ray
 
+    if "flow" in args.force:
+        from etc_core.data import shards
+
+        shards.remove_shards(cfg.shards.uri, cfg.s3.endpoint_url, cfg.s3.region)
     init_ray(cfg.ray)
-    dataset = write_dataset(cfg.data)
-    print(dataset.summary())
+    result = run_pipeline(cfg, force=tuple(args.force))
+    print()
+    print(f"stages run: {', '.join(result.ran) or '-'}; reused: {', '.join(result.skipped) or '-'}")
+    if result.flow_timing:
+        t = result.flow_timing
+        print(f"ptlflow {t['model']} (random init, timing only): {t['pairs_per_s']:.1f} pairs/s on {t['pairs']} "
+              f"pairs; EPE {t['epe_vs_shards']:.1f} px against the ground-truth flow the models trained with")
+    print(result.table)
+    student = result.models["student"].name
+    print("\nMLflow UI (runs, metrics, pictures, registry):")
+    print(f"  mlflow ui --backend-store-uri {cfg.mlflow.tracking_uri} --host 127.0.0.1 --port 5000")
+    print("Load the champion student:")
+    print(f"  MLFLOW_TRACKING_URI={cfg.mlflow.tracking_uri} python -c \"import mlflow; "
+          f"m = mlflow.pytorch.load_model('models:/{student}@champion'); print(m)\"")
+    print(f"  etc-pipeline predict --model models:/{student}@champion --input VIDEO --out OUT_DIR "
+          f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}")
     return 0
 
 

@@ -112,6 +112,19 @@ def read_manifest(uri: str, endpoint_url: str | None = None, region: str | None 
     return manifest
 
 
+def remove_shards(uri: str, endpoint_url: str | None = None, region: str | None = None) -> int:
+    """Delete a shard set (manifest first, so no reader trusts a half-deleted set); returns files removed."""
+    try:
+        files = storage.list_files(uri, endpoint_url, region)
+        manifest = storage.join(uri, MANIFEST)
+        for path in sorted(files, key=lambda p: p != manifest):
+            storage.remove(path, endpoint_url, region)
+    except storage.UriError as e:
+        raise StorageError(str(e)) from None
+    log.info("removed %d files under %s", len(files), uri)
+    return len(files)
+
+
 def write_manifest(uri: str, manifest: dict, endpoint_url: str | None = None, region: str | None = None) -> None:
     try:
         storage.put_bytes(json.dumps(manifest, indent=1, sort_keys=True).encode(), storage.join(uri, MANIFEST),

@@ -105,6 +105,19 @@ def log_image(image: np.ndarray, artifact_file: str) -> None:
         mlflow.log_artifact(path, artifact_path=os.path.dirname(artifact_file) or None)
 
 
+def log_text(text: str, artifact_file: str) -> None:
+    """Log a text file (a table, a config) as an artifact of the active run."""
+    import mlflow
+
+    mlflow.log_text(text, artifact_file)
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    import mlflow
+
+    mlflow.set_tags(tags)
+
+
 def log_figure(fig: Any, artifact_file: str) -> None:
     """Log a matplotlib figure as an artifact of the active run."""
     import mlflow

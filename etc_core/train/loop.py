@@ -31,9 +31,21 @@ log = logging.getLogger(__name__)
 HEAD_PREFIXES = ("ppm.", "head.", "aux_head.", "classifier.", "decoder.")
 
 
+STAGES = ("teacher", "student", "baseline")
+
+
 def stage_spec(cfg: EtcConfig, stage: str):
-    """The `teacher` or `student` section of the config."""
-    return cfg.teacher if stage == "teacher" else cfg.student
+    """The config section a stage trains: `teacher`, `student`, or `baseline` (the student trained per frame with
+    cross-entropy only: the "without ETC" row every comparison needs)."""
+    if stage == "teacher":
+        return cfg.teacher
+    if stage == "baseline":
+        per_frame = cfg.student.loss.model_copy(update={"tc_weight": 0.0, "kd_pixel_weight": 0.0,
+                                                        "kd_temporal_weight": 0.0})
+        return cfg.student.model_copy(update={"loss": per_frame})
+    if stage != "student":
+        raise ValueError(f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
+    return cfg.student
 
 
 def param_groups(model: torch.nn.Module, lr: float, head_lr_mult: float) -> list[dict]:
@@ -160,7 +172,6 @@ def _train_epoch(model, teacher, loss_fn, opt, sched, scaler, cfg: EtcConfig, ep
     model.train()
     sums: dict[str, float] = {}
     samples, start = 0, time.perf_counter()
-    bar = _progress(steps, f"epoch {epoch}") if rank == 0 else None
     step = step0
     for batch in loader:
         img_t, img_next = normalize(batch["img0"].to(device)), normalize(batch["img1"].to(device))
@@ -191,13 +202,14 @@ def _train_epoch(model, teacher, loss_fn, opt, sched, scaler, cfg: EtcConfig, ep
             raise FloatingPointError(f"loss is {values['total']} at step {step} ({values})")
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v
-        if bar is not None:
-            bar.update(1)
+        if rank == 0 and (step - step0) % t.log_every == 0 and step - step0 < steps:  # progress within the epoch
+            rate = (step - step0) / max(time.perf_counter() - start, 1e-9)
+            log.info("epoch %d step %d/%d (%d/%d of this epoch) loss %.4f %.2f steps/s eta %s", epoch, step,
+                     t.max_steps, step - step0, steps, values["total"], rate,
+                     _eta((t.max_steps - step) / max(rate, 1e-9)))
         if logger and step % t.log_every == 0:
             logger.metrics({f"train/loss_{k}": v for k, v in values.items()} |
                            {"train/lr": sched.get_last_lr()[0]}, step=step)
-    if bar is not None:
-        bar.close()
     elapsed = time.perf_counter() - start
     done = max(step - step0, 1)
     metrics = {f"train_{k}": v / done for k, v in sums.items()}
@@ -212,10 +224,6 @@ def _train_epoch(model, teacher, loss_fn, opt, sched, scaler, cfg: EtcConfig, ep
     return metrics
 
 
-def _progress(total: int, desc: str):
-    """A progress bar that renders on the driver when running inside a Ray worker."""
-    try:
-        from ray.experimental.tqdm_ray import tqdm
-    except ImportError:  # pragma: no cover - older Ray
-        from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc)
+def _eta(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 from etc_core.config import EtcConfig, config_hash, flatten
 from etc_core.data import shards
@@ -23,8 +24,8 @@ class TrainingError(EtcError):
 
 
 def registered_name(cfg: EtcConfig, stage: str) -> str:
-    """`etc-teacher` or `etc-student-<arch>`."""
-    return "etc-teacher" if stage == "teacher" else f"etc-student-{cfg.student.arch}"
+    """`etc-teacher`, `etc-student-<arch>` or `etc-baseline-<arch>` (the same student without ETC)."""
+    return "etc-teacher" if stage == "teacher" else f"etc-{stage}-{cfg.student.arch}"
 
 
 def stage_hash(cfg: EtcConfig, stage: str) -> str:
@@ -32,39 +33,69 @@ def stage_hash(cfg: EtcConfig, stage: str) -> str:
     return config_hash(cfg.data, cfg.shards, cfg.train, stage_spec(cfg, stage))
 
 
-def run_training(cfg: EtcConfig, stage: str, parent_run_id: str | None = None) -> dict:
-    """Train `stage` ("teacher" | "student") on cfg.shards.uri with Ray Train; log, register; return a summary."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    spec, t = stage_spec(cfg, stage), cfg.train
+def read_manifest(cfg: EtcConfig) -> dict:
+    """The shards manifest at cfg.shards.uri (num_classes, frame size); ShardError when the flow stage has not run."""
     manifest = shards.read_manifest(cfg.shards.uri, cfg.s3.endpoint_url, cfg.s3.region)
     if manifest is None:
         raise ShardError(f"{cfg.shards.uri}/manifest.json: not found (run pipelines/precompute_flow.py first)")
+    return manifest
+
+
+def resolve_teacher(cfg: EtcConfig, stage: str, needed: bool) -> tuple[dict, dict] | None:
+    """The frozen teacher's (meta, state dict) from cfg.student.teacher_uri when `needed`, else None.
+
+    Call tracking.setup(cfg.mlflow) first: models:/ URIs resolve against the configured registry.
+    """
+    if not needed:
+        return None
+    if stage != "student":
+        raise ConfigError(f"{stage}.loss: distillation weights need a teacher; only the student has one")
+    return load_weights(cfg.student.teacher_uri)
+
+
+def make_trainer(cfg: EtcConfig, stage: str, num_classes: int, teacher, run_id: str | None, name: str,
+                 storage_path: str | None = None, callbacks: list | None = None):
+    """A TorchTrainer running the shared loop for `stage` with cfg.train's scaling; checkpoints kept by val mIoU.
+
+    teacher: an ObjectRef of (meta, state dict) or None; run_id: the MLflow run rank 0 logs to live (None: none).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t = cfg.train
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": stage, "num_classes": num_classes,
+                           "run_id": run_id, "teacher": teacher},
+        scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker,
+                                                           **({"GPU": 1} if t.use_gpu else {})}),
+        run_config=RunConfig(
+            name=name, storage_path=storage_path or t.storage_path, callbacks=callbacks,
+            checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep, checkpoint_score_attribute="val_miou",
+                                               checkpoint_score_order="max"),
+            failure_config=FailureConfig(max_failures=t.max_failures)))
+
+
+def run_training(cfg: EtcConfig, stage: str, parent_run_id: str | None = None, force: bool = False) -> dict:
+    """Train `stage` (teacher | student | baseline) on cfg.shards.uri with Ray Train; log, register; summarise.
+
+    The Ray Train run is named from the config hash, so rerunning an interrupted config resumes it; `force`
+    starts a fresh run (and registers a new version) even when this config was trained before.
+    """
+    import ray
+
+    spec = stage_spec(cfg, stage)
+    manifest = read_manifest(cfg)
     num_classes = int(manifest["num_classes"])
     tracking.setup(cfg.mlflow)  # before resolving models:/ URIs
-    teacher = None
-    if spec.loss.needs_teacher:
-        if stage != "student":
-            raise ConfigError(f"{stage}.loss: distillation weights need a teacher; only the student has one")
-        teacher = ray.put(load_weights(cfg.student.teacher_uri))
+    teacher = resolve_teacher(cfg, stage, spec.loss.needs_teacher)
+    teacher_ref = ray.put(teacher) if teacher is not None else None
     digest = stage_hash(cfg, stage)
-    name = registered_name(cfg, stage)
     with tracking.stage_run(cfg.mlflow, stage, run_name=f"{stage}-{spec.arch}", parent_run_id=parent_run_id,
                             params=flatten(cfg), tags={"etc.config_hash": digest, "etc.arch": spec.arch}) as run:
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": stage, "num_classes": num_classes,
-                               "run_id": run.info.run_id, "teacher": teacher},
-            scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu,
-                                         resources_per_worker={"CPU": t.cpus_per_worker,
-                                                               **({"GPU": 1} if t.use_gpu else {})}),
-            run_config=RunConfig(
-                name=f"{stage}-{spec.arch}-{digest}", storage_path=t.storage_path,
-                checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep, checkpoint_score_attribute="val_miou",
-                                                   checkpoint_score_order="max"),
-                failure_config=FailureConfig(max_failures=t.max_failures)))
+        trainer = make_trainer(cfg, stage, num_classes, teacher_ref, run.info.run_id,
+                               name=f"{stage}-{spec.arch}-{digest}" + (time.strftime("-%Y%m%d-%H%M%S") if force else ""))
         try:
             result = trainer.fit()
         except Exception as e:  # ControllerError / WorkerGroupError: one line, the root cause first
@@ -72,14 +103,10 @@ def run_training(cfg: EtcConfig, stage: str, parent_run_id: str | None = None) -
         ckpt, metrics = _best(result)
         with ckpt.as_directory() as d:
             state = load_checkpoint(d)
-        from etc_core.models import create_model
-
-        model = create_model(spec.arch, num_classes=num_classes)
-        model.load_state_dict(state["model"])
-        best = {k: float(v) for k, v in metrics.items() if k.startswith(("val_", "train_")) and _finite(v)}
+        best = best_metrics(metrics)
         tracking.log_metrics({f"best/{k}": v for k, v in best.items()}, step=int(state["step"]))
-        registered = _register_once(model, cfg, stage, name, num_classes, best, digest, run.info.run_id,
-                                    _example_shape(manifest))
+        registered = register_state(cfg, stage, state, best, num_classes, run.info.run_id, example_shape(manifest),
+                                    dedupe=not force)
     summary = {"stage": stage, "arch": spec.arch, "run_id": run.info.run_id, "step": int(state["step"]),
                "val_miou": best.get("val_miou"), "val_tc": best.get("val_tc"), "registered": registered,
                "storage": result.path}
@@ -87,6 +114,28 @@ def run_training(cfg: EtcConfig, stage: str, parent_run_id: str | None = None) -
              best.get("val_miou", float("nan")), best.get("val_tc", float("nan")), registered.name,
              registered.version, registered.alias)
     return summary
+
+
+def best_metrics(metrics: dict) -> dict[str, float]:
+    """The finite train_*/val_* entries of a reported metrics dict, as floats."""
+    return {k: float(v) for k, v in metrics.items() if k.startswith(("val_", "train_")) and _finite(v)}
+
+
+def register_state(cfg: EtcConfig, stage: str, state: dict, metrics: dict[str, float], num_classes: int,
+                   run_id: str, example_hw: tuple[int, int], dedupe: bool = True) -> Registered:
+    """Rebuild the model from a checkpoint's state and register it into the active MLflow run (once per config)."""
+    from etc_core.models import create_model
+
+    model = create_model(stage_spec(cfg, stage).arch, num_classes=num_classes)
+    model.load_state_dict(state["model"])
+    found = find_registered(cfg, stage) if dedupe else None
+    if found is not None:
+        log.info("%s version %s already holds this config; not registering again", found.name, found.version)
+        return found
+    tags = {"etc.config_hash": stage_hash(cfg, stage), "etc.stage": stage, "etc.arch": stage_spec(cfg, stage).arch,
+            "etc.run_id": run_id, "etc.shards": cfg.shards.uri}
+    return log_and_register(model, registered_name(cfg, stage), stage_spec(cfg, stage).arch, num_classes, metrics,
+                            tags, cfg.registry, example_hw)
 
 
 def _finite(v) -> bool:
@@ -103,23 +152,23 @@ def _best(result):
     return result.checkpoint, dict(result.metrics or {})
 
 
-def _register_once(model, cfg: EtcConfig, stage: str, name: str, num_classes: int, metrics: dict, digest: str,
-                   run_id: str, example_hw: tuple[int, int]) -> Registered:
-    """Register unless a version from the same config hash and Ray run already exists (a rerun after a crash)."""
+def find_registered(cfg: EtcConfig, stage: str) -> Registered | None:
+    """The newest registered version trained from this stage's exact config (tag etc.config_hash), if any."""
     import mlflow
 
-    client = mlflow.MlflowClient()
-    for mv in client.search_model_versions(f"name='{name}' and tag.`etc.config_hash`='{digest}'"):
-        log.info("%s version %s already holds this config (%s); not registering again", name, mv.version, digest)
-        aliases = list(getattr(mv, "aliases", []) or [])
-        return Registered(name, str(mv.version), aliases[0] if aliases else "", f"models:/{name}/{mv.version}")
-    tags = {"etc.config_hash": digest, "etc.stage": stage, "etc.arch": stage_spec(cfg, stage).arch,
-            "etc.run_id": run_id, "etc.shards": cfg.shards.uri}
-    return log_and_register(model, name, stage_spec(cfg, stage).arch, num_classes, metrics, tags, cfg.registry,
-                            example_hw)
+    tracking.setup(cfg.mlflow)
+    name = registered_name(cfg, stage)
+    versions = mlflow.MlflowClient().search_model_versions(
+        f"name='{name}' and tag.`etc.config_hash`='{stage_hash(cfg, stage)}'")
+    if not versions:
+        return None
+    mv = max(versions, key=lambda v: int(v.version))
+    aliases = list(getattr(mv, "aliases", []) or [])
+    return Registered(name, str(mv.version), aliases[0] if aliases else "", f"models:/{name}/{mv.version}")
 
 
-def _example_shape(manifest: dict) -> tuple[int, int]:
+def example_shape(manifest: dict) -> tuple[int, int]:
+    """(height, width) of the frames the shards were made from (for the registered model's input example)."""
     data = manifest.get("config", {}).get("data", {})
     return int(data.get("height", 64)), int(data.get("width", 64))
 

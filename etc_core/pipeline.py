@@ -1,0 +1,128 @@
+"""The whole pipeline: dataset -> flow shards -> teacher -> (sweep) -> baseline and ETC student -> evaluation.
+
+Each stage is skipped when its output for the same config already exists: the shards manifest (the flow stage
+checks it), or a registered model version tagged with the stage's config hash. `force` names stages to redo.
+One MLflow parent run (tag etc.stage=pipeline) holds a child run per stage that ran.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from etc_core.config import EtcConfig, flatten
+from etc_core.tracking import mlflow as tracking
+from etc_core.tracking.registry import Registered
+
+log = logging.getLogger(__name__)
+
+STAGES = ("flow", "teacher", "sweep", "baseline", "student", "evaluate")
+
+
+@dataclass
+class PipelineResult:
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    models: dict[str, Registered] = field(default_factory=dict)
+    table: str = ""
+    evaluation: dict = field(default_factory=dict)
+    flow_timing: dict | None = None
+    parent_run_id: str = ""
+
+
+def run_pipeline(cfg: EtcConfig, force: tuple[str, ...] = ()) -> PipelineResult:
+    """Run every stage for cfg (Ray must be up); returns what ran, what was reused and the evaluation table."""
+    from etc_core.data.registry import open_dataset
+    from etc_core.flow.stage import run_flow_stage
+
+    result = PipelineResult()
+    with tracking.stage_run(cfg.mlflow, "pipeline", run_name="pipeline", params=flatten(cfg)) as parent:
+        result.parent_run_id = parent.info.run_id
+        dataset = open_dataset(cfg.data, generate=True)
+        with tracking.stage_run(cfg.mlflow, "flow", params={"flow.source": cfg.flow.source}):
+            flow = run_flow_stage(cfg, dataset)
+            tracking.log_metrics({"flow/pairs_per_s": flow.pairs_per_s, "flow/shards_written": flow.shards_written,
+                                  "flow/shards_skipped": flow.shards_skipped})
+        (result.ran if flow.shards_written else result.skipped).append("flow")
+        if cfg.pipeline.ptlflow_timing_pairs and cfg.flow.source != "ptlflow":
+            result.flow_timing = _flow_timing(cfg)
+
+        teacher = _train(cfg, "teacher", "teacher" in force, parent.info.run_id, result)
+        cfg = _with(cfg, "student.teacher_uri", teacher.model_uri)  # the teacher this run trained or reused
+        if cfg.pipeline.sweep:
+            cfg = _sweep(cfg, "sweep" in force, result)
+        if cfg.pipeline.baseline:
+            _train(cfg, "baseline", "baseline" in force, parent.info.run_id, result)
+        _train(cfg, "student", "student" in force, parent.info.run_id, result)
+
+        with tracking.stage_run(cfg.mlflow, "evaluate"):
+            result.evaluation, result.table = _evaluate(cfg, result.models)
+            for row in result.evaluation["rows"]:
+                tracking.log_metrics({f"eval/{row['model']}/{k}": row[k] for k in ("miou", "tc", "fps")
+                                      if row[k] is not None})
+            tracking.log_text(result.table, "evaluation.txt")
+        result.ran.append("evaluate")
+        tracking.set_tags({"etc.ran": ",".join(result.ran), "etc.skipped": ",".join(result.skipped)})
+    return result
+
+
+def _with(cfg: EtcConfig, dotted: str, value) -> EtcConfig:
+    """A copy of cfg with one dotted key replaced (validated again)."""
+    data = cfg.model_dump(mode="json")
+    node = data
+    *parents, last = dotted.split(".")
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return EtcConfig.model_validate(data)
+
+
+def _train(cfg: EtcConfig, stage: str, force: bool, parent_run_id: str, result: PipelineResult) -> Registered:
+    from etc_core.train.run import find_registered, run_training
+
+    found = None if force else find_registered(cfg, stage)
+    if found is not None:
+        log.info("%s: reusing %s version %s (same config)", stage, found.name, found.version)
+        result.skipped.append(stage)
+        result.models[stage] = found
+        return found
+    summary = run_training(cfg, stage, parent_run_id=parent_run_id, force=force)
+    result.ran.append(stage)
+    result.models[stage] = summary["registered"]
+    return summary["registered"]
+
+
+def _sweep(cfg: EtcConfig, force: bool, result: PipelineResult) -> EtcConfig:
+    """Run the loss-weight sweep and continue with its best trial's student config."""
+    from etc_core.sweep import run_sweep
+
+    best_cfg = run_sweep(cfg, force=force)
+    result.ran.append("sweep")
+    return best_cfg
+
+
+def _flow_timing(cfg: EtcConfig) -> dict:
+    from etc_core.flow.timing import time_flow_model
+
+    with tracking.stage_run(cfg.mlflow, "flow-timing", params={"flow.model": cfg.flow.model}):
+        timing = time_flow_model(_with(cfg, "flow.weights", "none"), cfg.pipeline.ptlflow_timing_pairs)
+        tracking.log_metrics({"flow_timing/pairs_per_s": timing["pairs_per_s"],
+                              "flow_timing/epe_vs_shards": timing["epe_vs_shards"]})
+    log.info("ptlflow %s (random init): %.1f pairs/s on %d pairs, EPE %.2f px vs the shards' flow",
+             timing["model"], timing["pairs_per_s"], timing["pairs"], timing["epe_vs_shards"])
+    return timing
+
+
+def _evaluate(cfg: EtcConfig, models: dict[str, Registered]) -> tuple[dict, str]:
+    """mIoU, TC and FPS of every model of this run on the val shards: one table."""
+    from etc_core.infer.evaluate import evaluate_models, format_table
+    from etc_core.infer.load import pick_device
+    from etc_core.tracking.registry import load_model
+
+    loaded = []
+    for stage in ("teacher", "baseline", "student"):
+        if stage in models:
+            model, meta = load_model(models[stage].model_uri)
+            loaded.append((f"{stage}:{models[stage].name}/{models[stage].version}", model, meta))
+    evaluation = evaluate_models(loaded, shards=cfg.shards.uri, device=pick_device("auto"),
+                                 batch_size=cfg.pipeline.eval_batch_size)
+    return evaluation, format_table(evaluation)
