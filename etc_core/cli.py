@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import logging
 import sys
 
 from etc_core.config import parse_args
@@ -19,7 +20,136 @@ def make_dataset(argv: list[str] | None = None) -> int:
     return 0
 
 
-COMMANDS = {"make-dataset": make_dataset}
+def _kind_and_root(prog: str, description: str, argv: list[str] | None):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"etc-pipeline {prog}", description=description)
+    parser.add_argument("--kind", required=True, choices=["cityscapes", "camvid"])
+    parser.add_argument("--root", required=True, help="the dataset folder (data.root)")
+    return parser.parse_args(argv)
+
+
+def check_dataset(argv: list[str] | None = None) -> int:
+    """Validate a Cityscapes/CamVid tree; print sequences, frames and labelled frames per split (exit 2 if broken)."""
+    from etc_core.config import DataConfig
+    from etc_core.data.registry import open_dataset
+    from etc_core.errors import DatasetError
+
+    args = _kind_and_root("check-dataset", check_dataset.__doc__.splitlines()[0], argv)
+    try:
+        dataset = open_dataset(DataConfig(kind=args.kind, root=args.root))
+    except DatasetError as e:  # a broken tree is a usage problem here: one line naming the path, exit 2
+        print(f"DatasetError: {e}", file=sys.stderr)
+        return 2
+    print(dataset.summary())
+    return 0
+
+
+def download_help(argv: list[str] | None = None) -> int:
+    """Print what to fetch for Cityscapes/CamVid and where to put it (downloads nothing: both need a login)."""
+    from etc_core.data.registry import download_help as text
+
+    args = _kind_and_root("download-help", download_help.__doc__.splitlines()[0], argv)
+    print(text(args.kind, args.root))
+    return 0
+
+
+def _model_args(parser, *, repeat: bool = False) -> None:
+    parser.add_argument("--model", required=True, action="append" if repeat else "store",
+                        help="models:/name@alias, models:/name/N, runs:/RUN_ID[/model] or a checkpoint state.pt"
+                             + (" (repeatable)" if repeat else ""))
+
+
+def _device_args(parser) -> None:
+    parser.add_argument("--batch-size", type=int, default=8, help="frames per forward pass")
+    parser.add_argument("--size", default=None, help="HxW the network sees (default: the input size)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--half", action="store_true", help="float16 forward passes (CUDA only)")
+
+
+def predict(argv: list[str] | None = None) -> int:
+    """Predict every frame of a video, frames directory or glob: OUT/masks/{i:06d}.png (palette) and an overlay."""
+    from etc_core.infer.load import load_any, pick_device
+    from etc_core.infer.predict import OVERLAYS, Predictor, parse_size, run_predict
+
+    def add(parser) -> None:
+        _model_args(parser)
+        parser.add_argument("--input", required=True, help="video file (.mp4, .avi, ...), frames directory or glob")
+        parser.add_argument("--out", required=True, help="output directory")
+        parser.add_argument("--overlay", default="video", choices=OVERLAYS, help="OUT/overlay.mp4, OUT/overlay/*.png")
+        _device_args(parser)
+
+    cfg, args = parse_args(predict.__doc__.splitlines()[0], argv, add)
+    size = parse_size(args.size)
+    model, meta = load_any(args.model, cfg.mlflow.tracking_uri)
+    predictor = Predictor(model, pick_device(args.device), args.half, size)
+    res = run_predict(predictor, int(meta["num_classes"]), args.input, args.out, args.batch_size, args.overlay)
+    print(f"{res.num_frames} frames -> {res.masks_dir}" + (f", overlay {res.overlay}" if res.overlay else ""))
+    print(f"throughput {res.fps:.1f} frames/s end to end, {res.model_fps:.1f} frames/s in the model "
+          f"({predictor.device}{', float16' if args.half else ''}, batch {args.batch_size})")
+    return 0
+
+
+def evaluate(argv: list[str] | None = None) -> int:
+    """Compare models on a shard set, a generated dataset or a video: mIoU, TC, latency and FPS in one table."""
+    from etc_core.infer.evaluate import evaluate_models, format_table, write_json
+    from etc_core.infer.load import load_any, pick_device
+    from etc_core.infer.predict import parse_size
+
+    def add(parser) -> None:
+        _model_args(parser, repeat=True)
+        parser.add_argument("--shards", default=None, help="shard set URI (local or s3://) from the flow stage")
+        parser.add_argument("--data", default=None, help="generated dataset directory (etc-pipeline make-dataset)")
+        parser.add_argument("--input", default=None, help="unlabelled video, frames directory or glob (TC only)")
+        parser.add_argument("--split", default="val", help="split of --shards / --data")
+        parser.add_argument("--flow-model", default=None,
+                            help="ptlflow model for TC (default: flow.model for --input, ground truth for --data)")
+        parser.add_argument("--flow-weights", default=None, help="its checkpoint (default: flow.weights, i.e. none)")
+        parser.add_argument("--json", default=None, help="also write the table as JSON here")
+        _device_args(parser)
+
+    cfg, args = parse_args(evaluate.__doc__.splitlines()[0], argv, add)
+    size = parse_size(args.size)
+    flow_model = args.flow_model or (cfg.flow.model if args.input else None)
+    models = [(spec, *load_any(spec, cfg.mlflow.tracking_uri)) for spec in args.model]
+    result = evaluate_models(models, shards=args.shards, data=args.data, video=args.input, split=args.split,
+                             flow_model=flow_model, flow_weights=args.flow_weights or cfg.flow.weights,
+                             device=pick_device(args.device), half=args.half, size=size, batch_size=args.batch_size)
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def export(argv: list[str] | None = None) -> int:
+    """Export a model to TorchScript and/or ONNX, checking each against the eager model (exit 1 on a mismatch)."""
+    from etc_core.infer.export import MIN_OPSET, export_model
+    from etc_core.infer.load import load_any
+    from etc_core.infer.predict import parse_size
+
+    def add(parser) -> None:
+        _model_args(parser)
+        parser.add_argument("--out", required=True, help="output directory")
+        parser.add_argument("--format", default="both", choices=["torchscript", "onnx", "both"])
+        parser.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (default {MIN_OPSET})")
+        parser.add_argument("--size", default=None, help="HxW of the ONNX input (default: data.height x data.width)")
+        parser.add_argument("--tolerance", type=float, default=1e-3, help="max abs logit difference allowed")
+
+    cfg, args = parse_args(export.__doc__.splitlines()[0], argv, add)
+    size = parse_size(args.size) or (cfg.data.height, cfg.data.width)
+    model, meta = load_any(args.model, cfg.mlflow.tracking_uri)
+    formats = ("torchscript", "onnx") if args.format == "both" else (args.format,)
+    for name in ("onnx_ir", "onnxscript"):  # their INFO lines narrate every graph pass
+        logging.getLogger(name).setLevel(logging.WARNING)
+    results = export_model(model, meta, args.out, formats, args.opset, size, args.tolerance)
+    for r in results:
+        print(f"{r.format:<11} {r.path}: max abs diff {r.max_abs_diff:.2e} (tolerance {r.tolerance:.0e}) "
+              f"{'ok' if r.ok else 'MISMATCH'}")
+    return 0 if all(r.ok for r in results) else 1
+
+COMMANDS = {"make-dataset": make_dataset, "check-dataset": check_dataset, "download-help": download_help,
+            "predict": predict, "evaluate": evaluate, "export": export}
 
 
 def main(argv: list[str] | None = None) -> None:

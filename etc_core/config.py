@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from etc_core.errors import ConfigError
 from etc_core.losses.etc import LossConfig
@@ -41,10 +41,12 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    """The video dataset. `synthetic` is generated on the fly (see etc_core/data/synthetic.py)."""
+    """The video dataset. `synthetic` is generated on the fly (see etc_core/data/synthetic.py); `cityscapes` and
+    `camvid` read the official layouts under root (docs/data.md). seed..noise apply to synthetic data only."""
 
-    kind: Literal["synthetic"] = "synthetic"
+    kind: Literal["synthetic", "cityscapes", "camvid"] = "synthetic"
     root: str = "runs/demo/data"
+    resize: float = Field(1.0, gt=0, le=1)  # cityscapes/camvid: scale frames (bilinear) and labels (nearest) on read
     seed: int = 0
     num_videos: int = Field(10, ge=2)  # clips in all; val_fraction of them (at least 1) form the val split
     val_fraction: float = Field(0.2, gt=0, lt=1)
@@ -202,6 +204,66 @@ class S3Config(_Section):
     region: str | None = None  # None: $AWS_DEFAULT_REGION / boto3's default
 
 
+class ParamSpace(_Section):
+    """One swept config value: `loguniform`/`uniform` in [low, high], or `choice`/`grid` among `values`."""
+
+    type: Literal["loguniform", "uniform", "choice", "grid"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None  # grid: every value is tried (random search only)
+
+    @model_validator(mode="after")
+    def _matching_bounds(self) -> "ParamSpace":
+        kind, low, high = self.type, self.low, self.high
+        if kind in ("loguniform", "uniform"):
+            if low is None or high is None or self.values is not None:
+                raise ValueError(f"{kind} needs low and high (and no values)")
+            if not low < high:
+                raise ValueError(f"{kind} needs low < high, got low={low} high={high}")
+            if kind == "loguniform" and low <= 0:
+                raise ValueError(f"loguniform needs low > 0, got {low}")
+        elif not self.values or low is not None or high is not None:
+            raise ValueError(f"{kind} needs a non-empty values list (and no low/high)")
+        return self
+
+
+def _default_space() -> dict[str, ParamSpace]:
+    return {"student.loss.tc_weight": ParamSpace(type="loguniform", low=0.01, high=1.0),
+            "student.loss.kd_pixel_weight": ParamSpace(type="loguniform", low=0.1, high=10.0),
+            "student.loss.kd_temporal_weight": ParamSpace(type="loguniform", low=0.1, high=10.0),
+            "train.lr": ParamSpace(type="loguniform", low=0.001, high=0.1)}
+
+
+class SweepConfig(_Section):
+    """A Ray Tune sweep over student training (pipelines/sweep.py); space keys are dotted train.*/student.* paths.
+
+    The frame gap k is not swept here: shards hold a fixed set of gaps (shards.k), so comparing gaps means
+    comparing shard sets made by separate flow-stage runs.
+    """
+
+    num_samples: int = Field(8, ge=1)  # trials in all (a grid entry multiplies them)
+    metric: Literal["val_miou", "val_tc", "val_score"] = "val_miou"  # maximised; every trial reports all three
+    score_tc_weight: float = Field(0.5, ge=0, le=1)  # val_score = (1 - w) * mIoU + w * TC
+    space: dict[str, ParamSpace] = Field(default_factory=_default_space)
+    search: Literal["optuna", "random"] = "optuna"
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1)  # epochs (reports) before ASHA may stop a trial
+    reduction_factor: float = Field(2.0, gt=1)
+    cpus_per_trial: float = Field(1.0, gt=0)  # the trial's driver; its Ray Train workers ask train.cpus_per_worker
+    max_concurrent_trials: int | None = Field(None, ge=1)  # None: as many as the cluster's CPUs hold
+    seed: int = 0  # of the search algorithm
+    register_best: bool = False  # register the best trial's best checkpoint as etc-student-<arch>
+
+
+class PipelineConfig(_Section):
+    """What pipelines/full.py runs after the flow shards and the teacher."""
+
+    baseline: bool = True  # also train the student per frame (CE only): the "without ETC" row of the table
+    sweep: bool = False  # run the loss-weight sweep (pipelines/sweep.py) before the student
+    ptlflow_timing_pairs: int = Field(8, ge=0)  # time flow.model (random init) on this many pairs; 0 = skip
+    eval_batch_size: int = Field(8, ge=1)
+
+
 class EtcConfig(_Section):
     """The whole configuration; each stage reads its own section."""
 
@@ -215,6 +277,8 @@ class EtcConfig(_Section):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any, item: str) -> None:

@@ -8,7 +8,8 @@
 
 Writes {shards.uri}/{train,val}/shard-{i:06d}.tar and {shards.uri}/manifest.json (last). A rerun with the same
 config skips complete shards (a no-op when all are there); a different config at the same shards.uri is refused.
-The generated dataset is written to data.root first when it is not there yet.
+The generated dataset is written to data.root first when it is not there yet; Cityscapes and CamVid
+(data.kind, configs/cityscapes.yaml, configs/camvid.yaml) are read in place after a check of the tree.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_args(__doc__.splitlines()[0], argv)
     from etc_core.tracking import mlflow as tracking
     from etc_core.data import shards
-    from etc_core.data.generated import write_dataset
+    from etc_core.data.registry import open_dataset
     from etc_core.flow.estimate import check_ptlflow
     from etc_core.flow.stage import pair_picture, run_flow_stage
     from etc_core.ray_utils import init_ray
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.s3.endpoint_url:  # readers (and Ray workers started here) find the endpoint where boto3 looks
         os.environ.setdefault("AWS_ENDPOINT_URL", cfg.s3.endpoint_url)
     init_ray(cfg.ray)
-    dataset = write_dataset(cfg.data)  # generates data.root when missing, reuses it otherwise
+    dataset = open_dataset(cfg.data, generate=True)  # synthetic: generated when missing; real: validated
     with tracking.stage_run(cfg.mlflow, "flow", params=flatten(cfg)):
         result = run_flow_stage(cfg, dataset)
         counts = {f"flow/{split}_{what}": (len(v["shards"]) if what == "shards" else v["samples"])

@@ -45,7 +45,8 @@ class FlowStageResult:
 
 def stage_identity(cfg: EtcConfig) -> dict:
     """Everything that changes the shards' content (not where they go or how fast they are made)."""
-    data = cfg.data.model_dump(exclude={"root"})
+    # resize only exists for real datasets; leaving it out for synthetic keeps earlier synthetic shards valid
+    data = cfg.data.model_dump(exclude={"root", *(["resize"] if cfg.data.kind == "synthetic" else [])})
     flow = {"source": cfg.flow.source}
     if cfg.flow.source == "ptlflow":
         flow.update(model=cfg.flow.model, weights=cfg.flow.weights)
@@ -58,7 +59,9 @@ def config_hash(identity: dict) -> str:
 
 
 def _clip_layout(dataset, split: str, clip_id: str) -> tuple[int, int, int, list[int]]:
-    """(T, H, W, labelled frames) of a clip, from the dataset's spec when it has one, else by reading the clip."""
+    """(T, H, W, labelled frames) of a clip: from the dataset's clip_layout or spec when it has one, else by reading."""
+    if callable(getattr(dataset, "clip_layout", None)):  # Cityscapes/CamVid: from their index, no image decoding
+        return dataset.clip_layout(split, clip_id)
     spec, labelled = getattr(dataset, "spec", None), getattr(dataset, "labelled_frames", None)
     if spec is not None and labelled is not None:
         return spec["num_frames"], spec["height"], spec["width"], list(labelled)
@@ -155,9 +158,9 @@ def run_flow_stage(cfg: EtcConfig, dataset=None, progress: bool = True) -> FlowS
     if cfg.flow.source == "ptlflow":
         check_ptlflow(cfg.flow.model, cfg.flow.weights)
     if dataset is None:
-        from etc_core.data.generated import GeneratedDataset
+        from etc_core.data.registry import open_dataset
 
-        dataset = GeneratedDataset(cfg.data.root)
+        dataset = open_dataset(cfg.data)
     identity = stage_identity(cfg)
     manifest = _claim(uri, identity, cfg)
     if manifest is not None and _manifest_complete(manifest, uri, cfg):
