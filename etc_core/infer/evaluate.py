@@ -1,0 +1,226 @@
+"""Compare models on one source: mIoU, TC (PAPER.md 5) and latency/FPS, in one pass over the frames.
+
+Sources: a shard set (labelled pairs with the flow stage's flow), a generated dataset directory (every frame of
+every clip of a split, ground-truth flow unless a ptlflow model is named), or an unlabelled video (TC only,
+flow from a ptlflow model). Every model sees the same decoded frames and the same flow, computed once.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from etc_core.data.base import IGNORE_INDEX
+from etc_core.errors import ConfigError, DatasetError
+from etc_core.infer import InputError
+from etc_core.infer.predict import Predictor
+from etc_core.metrics import ConfusionMatrix, TemporalConsistency
+from etc_core.metrics.speed import measure_latency
+
+log = logging.getLogger(__name__)
+
+# flow_of(t0, img0, img1): flow of the pairs (t0 + i, t0 + i + 1) -> float32 [P,2,H,W], project convention
+FlowFn = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass
+class Row:
+    """One model's line of the table; mIoU and TC in percent (None when the source cannot give it)."""
+
+    model: str
+    arch: str
+    miou: float | None
+    tc: float | None
+    latency_ms: float
+    fps: float
+    frames: int
+    pairs: int
+
+
+@dataclass
+class _Scores:
+    predictor: Predictor
+    cm: ConfusionMatrix | None = None  # made once the source's class count is known
+    tc: TemporalConsistency | None = None
+    frames: int = 0
+    pairs: int = 0
+
+
+def evaluate_models(models: list[tuple[str, torch.nn.Module, dict]], *, shards: str | None = None,
+                    data: str | None = None, video: str | None = None, split: str = "val",
+                    flow_model: str | None = None, flow_weights: str = "none", device: torch.device,
+                    half: bool = False, size: tuple[int, int] | None = None, batch_size: int = 8) -> dict:
+    """Score (name, model, meta) triples on exactly one of shards / data / video; return {"source", "rows"}."""
+    if sum(x is not None for x in (shards, data, video)) != 1:
+        raise ConfigError("evaluate: give exactly one of --shards URI, --data DIR or --input VIDEO")
+    if shards is not None and flow_model is not None:
+        raise ConfigError("evaluate --shards: TC uses the shards' own flow; --flow-model applies to --data and --input")
+    if video is not None and flow_model is None:
+        raise ConfigError("evaluate --input: TC on a video without labels needs --flow-model (a ptlflow model)")
+    estimator = _ptlflow(flow_model, flow_weights) if flow_model is not None else None
+    scores = [_Scores(Predictor(model, device, half, size)) for _, model, _ in models]
+    if shards is not None:
+        source = {"kind": "shards", "uri": shards, "split": split, "flow": "shards"}
+        num_classes, shape = _score_shards(scores, models, shards, split, batch_size)
+    elif data is not None:
+        flow = f"ptlflow:{flow_model}" if estimator else "ground_truth"
+        source = {"kind": "data", "path": data, "split": split, "flow": flow}
+        num_classes, shape = _score_dataset(scores, models, data, split, batch_size, estimator)
+    else:
+        source = {"kind": "video", "path": video, "flow": f"ptlflow:{flow_model}"}
+        num_classes, shape = _score_video(scores, models, video, batch_size, estimator)
+    rows = []
+    for (name, _, meta), s in zip(models, scores):
+        example = torch.zeros((1, *shape, 3), dtype=torch.uint8)  # one frame at the source's resolution
+        latency = measure_latency(lambda p=s.predictor, x=example: p.logits(x), device)
+        miou = s.cm.mean_iou() if video is None else None  # a video has no labels
+        rows.append(Row(name, meta["arch"], _finite(miou), _finite(s.tc.value()), latency, 1000 / latency,
+                        s.frames, s.pairs))
+        log.info("%s: mIoU %s TC %s latency %.1f ms", name, rows[-1].miou, rows[-1].tc, latency)
+    return {"source": {**source, "num_classes": num_classes, "height": shape[0], "width": shape[1],
+                       "device": str(device), "half": half, "size": list(size) if size else None},
+            "rows": [asdict(r) for r in rows]}
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _init(scores: list[_Scores], models, num_classes: int | None, device: torch.device) -> None:
+    for s, (_, _, meta) in zip(scores, models):
+        k = num_classes or int(meta["num_classes"])
+        s.cm = ConfusionMatrix(k, device=device)
+        s.tc = TemporalConsistency(max(k, int(meta["num_classes"])), device=device)
+
+
+def _score_shards(scores, models, uri: str, split: str, batch_size: int) -> tuple[int, tuple[int, int]]:
+    """Labelled pairs (img0, img1, flow, label) of a shard set: mIoU on img0, TC on the pair."""
+    from etc_core.data import shards as shard_io
+
+    manifest = shard_io.read_manifest(uri)
+    if manifest is None:
+        raise InputError(f"{uri}: no shard set there (manifest.json not found)")
+    device = scores[0].predictor.device
+    _init(scores, models, int(manifest["num_classes"]), device)
+    shape = None
+    for batch in shard_io.make_loader(uri, split, batch_size, shuffle=False):
+        img0, img1 = batch["img0"].permute(0, 2, 3, 1), batch["img1"].permute(0, 2, 3, 1)  # [B,H,W,3] uint8
+        flow, label = batch["flow"].to(device), batch["label"].to(device)
+        shape = tuple(img0.shape[1:3])
+        for s in scores:
+            pred = s.predictor(torch.cat([img0, img1]))  # [2B,H,W]
+            pred0, pred1 = pred[: len(img0)], pred[len(img0):]
+            s.cm.update(pred0, label)
+            s.tc.update(pred0, pred1, flow)
+            s.frames += 2 * len(img0)
+            s.pairs += len(img0)
+    if shape is None:
+        raise InputError(f"{uri}: split {split!r} holds no samples")
+    return int(manifest["num_classes"]), shape
+
+
+def _score_dataset(scores, models, root: str, split: str, batch_size: int, estimator) -> tuple[int, tuple]:
+    """Every clip of a generated dataset split: mIoU on labelled frames, TC over all consecutive pairs."""
+    from etc_core.data.generated import GeneratedDataset
+    from etc_core.flow.estimate import PairRef
+
+    try:
+        ds = GeneratedDataset(root)
+        clip_ids = ds.clip_ids(split)
+    except DatasetError as e:
+        raise InputError(str(e)) from None
+    _init(scores, models, ds.num_classes, scores[0].predictor.device)
+    for clip_id in clip_ids:
+        clip = ds.read_clip(split, clip_id)
+        if estimator is None:
+            flow_of = lambda t0, img0, img1, c=clip: c.flows[t0:t0 + len(img0)]  # noqa: E731
+        else:
+            flow_of = lambda t0, img0, img1, c=clip_id: estimator.estimate(  # noqa: E731
+                img0, img1, [PairRef(split, c, t0 + i, 1) for i in range(len(img0))])
+        batches = (clip.frames[i:i + batch_size] for i in range(0, clip.num_frames, batch_size))
+        _score_stream(scores, batches, flow_of, labels=clip.labels)
+    return ds.num_classes, (int(ds.spec["height"]), int(ds.spec["width"]))
+
+
+def _score_video(scores, models, spec: str, batch_size: int, estimator) -> tuple[int, tuple]:
+    """An unlabelled video, frames dir or glob: TC only."""
+    from etc_core.flow.estimate import PairRef
+    from etc_core.infer.video import open_frames
+
+    source = open_frames(spec)
+    _init(scores, models, None, scores[0].predictor.device)
+    shape: list = []
+
+    def batches() -> Iterator[np.ndarray]:
+        for frames in source.batches(batch_size):
+            shape[:] = frames.shape[1:3]
+            yield frames
+
+    flow_of = lambda t0, img0, img1: estimator.estimate(  # noqa: E731
+        img0, img1, [PairRef("video", spec, t0 + i, 1) for i in range(len(img0))])
+    _score_stream(scores, batches(), flow_of, labels=None)
+    return max(int(m[2]["num_classes"]) for m in models), tuple(shape)
+
+
+def _score_stream(scores: list[_Scores], batches: Iterator[np.ndarray], flow_of: FlowFn,
+                  labels: np.ndarray | None) -> None:
+    """Predict frame batches uint8 [B,H,W,3] with every model; TC over consecutive pairs, across batch borders."""
+    prev_frame: np.ndarray | None = None  # the last frame of the previous batch, and each model's prediction of it
+    prev_preds: list[torch.Tensor | None] = [None] * len(scores)
+    t = 0
+    for frames in batches:
+        seq = frames if prev_frame is None else np.concatenate([prev_frame[None], frames])  # [P+1,H,W,3]
+        first = t - (len(seq) - len(frames))  # frame index of seq[0]
+        flow = None
+        if len(seq) > 1:
+            flow = torch.as_tensor(np.asarray(flow_of(first, seq[:-1], seq[1:])))  # [P,2,H,W]
+        for i, s in enumerate(scores):
+            preds = s.predictor(frames)  # [B,H,W]
+            if labels is not None and (labels[t:t + len(frames)] != IGNORE_INDEX).any():
+                s.cm.update(preds, torch.as_tensor(labels[t:t + len(frames)]))
+            seq_preds = preds if prev_preds[i] is None else torch.cat([prev_preds[i][None], preds])  # [P+1,H,W]
+            if flow is not None:
+                s.tc.update(seq_preds[:-1], seq_preds[1:], flow)
+                s.pairs += len(flow)
+            s.frames += len(frames)
+            prev_preds[i] = preds[-1]
+        prev_frame = frames[-1]
+        t += len(frames)
+
+
+def _ptlflow(model: str, weights: str):
+    from etc_core.flow.estimate import PtlflowEstimator, check_ptlflow
+
+    check_ptlflow(model, weights)
+    return PtlflowEstimator(model, weights)
+
+
+def format_table(result: dict) -> str:
+    """The rows as a fixed-width table under a one-line description of the source."""
+    src = result["source"]
+    where = src.get("uri") or src.get("path")
+    head = (f"{src['kind']} {where}" + (f" [{src['split']}]" if "split" in src else "") +
+            f", flow {src['flow']}, {src['height']}x{src['width']}, device {src['device']}")
+    width = max([len("model")] + [len(r["model"]) for r in result["rows"]])
+    cols = f"{'model':<{width}}  {'arch':<18} {'mIoU':>6} {'TC':>6} {'latency ms':>10} {'FPS':>8} {'frames':>7}"
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = [head, cols, "-" * len(cols)]
+    for r in result["rows"]:
+        lines.append(f"{r['model']:<{width}}  {r['arch']:<18} {fmt(r['miou']):>6} {fmt(r['tc']):>6} "
+                     f"{r['latency_ms']:>10.2f} {r['fps']:>8.1f} {r['frames']:>7}")
+    return "\n".join(lines)
+
+
+def write_json(result: dict, path: str) -> None:
+    """Write evaluate_models' result as JSON (NaN-free: missing numbers are null) via a temporary file."""
+    import json
+    import os
+
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, path)
