@@ -1,0 +1,1 @@
+"""Ray Tune sweeps over the ETC loss weights and training knobs (pipelines/sweep.py)."""

@@ -1,0 +1,96 @@
+"""The pure side of a sweep: the search space as Tune domains, trial values applied to a config, the objective
+and the Pareto front of (mIoU, TC).
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from etc_core.config import EtcConfig, ParamSpace, SweepConfig
+from etc_core.errors import ConfigError
+
+SWEEPABLE = ("train.", "student.")  # every trial reads the same shards, so data/shards/flow stay fixed
+KD_KEYS = ("student.loss.kd_pixel_weight", "student.loss.kd_temporal_weight")
+
+
+def apply_values(base: EtcConfig, values: dict[str, Any]) -> EtcConfig:
+    """`base` with each dotted key (`student.loss.tc_weight`) set to its value, validated; ConfigError names the key."""
+    tree = base.model_dump(mode="json")
+    for dotted, value in values.items():
+        node, keys = tree, dotted.split(".")
+        for i, key in enumerate(keys[:-1]):
+            if not isinstance(node.get(key), dict):
+                raise ConfigError(f"{dotted}: {'.'.join(keys[:i + 1])} is not a config section")
+            node = node[key]
+        if keys[-1] not in node:
+            close = difflib.get_close_matches(keys[-1], list(node), n=1)
+            raise ConfigError(f"{dotted}: unknown key" + (f" (did you mean {close[0]}?)" if close else ""))
+        node[keys[-1]] = value
+    try:
+        return EtcConfig.model_validate(tree)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}, got {err.get('input')!r}") from None
+
+
+def _corners(spec: ParamSpace) -> list[Any]:
+    return [spec.low, spec.high] if spec.values is None else list(spec.values)
+
+
+def check_space(cfg: EtcConfig) -> None:
+    """Raise ConfigError (one line, `sweep.space.<key>: ...`) for a key or range the trials could not train with."""
+    sweep = cfg.sweep
+    if not sweep.space:
+        raise ConfigError("sweep.space: empty; give at least one dotted key to sweep")
+    for key, spec in sweep.space.items():
+        if not key.startswith(SWEEPABLE):
+            raise ConfigError(f"sweep.space.{key}: only train.* and student.* keys can be swept "
+                              "(all trials share the shards)")
+        if spec.type == "grid" and sweep.search == "optuna":
+            raise ConfigError(f"sweep.space.{key}: grid needs sweep.search=random (Optuna samples, it has no grid)")
+        for value in _corners(spec):
+            try:
+                apply_values(cfg, {key: value})
+            except ConfigError as e:
+                raise ConfigError(f"sweep.space.{key}: {value!r} is not a valid value ({e})") from None
+
+
+def may_need_teacher(cfg: EtcConfig) -> bool:
+    """True when the base config or some sampled distillation weight can switch distillation on."""
+    if cfg.student.loss.needs_teacher:
+        return True
+    return any(key in KD_KEYS and max(_corners(spec)) > 0 for key, spec in cfg.sweep.space.items())
+
+
+def tune_space(sweep: SweepConfig) -> dict[str, Any]:
+    """The Tune param_space: {dotted key: tune domain}."""
+    from ray import tune
+
+    make = {"loguniform": lambda s: tune.loguniform(s.low, s.high), "uniform": lambda s: tune.uniform(s.low, s.high),
+            "choice": lambda s: tune.choice(list(s.values)), "grid": lambda s: tune.grid_search(list(s.values))}
+    return {key: make[spec.type](spec) for key, spec in sweep.space.items()}
+
+
+def score(val_miou: float, val_tc: float, tc_weight: float) -> float:
+    """val_score = (1 - w) * mIoU + w * TC (both in points, higher is better)."""
+    return (1 - tc_weight) * val_miou + tc_weight * val_tc
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the (mIoU, TC) points no other point beats on both (higher is better), by mIoU descending.
+
+    A point with a NaN is never on the front; equal points are all kept.
+    """
+    finite = [i for i, (a, b) in enumerate(points) if math.isfinite(a) and math.isfinite(b)]
+    front = []
+    for i in finite:
+        a, b = points[i]
+        dominated = any(points[j][0] >= a and points[j][1] >= b and (points[j][0] > a or points[j][1] > b)
+                        for j in finite)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (-points[i][0], -points[i][1], i))

@@ -1,0 +1,57 @@
+"""docs/config.md is generated from the config models; it must match what the generator writes today."""
+from __future__ import annotations
+
+import importlib.util
+
+from tests.conftest import REPO
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("gen_config_reference", REPO / "docs" / "gen_config_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_config_reference_is_up_to_date():
+    text = _generator().render()
+    committed = (REPO / "docs" / "config.md").read_text()
+    assert committed == text, "docs/config.md is out of date: run .venv/bin/python docs/gen_config_reference.py"
+
+
+def test_config_reference_names_every_key():
+    from etc_core.config import EtcConfig, flatten
+
+    text = (REPO / "docs" / "config.md").read_text()
+    keys = [k for k in flatten(EtcConfig()) if not k.startswith("sweep.space.")]  # the space's entries are examples
+    assert [k for k in keys if f"`{k}`" not in text] == []
+
+
+def test_shards_example_runs_on_real_shards(tmp_path, capsys):
+    """The code block of docs/shards.md reads shards written by etc_core.data.shards, with tarfile and webdataset."""
+    import re
+
+    import numpy as np
+
+    from etc_core.data import shards
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for t, labelled in ((0, True), (1, False)):
+        img0, img1 = (rng.integers(0, 255, (8, 12, 3), dtype=np.uint8) for _ in range(2))
+        label = rng.integers(0, 3, (8, 12), dtype=np.uint8) if labelled else None
+        meta = {"video": "clip_000000", "t": t, "k": 1, "split": "val", "source": "ground_truth"}
+        samples.append(shards.encode_sample(shards.sample_key("clip_000000", t, 1), img0, img1,
+                                            np.zeros((2, 8, 12), np.float32), label, meta))
+    path = shards.shard_name("val", 0)
+    nbytes = shards.write_shard(samples, str(tmp_path / path))
+    shards.write_manifest(str(tmp_path), {"format": shards.FORMAT, "splits": {"val": {"samples": 2, "shards": [
+        {"path": path, "samples": 2, "bytes": nbytes}]}}})
+
+    text = (REPO / "docs" / "shards.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    assert 'uri = "runs/demo/shards"' in code
+    exec(compile(code.replace('uri = "runs/demo/shards"', f'uri = "{tmp_path}"'), "docs/shards.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "clip_000000_000000_1 (8, 12, 3) float16 (2, 8, 12) clip_000000 0 1"
+    assert lines[1].startswith("clip_000000_000000_1 (2, 8, 12) [") and lines[2].endswith(" None")
