@@ -48,8 +48,8 @@ def run_pipeline(cfg: EtcConfig, force: tuple[str, ...] = ()) -> PipelineResult:
 
         teacher = _train(cfg, "teacher", "teacher" in force, parent.info.run_id, result)
         cfg = _with(cfg, "student.teacher_uri", teacher.model_uri)  # the teacher this run trained or reused
-        if cfg.pipeline.sweep:
-            cfg = _sweep(cfg, "sweep" in force, result)
+        if cfg.pipeline.sweep:  # a finished sweep of the same config is restored, not rerun
+            cfg = _sweep(cfg, parent.info.run_id, result)
         if cfg.pipeline.baseline:
             _train(cfg, "baseline", "baseline" in force, parent.info.run_id, result)
         _train(cfg, "student", "student" in force, parent.info.run_id, result)
@@ -91,13 +91,14 @@ def _train(cfg: EtcConfig, stage: str, force: bool, parent_run_id: str, result: 
     return summary["registered"]
 
 
-def _sweep(cfg: EtcConfig, force: bool, result: PipelineResult) -> EtcConfig:
-    """Run the loss-weight sweep and continue with its best trial's student config."""
-    from etc_core.sweep import run_sweep
+def _sweep(cfg: EtcConfig, parent_run_id: str, result: PipelineResult) -> EtcConfig:
+    """Run (or resume) the loss-weight sweep; continue with its best trial's config (written as best.yaml)."""
+    from etc_core.config import load_config
+    from etc_core.sweep.run import run_sweep
 
-    best_cfg = run_sweep(cfg, force=force)
+    summary = run_sweep(cfg, parent_run_id=parent_run_id)
     result.ran.append("sweep")
-    return best_cfg
+    return load_config(summary["best_yaml"])
 
 
 def _flow_timing(cfg: EtcConfig) -> dict:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from etc_core.config import parse_args  # noqa: E402
 from etc_core.entry import run_entry  # noqa: E402
 
-FORCEABLE = ("flow", "teacher", "sweep", "baseline", "student")
+FORCEABLE = ("flow", "teacher", "baseline", "student")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,19 +7,25 @@ import pytest
 
 from etc_core.config import DataConfig
 from etc_core.data import write_dataset
-from tests.conftest import run_python
+from tests.conftest import TINY_DATA, run_dirs, run_python
 
 pytestmark = pytest.mark.integration
 
 
 def _ray_pids(ray) -> set[int]:
-    """PIDs of this session's Ray processes (the node's processes and our workers), not other programs."""
+    """PIDs of this session's Ray processes: those naming its session dir, and their descendants (workers).
+
+    Not every process titled `ray::...` on the machine: other programs' Ray clusters are none of our business.
+    """
     session_dir = ray._private.worker.global_worker.node.get_session_dir_path()
     pids = set()
     for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if session_dir in cmd or "ray::" in cmd:
+        if session_dir in " ".join(proc.info["cmdline"] or []):
             pids.add(proc.info["pid"])
+            try:
+                pids.update(child.pid for child in proc.children(recursive=True))
+            except psutil.NoSuchProcess:
+                pass
     return pids
 
 
@@ -31,7 +37,8 @@ def test_local_ray_listens_only_on_loopback(ray_local):
         return os.getpid()
 
     worker_pids = set(ray.get([pid.remote() for _ in range(4)]))
-    pids = _ray_pids(ray) | worker_pids | {os.getpid()}
+    pids = _ray_pids(ray) | {os.getpid()}
+    assert worker_pids <= pids  # the workers that ran our tasks are among them
     listening = [c for c in psutil.net_connections(kind="inet")
                  if c.status == psutil.CONN_LISTEN and c.pid in pids]
     assert len(listening) >= 3  # GCS, raylet, dashboard, workers ... are really there
@@ -57,12 +64,18 @@ def test_dataset_written_by_ray_tasks_matches_in_process(ray_local, tmp_path):
             assert np.array_equal(a.frames, b.frames) and np.array_equal(a.flows, b.flows)
 
 
-def test_demo_entry_point_end_to_end(tmp_path):
-    """pipelines/full.py starts its own local Ray, writes the dataset and prints the summary."""
+def test_full_pipeline_starts_its_own_local_ray(tmp_path):
+    """`python pipelines/full.py` without a cluster: starts Ray on 127.0.0.1, runs every stage, prints the table."""
     proc = run_python("pipelines/full.py", "--config", "configs/demo.yaml", f"data.root={tmp_path}/data",
-                      "data.num_videos=3", "data.val_fraction=0.3", "data.height=32", "data.width=48",
-                      "data.num_frames=4", "ray.num_cpus=2", timeout=240)
+                      f"shards.uri={tmp_path}/shards", *run_dirs(tmp_path), *TINY_DATA, "ray.num_cpus=2",
+                      "teacher.arch=pspnet18_slim", "student.arch=lraspp_mobilenetv3", "train.max_steps=2",
+                      "train.steps_per_epoch=2", "train.batch_size=2", "train.crop=null", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "train: 2 clips, 8 frames" in proc.stdout and "val: 1 clips" in proc.stdout
-    assert (tmp_path / "data" / "dataset.json").is_file()
-    assert "generate clips" in proc.stderr  # the progress bar
+    assert "started a local Ray on 127.0.0.1" in proc.stderr
+    assert "stages run: flow, teacher, baseline, student, evaluate; reused: -" in proc.stdout
+    table = proc.stdout.split("stages run:")[1]
+    for row in ("teacher:etc-teacher/1", "baseline:etc-baseline-lraspp_mobilenetv3/1",
+                "student:etc-student-lraspp_mobilenetv3/1"):
+        assert row in table
+    assert "ptlflow rapidflow_it1 (random init, timing only)" in proc.stdout
+    assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout and "--host 127.0.0.1" in proc.stdout
