@@ -39,15 +39,8 @@ Examples:
 EOF
 }
 
-show() {  # print a command line the shell can paste back: plain words bare, anything else single-quoted
-    local word out=()
-    for word in "$@"; do
-        if [[ "$word" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then out+=("$word"); else out+=("'${word//\'/\'\\\'\'}'"); fi
-    done
-    echo "${out[*]}"
-}
-
-die() { echo "mlflow_server.sh: $*" >&2; exit 2; }
+# shellcheck source=infra/lib/common.sh
+source "$REPO/infra/lib/common.sh"
 
 backend="sqlite:///$DATA_DIR/mlflow.db"
 artifacts=""

@@ -35,15 +35,8 @@ RAY_AUTH_MODE defaults to token (the client reads ~/.ray/auth_token or RAY_AUTH_
 EOF
 }
 
-show() {  # print a command line the shell can paste back: plain words bare, anything else single-quoted
-    local word out=()
-    for word in "$@"; do
-        if [[ "$word" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then out+=("$word"); else out+=("'${word//\'/\'\\\'\'}'"); fi
-    done
-    echo "${out[*]}"
-}
-
-die() { echo "submit.sh: $*" >&2; exit 2; }
+# shellcheck source=infra/lib/common.sh
+source "$REPO/infra/lib/common.sh"
 
 entry="pipelines/full.py"
 address="${RAY_ADDRESS:-http://127.0.0.1:8265}"
