@@ -1,0 +1,142 @@
+"""`ray job submit -- python pipelines/full.py` against a `ray start --head` cluster on 127.0.0.1, S3 on moto."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import psutil
+import pytest
+
+from tests.conftest import REPO, TINY_DATA, aws_env
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    """`ray start --head --block` on free loopback ports; stopping it ends only this cluster's processes."""
+    import shutil
+    import tempfile
+
+    gcs, dash = _free_port(), _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")  # short: Ray's unix socket paths must fit 107 chars
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+           "PATH": f"{BIN}:{os.environ['PATH']}"}  # a job's `python` is the one on PATH when Ray started
+    env.pop("RAY_ADDRESS", None)
+    ports = [f"--{flag}={_free_port()}" for flag in (  # all free: another Ray here may hold the defaults
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
+        "ray-client-server-port", "node-manager-port", "object-manager-port")]
+    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2",
+                             "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--dashboard-host", "127.0.0.1",
+                             "--dashboard-port", str(dash), "--temp-dir", temp_dir, *ports],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if _jobs(address, env, "list").returncode == 0:
+            break
+        time.sleep(2)
+    else:
+        _stop_cluster(head, temp_dir)
+        raise AssertionError("ray head did not come up")
+    yield address, env
+    _stop_cluster(head, temp_dir)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _stop_cluster(head: subprocess.Popen, temp_dir: str) -> None:
+    """End this cluster's processes only: `ray start`, everything naming its temp dir, and their descendants."""
+    procs = {psutil.Process(head.pid)}
+    for proc in psutil.process_iter(["cmdline"]):
+        if temp_dir in " ".join(proc.info["cmdline"] or []):
+            procs.add(proc)
+    for proc in list(procs):
+        try:
+            procs.update(proc.children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=20)
+    for proc in alive:
+        proc.kill()
+    head.wait(10)
+
+
+def _jobs(address: str, env: dict, *args: str, timeout: int = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "ray"), "job", *args, "--address", address], env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
+
+
+def _submit(address: str, env: dict, runtime_env: dict, args: list[str]) -> str:
+    for _ in range(20):  # the job agent may come up a little after the dashboard answers
+        proc = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--no-wait", "--working-dir",
+                               ".", "--runtime-env-json", json.dumps(runtime_env), "--", "python", "pipelines/full.py",
+                               *args], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+        if "No available agent" not in proc.stderr:
+            break
+        time.sleep(3)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return next(line.split("'")[1] for line in proc.stdout.splitlines() if "submitted successfully" in line)
+
+
+def _wait(address: str, env: dict, job_id: str, timeout: int = 600) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc = _jobs(address, env, "status", job_id)
+        status = (proc.stdout + proc.stderr).lower()  # "Job '...' succeeded" (Ray's CLI logger)
+        if "succeeded" in status:
+            return _jobs(address, env, "logs", job_id).stdout
+        if "failed" in status or "stopped" in status:
+            raise AssertionError(_jobs(address, env, "logs", job_id).stdout[-4000:])
+        time.sleep(3)
+    logs = _jobs(address, env, "logs", job_id).stdout
+    _jobs(address, env, "stop", job_id)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s; its log ends:\n{logs[-3000:]}")
+
+
+def test_full_pipeline_via_job_submit_with_s3_and_rerun_skips(ray_head, moto_s3, tmp_path):
+    import boto3
+
+    address, env = ray_head
+    boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1").create_bucket(Bucket="etc-jobs")
+    db = tmp_path / "mlflow.db"
+    args = ["--config", "configs/demo.yaml", f"data.root={tmp_path}/data", "shards.uri=s3://etc-jobs/shards",
+            f"mlflow.tracking_uri=sqlite:///{db}", f"mlflow.artifact_root={tmp_path}/artifacts",
+            f"train.storage_path={tmp_path}/ray_results", *TINY_DATA, "teacher.arch=pspnet18_slim",
+            "student.arch=lraspp_mobilenetv3", "train.max_steps=2", "train.steps_per_epoch=2", "train.batch_size=2",
+            "train.crop=null", "pipeline.ptlflow_timing_pairs=0"]
+    runtime_env = {"env_vars": {**aws_env(moto_s3), "MLFLOW_DISABLE_TELEMETRY": "true"},
+                   "excludes": [".git", ".venv", "runs", "mlruns"]}
+    logs = _wait(address, env, _submit(address, env, runtime_env, args))
+    assert "joining Ray at" in logs  # it joined the cluster rather than starting its own
+    assert "stages run: flow, teacher, baseline, student, evaluate; reused: -" in logs
+    assert "student:etc-student-lraspp_mobilenetv3/1" in logs and "mIoU" in logs  # the evaluation table
+    s3 = boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="etc-jobs", Prefix="shards/")["Contents"]]
+    assert "shards/manifest.json" in keys and any(k.startswith("shards/train/shard-") for k in keys)
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    for name in ("etc-teacher", "etc-baseline-lraspp_mobilenetv3", "etc-student-lraspp_mobilenetv3"):
+        assert client.get_model_version_by_alias(name, "champion").version in (1, "1")
+
+    rerun = _wait(address, env, _submit(address, env, runtime_env, args))
+    ran = next((line for line in rerun.splitlines() if line.startswith("stages run:")), rerun[-2000:])
+    assert ran == "stages run: evaluate; reused: flow, teacher, baseline, student", ran
+    assert len(client.search_model_versions("name='etc-student-lraspp_mobilenetv3'")) == 1
