@@ -76,6 +76,17 @@ def _watch(stream, lines: list[str], completed: threading.Event) -> None:
             completed.set()
 
 
+def _final_step(run: Path) -> int:
+    """The last reported step of a Ray Train run directory (0 when it has none yet)."""
+    import json
+
+    try:
+        results = json.loads((run / "checkpoint_manager_snapshot.json").read_text())["checkpoint_results"]
+    except (OSError, ValueError, KeyError):
+        return 0
+    return max((r["metrics"].get("step", 0) for r in results), default=0)
+
+
 def test_interrupted_sweep_resumes_with_tuner_restore(ray_local, tiny_shards, tmp_path):
     overrides = [*tiny_shards, *run_dirs(tmp_path), *TINY_TRAIN, "sweep.num_samples=3", "sweep.search=optuna",
                  "sweep.scheduler=fifo", "sweep.metric=val_score",
@@ -106,13 +117,14 @@ def test_interrupted_sweep_resumes_with_tuner_restore(ray_local, tiny_shards, tm
     assert proc.returncode == 1 and "SweepError: " in stderr and "rerun the same command to resume" in stderr, \
         stderr[-3000:]
     train_runs = Path(cfg.train.storage_path) / f"{sweep_name(cfg)}-train"
-    first = {p.name: p.stat().st_mtime_ns for p in train_runs.glob("*/checkpoint_*")}
+    finished = [run for run in train_runs.iterdir() if _final_step(run) == 4]  # trials done before Ctrl-C
+    first = {p: p.stat().st_mtime_ns for run in finished for p in run.glob("checkpoint_*") if p.is_dir()}
 
     summary = run_sweep(cfg)  # the same config again: Tuner.restore, not a new sweep
     assert summary["restored"] and len(summary["trials"]) == 3
     assert all(t.error is None and t.final["step"] == 4 for t in summary["trials"])
-    again = {p.name: p.stat().st_mtime_ns for p in train_runs.glob("*/checkpoint_*")}
-    assert first and all(again.get(name) == stamp for name, stamp in first.items())  # finished work not redone
+    assert first and all(p.exists() and p.stat().st_mtime_ns == stamp for p, stamp in first.items()), \
+        "a trial that had finished before the interrupt was trained again"
     assert len({t.trial_id for t in summary["trials"]}) == 3
 
 
