@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 
 from etc_core.config import EtcConfig, flatten
+from etc_core.sweep.space import apply_values
 from etc_core.tracking import mlflow as tracking
 from etc_core.tracking.registry import Registered
 
@@ -47,7 +48,7 @@ def run_pipeline(cfg: EtcConfig, force: tuple[str, ...] = ()) -> PipelineResult:
             result.flow_timing = _flow_timing(cfg)
 
         teacher = _train(cfg, "teacher", "teacher" in force, parent.info.run_id, result)
-        cfg = _with(cfg, "student.teacher_uri", teacher.model_uri)  # the teacher this run trained or reused
+        cfg = apply_values(cfg, {"student.teacher_uri": teacher.model_uri})  # the teacher this run trained or reused
         if cfg.pipeline.sweep:  # a finished sweep of the same config is restored, not rerun
             cfg = _sweep(cfg, parent.info.run_id, result)
         if cfg.pipeline.baseline:
@@ -63,17 +64,6 @@ def run_pipeline(cfg: EtcConfig, force: tuple[str, ...] = ()) -> PipelineResult:
         result.ran.append("evaluate")
         tracking.set_tags({"etc.ran": ",".join(result.ran), "etc.skipped": ",".join(result.skipped)})
     return result
-
-
-def _with(cfg: EtcConfig, dotted: str, value) -> EtcConfig:
-    """A copy of cfg with one dotted key replaced (validated again)."""
-    data = cfg.model_dump(mode="json")
-    node = data
-    *parents, last = dotted.split(".")
-    for key in parents:
-        node = node[key]
-    node[last] = value
-    return EtcConfig.model_validate(data)
 
 
 def _train(cfg: EtcConfig, stage: str, force: bool, parent_run_id: str, result: PipelineResult) -> Registered:
@@ -105,7 +95,7 @@ def _flow_timing(cfg: EtcConfig) -> dict:
     from etc_core.flow.timing import time_flow_model
 
     with tracking.stage_run(cfg.mlflow, "flow-timing", params={"flow.model": cfg.flow.model}):
-        timing = time_flow_model(_with(cfg, "flow.weights", "none"), cfg.pipeline.ptlflow_timing_pairs)
+        timing = time_flow_model(apply_values(cfg, {"flow.weights": "none"}), cfg.pipeline.ptlflow_timing_pairs)
         tracking.log_metrics({"flow_timing/pairs_per_s": timing["pairs_per_s"],
                               "flow_timing/epe_vs_shards": timing["epe_vs_shards"]})
     log.info("ptlflow %s (random init): %.1f pairs/s on %d pairs, EPE %.2f px vs the shards' flow",

@@ -94,15 +94,23 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
-def log_image(image: np.ndarray, artifact_file: str) -> None:
-    """Log a uint8 [H,W,3] picture as a PNG artifact of the active run."""
-    import mlflow
+@contextmanager
+def _png(image: np.ndarray, artifact_file: str) -> Iterator[tuple[str, str | None]]:
+    """Write a uint8 [H,W,3] picture to a temporary PNG; yield (its path, the artifact folder or None)."""
     from PIL import Image
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, os.path.basename(artifact_file))
         Image.fromarray(image).save(path)
-        mlflow.log_artifact(path, artifact_path=os.path.dirname(artifact_file) or None)
+        yield path, os.path.dirname(artifact_file) or None
+
+
+def log_image(image: np.ndarray, artifact_file: str) -> None:
+    """Log a uint8 [H,W,3] picture as a PNG artifact of the active run."""
+    import mlflow
+
+    with _png(image, artifact_file) as (path, folder):
+        mlflow.log_artifact(path, artifact_path=folder)
 
 
 def log_text(text: str, artifact_file: str) -> None:
@@ -143,9 +151,5 @@ class RunLogger:
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def image(self, image: np.ndarray, artifact_file: str) -> None:
-        from PIL import Image
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, os.path.basename(artifact_file))
-            Image.fromarray(image).save(path)
-            self.client.log_artifact(self.run_id, path, artifact_path=os.path.dirname(artifact_file) or None)
+        with _png(image, artifact_file) as (path, folder):
+            self.client.log_artifact(self.run_id, path, artifact_path=folder)
