@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install test demo clean
+.PHONY: install test demo bench bench-quick clean
 
 install: $(STAMP)
 
@@ -25,6 +25,17 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) pipelines/full.py --config configs/demo.yaml
+
+# Every benchmark from a clean runs/bench/, then docs/benchmarks.md (about 30 min on 2 cores; see that page).
+BENCH := reproduce train_overhead inference flow_stage soak
+bench: $(STAMP)
+	rm -rf runs/bench
+	set -e; for b in $(BENCH); do $(PY) -m benchmarks.$$b; done
+	$(PY) -m benchmarks.report
+
+# The same scripts at tiny sizes (numbers meaningless): checks they run, in a few minutes.
+bench-quick: $(STAMP)
+	set -e; for b in $(BENCH); do $(PY) -m benchmarks.$$b --quick; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -75,6 +75,42 @@ def _fp32(out: SegOutput | None) -> SegOutput | None:
     return None if out is None else SegOutput(*[None if x is None else x.float() for x in out])
 
 
+def build_training(cfg: EtcConfig, arch: str, num_classes: int, use_amp: bool):
+    """(model, optimizer, poly LR scheduler, grad scaler) for one stage, on the CPU, before any resume."""
+    t = cfg.train
+    model = create_model(arch, num_classes=num_classes)
+    opt = build_optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / t.max_steps) ** t.poly_power)
+    return model, opt, sched, torch.amp.GradScaler("cuda", enabled=use_amp)
+
+
+def train_step(model, teacher, loss_fn: EtcLoss, opt, sched, scaler, batch: dict, device: torch.device,
+               use_amp: bool, grad_clip: float | None) -> dict[str, float]:
+    """One optimizer step on a loader batch (uint8 frames, flow, label); returns the loss terms as floats."""
+    img_t, img_next = normalize(batch["img0"].to(device)), normalize(batch["img1"].to(device))
+    n = len(img_t)
+    data = {"img_t": img_t, "img_next": img_next, "flow": batch["flow"].to(device).float(),
+            "label": batch["label"].to(device)}
+    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+        both = loss_fn.cfg.needs_next_frame
+        out = model(torch.cat([img_t, img_next]) if both else img_t)
+        out_t, out_next = split_output(out, n) if both else (out, None)
+        t_out = (None, None)
+        if teacher is not None:
+            with torch.no_grad():
+                t_out = split_output(teacher(torch.cat([img_t, img_next])), n)
+    parts = loss_fn(_fp32(out_t), _fp32(out_next), data, _fp32(t_out[0]), _fp32(t_out[1]))  # losses in fp32
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(parts["total"]).backward()
+    if grad_clip:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    sched.step()
+    return {k: float(v.detach()) for k, v in parts.items()}
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -92,11 +128,8 @@ def train_loop_per_worker(config: dict) -> None:
     device = get_device()
     use_amp = t.amp and device.type == "cuda"
 
-    model = create_model(spec.arch, num_classes=num_classes)
+    model, opt, sched, scaler = build_training(cfg, spec.arch, num_classes, use_amp)
     raw = model
-    opt = build_optimizer(raw, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / t.max_steps) ** t.poly_power)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     step = 0
     if (ckpt := ray.train.get_checkpoint()) is not None:
         with ckpt.as_directory() as d:
@@ -115,7 +148,7 @@ def train_loop_per_worker(config: dict) -> None:
             if torch.is_tensor(v):
                 group[k] = v.to(device)
 
-    teacher = _frozen_teacher(config.get("teacher"), device) if spec.loss.needs_teacher else None
+    teacher = frozen_teacher(config.get("teacher"), device) if spec.loss.needs_teacher else None
     loss_fn = EtcLoss(spec.loss).to(device)
     logger = RunLogger(cfg.mlflow.tracking_uri, config["run_id"]) if rank == 0 and config.get("run_id") else None
     augment = PairAugment(crop=t.crop, scale=t.scale, flip=t.flip) if t.crop else None
@@ -123,7 +156,7 @@ def train_loop_per_worker(config: dict) -> None:
     while True:
         epoch = step // t.steps_per_epoch
         steps = min(t.steps_per_epoch - step % t.steps_per_epoch, t.max_steps - step)
-        train_metrics = _train_epoch(model, teacher, loss_fn, opt, sched, scaler, cfg, epoch, step, steps,
+        train_metrics = train_epoch(model, teacher, loss_fn, opt, sched, scaler, cfg, epoch, step, steps,
                                      rank, world, augment, device, use_amp, logger) if steps > 0 else {}
         step += max(steps, 0)
         metrics = {"step": step, "epoch": epoch, **train_metrics}
@@ -152,7 +185,7 @@ def train_loop_per_worker(config: dict) -> None:
             break
 
 
-def _frozen_teacher(teacher_ref, device: torch.device) -> torch.nn.Module:
+def frozen_teacher(teacher_ref, device: torch.device) -> torch.nn.Module:
     if teacher_ref is None:
         raise ValueError("student: distillation weights are > 0 but no teacher was passed")
     meta, state = ray.get(teacher_ref) if isinstance(teacher_ref, ray.ObjectRef) else teacher_ref
@@ -162,7 +195,7 @@ def _frozen_teacher(teacher_ref, device: torch.device) -> torch.nn.Module:
     return teacher.to(device).eval()
 
 
-def _train_epoch(model, teacher, loss_fn, opt, sched, scaler, cfg: EtcConfig, epoch: int, step0: int, steps: int,
+def train_epoch(model, teacher, loss_fn, opt, sched, scaler, cfg: EtcConfig, epoch: int, step0: int, steps: int,
                  rank: int, world: int, augment, device, use_amp: bool, logger) -> dict[str, float]:
     """`steps` optimizer steps over this rank's stream of training pairs; returns the epoch's mean loss terms."""
     t = cfg.train
@@ -174,30 +207,9 @@ def _train_epoch(model, teacher, loss_fn, opt, sched, scaler, cfg: EtcConfig, ep
     samples, start = 0, time.perf_counter()
     step = step0
     for batch in loader:
-        img_t, img_next = normalize(batch["img0"].to(device)), normalize(batch["img1"].to(device))
-        n = len(img_t)
-        data = {"img_t": img_t, "img_next": img_next, "flow": batch["flow"].to(device).float(),
-                "label": batch["label"].to(device)}
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            both = loss_fn.cfg.needs_next_frame
-            out = model(torch.cat([img_t, img_next]) if both else img_t)
-            out_t, out_next = split_output(out, n) if both else (out, None)
-            t_out = (None, None)
-            if teacher is not None:
-                with torch.no_grad():
-                    t_out = split_output(teacher(torch.cat([img_t, img_next])), n)
-        parts = loss_fn(_fp32(out_t), _fp32(out_next), data, _fp32(t_out[0]), _fp32(t_out[1]))  # losses in fp32
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(parts["total"]).backward()
-        if t.grad_clip:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
+        values = train_step(model, teacher, loss_fn, opt, sched, scaler, batch, device, use_amp, t.grad_clip)
         step += 1
-        samples += n * world
-        values = {k: float(v.detach()) for k, v in parts.items()}
+        samples += len(batch["img0"]) * world
         if not math.isfinite(values["total"]):
             raise FloatingPointError(f"loss is {values['total']} at step {step} ({values})")
         for k, v in values.items():

@@ -1,0 +1,109 @@
+"""What every benchmark shares: the machine description, the bench config, result files, Ray and timing."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+CONFIG = REPO / "configs" / "reproduce.yaml"
+ROOT = REPO / "runs" / "bench"  # everything a benchmark writes besides its result file
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def machine() -> dict:
+    """CPU model, cores, memory, GPU (if any) and the versions that matter for the figures."""
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem_gib = float("nan")
+    versions = {}
+    for name in ("torch", "torchvision", "ray", "mlflow", "webdataset", "ptlflow", "timm"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "missing"
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_gib, 1),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "os": platform.platform(), "versions": versions,
+            "torch_threads": torch.get_num_threads()}
+
+
+def save(name: str, result: dict, started: float) -> Path:
+    """Write benchmarks/results/<name>.json with the machine, the date and the run's wall time."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    payload = {"name": name, "date": time.strftime("%Y-%m-%d %H:%M"), "wall_s": round(time.time() - started, 1),
+               "machine": machine(), **result}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=float))
+    tmp.replace(path)
+    print(f"wrote {path.relative_to(REPO)} ({payload['wall_s']} s)", flush=True)
+    return path
+
+
+QUICK = ["train.max_steps=4", "train.steps_per_epoch=2", "data.num_videos=4", "data.height=32", "data.width=48",
+         "train.crop=[32, 48]", "train.batch_size=2"]
+
+
+def bench_config(*overrides: str, quick: bool = False):
+    """configs/reproduce.yaml with the bench's own data, shards, MLflow store and Ray storage under runs/bench/
+    (runs/bench/quick/ and tiny sizes for --quick)."""
+    from etc_core.config import load_config
+
+    root = ROOT / "quick" if quick else ROOT
+    paths = [f"data.root={root}/data", f"shards.uri={root}/shards", f"mlflow.tracking_uri=sqlite:///{root}/mlflow.db",
+             f"mlflow.artifact_root={root}/mlartifacts", f"train.storage_path={root}/ray_results"]
+    return load_config(str(CONFIG), [*paths, *(QUICK if quick else []), *overrides])
+
+
+def start_ray(cfg) -> None:
+    from etc_core.ray_utils import init_ray
+
+    init_ray(cfg.ray)
+
+
+def ensure_shards(cfg) -> dict:
+    """The bench dataset and its ground-truth-flow shards (made once, reused after); returns the manifest."""
+    from etc_core.data.registry import open_dataset
+    from etc_core.flow.stage import run_flow_stage
+
+    return run_flow_stage(cfg, open_dataset(cfg.data, generate=True), progress=False).manifest
+
+
+def timed(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Wall seconds of `repeats` calls of fn."""
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def spread(values: list[float]) -> dict:
+    """mean, sample standard deviation, min, max and n of a list of numbers."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "n": len(values), "values": values}
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="tiny sizes: check the script runs (numbers meaningless)")
+    return p

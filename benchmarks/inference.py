@@ -1,0 +1,102 @@
+"""Inference speed (issue 11, item 4): frames/s at batch 1 of every student architecture against the teacher
+at 512x1024 and 256x512 (19 classes, as Cityscapes), and of the ETC-trained student against the same
+architecture trained without ETC (the reproduction's seed-0 models): the zero-overhead claim, ratio 1.00.
+
+    python -m benchmarks.inference [--teacher pspnet101] [--sizes 512x1024 256x512]
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from benchmarks import common
+
+STUDENTS = ("pspnet18", "pspnet18_slim", "mobilenetv2", "lraspp_mobilenetv3")
+
+
+def latency_ms(predictor, frame: np.ndarray, min_iters: int, budget_s: float) -> float:
+    """Median wall time of one forward (uint8 frame in, class ids out) after one warm-up call."""
+    predictor(frame)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_iters or (time.perf_counter() - start < budget_s and len(times) < 50):
+        t0 = time.perf_counter()
+        predictor(frame)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def _frame(size: tuple[int, int]) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (1, *size, 3), dtype=np.uint8)
+
+
+def architectures(teacher: str, sizes: list[tuple[int, int]], quick: bool) -> list[dict]:
+    from etc_core.infer.predict import Predictor
+    from etc_core.models import create_model
+
+    rows = []
+    for size in sizes:
+        frame = _frame(size)
+        times = {}
+        for arch in (teacher, *STUDENTS):
+            predictor = Predictor(create_model(arch, num_classes=19), torch.device("cpu"))
+            times[arch] = latency_ms(predictor, frame, 1 if quick else 3, 0.5 if quick else 8.0)
+            print(f"{size[0]}x{size[1]} {arch}: {times[arch]:.1f} ms", flush=True)
+        for arch, ms in times.items():
+            rows.append({"size": list(size), "arch": arch, "role": "teacher" if arch == teacher else "student",
+                         "latency_ms": ms, "fps": 1000 / ms, "speedup_vs_teacher": times[teacher] / ms})
+    return rows
+
+
+def etc_vs_baseline(sizes: list[tuple[int, int]], rounds: int, quick: bool) -> list[dict]:
+    """The reproduction's seed-0 ETC (+TL+KD) and baseline students, timed in alternation."""
+    import json
+
+    from etc_core.infer.predict import Predictor
+    from etc_core.tracking import mlflow as tracking
+    from etc_core.tracking.registry import load_model
+
+    path = common.RESULTS / ("reproduce_quick.json" if quick else "reproduce.json")
+    if not path.exists():
+        raise SystemExit(f"{path}: not found; run python -m benchmarks.reproduce first")
+    runs = json.loads(path.read_text())["runs"]
+    uris = {r["variant"]: r["model_uri"] for r in runs if r["seed"] == runs[0]["seed"]}
+    tracking.setup(common.bench_config(quick=quick).mlflow)
+    models = {name: load_model(uris[name])[0] for name in ("baseline", "+TL+KD")}
+    rows = []
+    for size in sizes:
+        frame = _frame(size)
+        predictors = {name: Predictor(m, torch.device("cpu")) for name, m in models.items()}
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for _ in range(rounds):
+            for name, predictor in predictors.items():
+                times[name].append(latency_ms(predictor, frame, 1 if quick else 5, 0.5 if quick else 4.0))
+        base, etc = statistics.median(times["baseline"]), statistics.median(times["+TL+KD"])
+        rows.append({"size": list(size), "arch": models["baseline"].__class__.__name__, "uris": uris,
+                     "baseline_ms": times["baseline"], "etc_ms": times["+TL+KD"], "etc_over_baseline": etc / base})
+        print(f"{size[0]}x{size[1]}: ETC {etc:.1f} ms vs baseline {base:.1f} ms = {etc / base:.3f}x", flush=True)
+    return rows
+
+
+def main() -> None:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--teacher", default="pspnet101")
+    p.add_argument("--sizes", nargs="+", default=["512x1024", "256x512"])
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    started = time.time()
+    sizes = [(64, 128)] if args.quick else [tuple(int(x) for x in s.split("x")) for s in args.sizes]
+    result = {"command": "python -m benchmarks.inference" + (" --quick" if args.quick else ""),
+              "device": "cpu", "threads": torch.get_num_threads(), "batch": 1,
+              "architectures": architectures(args.teacher, sizes, args.quick),
+              "etc_vs_baseline": etc_vs_baseline(sizes, 1 if args.quick else args.rounds, args.quick)}
+    common.save("inference" + ("_quick" if args.quick else ""), result, started)
+
+
+if __name__ == "__main__":
+    main()

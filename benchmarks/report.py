@@ -1,0 +1,208 @@
+"""Write docs/benchmarks.md and its figures (docs/figures/) from benchmarks/results/*.json.
+
+    python -m benchmarks.report          # after the benchmark scripts (make bench runs them all, then this)
+"""
+from __future__ import annotations
+
+import json
+
+from benchmarks import common
+
+DOC = common.REPO / "docs" / "benchmarks.md"
+FIGURES = common.REPO / "docs" / "figures"
+READING = common.REPO / "benchmarks" / "reading.md"  # the hand-written reading of the last full run
+
+
+def _load(name: str) -> dict | None:
+    path = common.RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def _pm(s: dict) -> str:
+    return f"{s['mean']:.2f} ± {s['std']:.2f}"
+
+
+def machine_section(results: list[dict]) -> list[str]:
+    m = results[0]["machine"]
+    v = m["versions"]
+    lines = ["## Machine", "", f"- CPU: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB memory "
+             f"(torch uses {m['torch_threads']} threads)", f"- GPU: {m['gpu'] or 'none'}",
+             f"- Python {m['python']} on {m['os']}",
+             "- " + ", ".join(f"{k} {val}" for k, val in v.items()), "",
+             "| benchmark | date | wall time | command |", "|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['date']} | {r['wall_s'] / 60:.1f} min | `{r['command']}` |" for r in results]
+    return lines + [""]
+
+
+def train_section(r: dict) -> list[str]:
+    lines = ["## 1-2. Train-step overhead and the loader", "",
+             "Samples/s of the same model, loss and number of steps (median of the repeats, each variant from a "
+             "fresh model): a bare loop over batches already in memory, the training loop reading the webdataset "
+             "shards in this process, and one Ray Train worker running the real training entry. Ratios are step "
+             "times against the in-memory loop of the same run.", "",
+             "| stage | arch | steps x batch | in memory | loader | Ray Train | loader ratio (≤ 1.05) "
+             "| Ray Train ratio (≤ 1.10) | Ray Train start-up + validation |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        m = row["median_samples_per_s"]
+        lines.append(f"| {row['stage']} | {row['arch']} | {row['steps']} x {row['batch_size']} | {m['in_memory']:.1f} "
+                     f"| {m['loader']:.1f} | {m['ray_train']:.1f} | {row['loader_ratio']:.3f} "
+                     f"({_verdict(row['loader_ratio'] <= 1.05)}) | {row['ray_train_ratio']:.3f} "
+                     f"({_verdict(row['ray_train_ratio'] <= 1.10)}) | {row['ray_fixed_s']:.1f} s |")
+    return lines + [""]
+
+
+def flow_section(r: dict) -> list[str]:
+    m = r["median_pairs_per_s"]
+    lines = ["## 3. Flow stage", "",
+             f"{r['model']} ({r['weights']}) on {r['pairs']} pairs of {r['frame'][0]}x{r['frame'][1]} frames, "
+             "shards written in every case (median of the repeats). Each actor holds 1 CPU (one torch thread); "
+             "the sequential loop runs in one process with torch's default threads.", "",
+             "| run | pairs/s |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in m.items()]
+    lines += ["", f"- 2 actors vs 1 actor: **{r['two_vs_one_actor']:.2f}x** (target ≥ 1.6: "
+              f"{_verdict(r['two_vs_one_actor'] >= 1.6)})",
+              f"- stage (2 actors) vs the sequential loop: **{r['stage_vs_sequential']:.2f}x** (target ≥ 1.0: "
+              f"{_verdict(r['stage_vs_sequential'] >= 1.0)})", "", "GPU, pairs/s per GPU through the stage:", ""]
+    if r["gpu"]:
+        lines += ["| model | GPUs | pairs/s per GPU |", "|---|---|---|"]
+        lines += [f"| {g['model']} | {g['gpus']} | {g['pairs_per_s_per_gpu']:.1f} |" for g in r["gpu"]]
+    else:
+        lines.append("not yet measured: no GPU was lent to the run above (the script measures "
+                     "rapidflow_it1 and raft_small when `torch.cuda.is_available()`).")
+    return lines + ["", "![throughput vs workers](figures/throughput_workers.png)", ""]
+
+
+def inference_section(r: dict) -> list[str]:
+    lines = ["## 4. Inference speed", "",
+             f"Batch 1, {r['device']} ({r['threads']} threads), 19 classes, random weights (speed does not depend "
+             "on them); median latency, uint8 frame in, class ids out.", "",
+             "| size | arch | role | latency ms | FPS | speed-up vs teacher |", "|---|---|---|---|---|---|"]
+    lines += [f"| {a['size'][0]}x{a['size'][1]} | {a['arch']} | {a['role']} | {a['latency_ms']:.1f} | "
+              f"{a['fps']:.2f} | {a['speedup_vs_teacher']:.1f}x |" for a in r["architectures"]]
+    lines += ["", "ETC-trained student vs the same architecture trained without ETC (the reproduction's seed-0 "
+              "models, timed in alternation):", "",
+              "| size | ETC ms (rounds) | baseline ms (rounds) | ETC / baseline |", "|---|---|---|---|"]
+    lines += [f"| {e['size'][0]}x{e['size'][1]} | {', '.join(f'{x:.1f}' for x in e['etc_ms'])} | "
+              f"{', '.join(f'{x:.1f}' for x in e['baseline_ms'])} | **{e['etc_over_baseline']:.3f}** |"
+              for e in r["etc_vs_baseline"]]
+    return lines + [""]
+
+
+def reproduce_section(r: dict) -> list[str]:
+    c = r["config"]
+    s = r["summary"]
+    lines = ["## 5. Reproduction on the generated video", "",
+             f"`configs/reproduce.yaml`: {c['data']['num_videos']} clips of {c['data']['num_frames']} frames, "
+             f"{c['data']['height']}x{c['data']['width']}, noise {c['data']['noise']}, every "
+             f"{c['data']['label_every']}th frame labelled, ground-truth flow, k {c['shards']['k']}; "
+             f"{c['train']['max_steps']} steps of batch {c['train']['batch_size']} per model; seeds {r['seeds']} "
+             "(each seed trains its own teacher, and its students distil from it). mIoU and TC (%) on the val "
+             "shards, TC with the generator's exact flow.", "",
+             "| variant | arch | mIoU mean ± std | TC mean ± std | per seed (mIoU / TC) |", "|---|---|---|---|---|"]
+    for name, v in s.items():
+        per = "; ".join(f"{x['miou']:.1f} / {x['tc']:.1f}" for x in r["runs"] if x["variant"] == name)
+        lines.append(f"| {name} | {v['arch']} | {_pm(v['miou'])} | {_pm(v['tc'])} | {per} |")
+    lines += ["", "Paired differences over seeds (same seed, same teacher), mean ± std:", ""]
+    for name in ("+TL", "+TL+KD"):
+        d = _paired(r, name, "baseline")
+        lines.append(f"- {name} − baseline: mIoU {_pm(d['miou'])}, TC {_pm(d['tc'])}")
+    gap_base, gap_kd = _paired(r, "teacher", "baseline")["miou"], _paired(r, "teacher", "+TL+KD")["miou"]
+    lines += [f"- teacher − student mIoU gap: baseline {_pm(gap_base)}, +TL+KD {_pm(gap_kd)}", "",
+              "![mIoU vs TC](figures/repro_miou_tc.png)", ""]
+    return lines
+
+
+def _paired(r: dict, a: str, b: str) -> dict:
+    by = {(x["seed"], x["variant"]): x for x in r["runs"]}
+    return {k: common.spread([by[(s, a)][k] - by[(s, b)][k] for s in r["seeds"]]) for k in ("miou", "tc")}
+
+
+def soak_section(r: dict) -> list[str]:
+    lines = ["## Soak (issue 12): the pipeline three times in one process", "",
+             f"`{r['command']}`: {r['description']}", "",
+             "| iteration | seconds | RSS MiB | open files | threads | children |", "|---|---|---|---|---|---|"]
+    lines += [f"| {i['iteration']} | {i['seconds']:.0f} | {i['rss_mib']:.0f} | {i['open_files']} | {i['threads']} | "
+              f"{i['children']} |" for i in r["iterations"]]
+    return lines + ["", f"Growth from iteration 1 to {len(r['iterations'])}: RSS {r['rss_growth_mib']:+.0f} MiB, "
+                    f"open files {r['fd_growth']:+d}.", ""]
+
+
+def figures(repro: dict | None, flow: dict | None, train: dict | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    if repro:
+        fig, ax = plt.subplots(figsize=(5.5, 4.2))
+        for name, color in zip(repro["summary"], ("black", "tab:gray", "tab:blue", "tab:red")):
+            pts = [x for x in repro["runs"] if x["variant"] == name]
+            ax.scatter([p["miou"] for p in pts], [p["tc"] for p in pts], color=color, alpha=0.35, s=18)
+            v = repro["summary"][name]
+            ax.errorbar(v["miou"]["mean"], v["tc"]["mean"], xerr=v["miou"]["std"], yerr=v["tc"]["std"], fmt="o",
+                        color=color, capsize=3, label=f"{name} ({v['arch']})")
+        ax.set_xlabel("mIoU (%)")
+        ax.set_ylabel("TC (%)")
+        ax.set_title(f"generated video, {len(repro['seeds'])} seeds (dots: seeds)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(FIGURES / "repro_miou_tc.png", dpi=120)
+        plt.close(fig)
+    if flow:
+        fig, axes = plt.subplots(1, 2 if train else 1, figsize=(9 if train else 4.5, 3.6), squeeze=False)
+        m = flow["median_pairs_per_s"]
+        ax = axes[0][0]
+        ax.plot([1, 2], [m["1 actor"], m["2 actors"]], "o-", label="Ray flow stage")
+        ax.plot([1, 2], [m["1 actor"], 2 * m["1 actor"]], ":", color="gray", label="linear")
+        ax.axhline(m["sequential"], color="tab:red", ls="--", label="sequential loop (all cores)")
+        ax.set_xticks([1, 2])
+        ax.set_xlabel("flow actors")
+        ax.set_ylabel("pairs/s")
+        ax.set_title(f"flow stage, {flow['model']}")
+        ax.legend(fontsize=8)
+        if train:
+            ax = axes[0][1]
+            names = ["in_memory", "loader", "ray_train"]
+            for i, row in enumerate(train["rows"]):
+                vals = [row["median_samples_per_s"][n] for n in names]
+                ax.bar([j + 0.4 * i for j in range(3)], vals, width=0.4, label=f"{row['stage']} ({row['arch']})")
+            ax.set_xticks([j + 0.2 for j in range(3)], ["in memory", "webdataset", "Ray Train\n(1 worker)"])
+            ax.set_ylabel("samples/s")
+            ax.set_title("training throughput")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(FIGURES / "throughput_workers.png", dpi=120)
+        plt.close(fig)
+
+
+def main() -> None:
+    names = ["train_overhead", "flow_stage", "inference", "reproduce", "soak"]
+    results = {n: _load(n) for n in names}
+    present = [r for r in results.values() if r]
+    if not present:
+        raise SystemExit(f"{common.RESULTS}: no results; run make bench")
+    figures(results["reproduce"], results["flow_stage"], results["train_overhead"])
+    lines = ["# Benchmarks", "", "Generated by `python -m benchmarks.report` from `benchmarks/results/*.json`; "
+             "`make bench` reruns every script and this report (about 30 minutes on the machine below). Every "
+             "figure here was measured by those scripts; ratios compare against a baseline measured in the same run.",
+             "", *machine_section(present)]
+    sections = {"train_overhead": train_section, "flow_stage": flow_section, "inference": inference_section,
+                "reproduce": reproduce_section, "soak": soak_section}
+    for name, section in sections.items():
+        if results[name]:
+            lines += section(results[name])
+        else:
+            lines += [f"## {name}", "", "not yet measured.", ""]
+    if READING.exists():
+        lines += [READING.read_text().rstrip(), ""]
+    DOC.write_text("\n".join(lines))
+    print(f"wrote {DOC.relative_to(common.REPO)}")
+
+
+if __name__ == "__main__":
+    main()

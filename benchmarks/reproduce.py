@@ -1,0 +1,89 @@
+"""Small-scale reproduction of the paper's claims on the generated video (issue 11, item 5).
+
+For every seed: train the teacher, then the student three ways on the same shards: per-frame baseline (CE only),
++ temporal loss, + temporal loss + temporal distillation from that seed's teacher. Every model is scored on the
+val shards (mIoU, TC with the ground-truth flow); the table gives mean and spread over seeds.
+
+    python -m benchmarks.reproduce                      # configs/reproduce.yaml, seeds 0 1 2
+    python -m benchmarks.reproduce --seeds 0 data.noise=0.05
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from benchmarks import common
+
+VARIANTS = {  # name -> (stage, overrides): what each row of the table trains
+    "baseline": ("baseline", {}),
+    "+TL": ("student", {"student.loss.kd_pixel_weight": 0.0, "student.loss.kd_temporal_weight": 0.0}),
+    "+TL+KD": ("student", {}),
+}
+
+
+def train_or_reuse(cfg, stage: str):
+    """The registered model of this exact config, trained now unless a previous run registered it."""
+    from etc_core.train.run import find_registered, run_training
+
+    found = find_registered(cfg, stage)
+    if found is not None:
+        return found, 0.0
+    start = time.perf_counter()
+    summary = run_training(cfg, stage)
+    return summary["registered"], time.perf_counter() - start
+
+
+def score(cfg, registered) -> dict:
+    """mIoU / TC (percent) of a registered model on cfg's val shards."""
+    from etc_core.infer.evaluate import evaluate_models
+    from etc_core.tracking.registry import load_model
+
+    import torch
+
+    model, meta = load_model(registered.model_uri)
+    row = evaluate_models([(registered.name, model, meta)], shards=cfg.shards.uri, device=torch.device("cpu"),
+                          batch_size=cfg.pipeline.eval_batch_size)["rows"][0]
+    return {"miou": row["miou"], "tc": row["tc"], "model_uri": registered.model_uri}
+
+
+def main() -> None:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, as for the pipelines")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    from etc_core.sweep.space import apply_values
+
+    started = time.time()
+    base = common.bench_config(*args.overrides, quick=args.quick)
+    common.start_ray(base)
+    common.ensure_shards(base)
+    runs = []
+    for seed in args.seeds:
+        cfg = apply_values(base, {"train.seed": seed})
+        teacher, secs = train_or_reuse(cfg, "teacher")
+        runs.append({"seed": seed, "variant": "teacher", "arch": cfg.teacher.arch, "train_s": secs,
+                     **score(cfg, teacher)})
+        print(f"seed {seed} teacher: mIoU {runs[-1]['miou']:.2f} TC {runs[-1]['tc']:.2f} ({secs:.0f} s)", flush=True)
+        cfg = apply_values(cfg, {"student.teacher_uri": teacher.model_uri})
+        for name, (stage, overrides) in VARIANTS.items():
+            registered, secs = train_or_reuse(apply_values(cfg, overrides), stage)
+            runs.append({"seed": seed, "variant": name, "arch": cfg.student.arch, "train_s": secs,
+                         **score(cfg, registered)})
+            print(f"seed {seed} {name}: mIoU {runs[-1]['miou']:.2f} TC {runs[-1]['tc']:.2f} ({secs:.0f} s)",
+                  flush=True)
+    summary = {}
+    for name in ["teacher", *VARIANTS]:
+        rows = [r for r in runs if r["variant"] == name]
+        summary[name] = {"miou": common.spread([r["miou"] for r in rows]), "tc": common.spread([r["tc"] for r in rows]),
+                         "arch": rows[0]["arch"]}
+    config = {k: v for k, v in base.model_dump(mode="json").items() if k in ("data", "shards", "train", "teacher",
+                                                                                "student")}
+    common.save("reproduce" + ("_quick" if args.quick else ""),
+                {"command": "python -m benchmarks.reproduce " + " ".join(
+                    [*(["--quick"] if args.quick else []), "--seeds", *map(str, args.seeds), *args.overrides]),
+                 "seeds": args.seeds, "runs": runs, "summary": summary, "config": config}, started)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Train-step overhead (issue 11, items 1 and 2): the same model, loss and steps three ways.
+
+- in memory: a bare PyTorch loop of `train_step` over batches already decoded, augmented and collated;
+- loader:    the training loop's `train_epoch` reading the webdataset shards (no Ray);
+- Ray Train: one Ray Train worker running the real training entry over the shards (the epoch's samples/s
+             it reports; worker start-up and validation are outside the epoch and reported apart).
+
+Ratios are step times against the in-memory loop measured in the same run (targets: loader <= 1.05,
+Ray Train <= 1.10).
+
+    python -m benchmarks.train_overhead [--steps 40] [--repeats 2]
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import statistics
+import time
+
+import torch
+
+from benchmarks import common
+
+log = logging.getLogger(__name__)
+
+
+def _parts(cfg, stage: str, num_classes: int, teacher_state):
+    from etc_core.losses import EtcLoss
+    from etc_core.train.loop import build_training, frozen_teacher, seed_everything, stage_spec
+
+    seed_everything(cfg.train.seed)
+    spec = stage_spec(cfg, stage)
+    model, opt, sched, scaler = build_training(cfg, spec.arch, num_classes, use_amp=False)
+    teacher = frozen_teacher(teacher_state, torch.device("cpu")) if spec.loss.needs_teacher else None
+    return model, teacher, EtcLoss(spec.loss), opt, sched, scaler
+
+
+def _augment(cfg):
+    from etc_core.train.augment import PairAugment
+
+    t = cfg.train
+    return PairAugment(crop=t.crop, scale=t.scale, flip=t.flip) if t.crop else None
+
+
+def _loader(cfg, steps: int):
+    from etc_core.data import shards
+
+    t = cfg.train
+    return shards.make_loader(cfg.shards.uri, "train", t.batch_size, num_workers=t.loader_workers, shuffle=True,
+                              seed=t.seed, transform=_augment(cfg), steps_per_epoch=steps)
+
+
+def in_memory(cfg, stage, num_classes, teacher_state, batches: list[dict]) -> float:
+    """samples/s of a bare loop over decoded batches."""
+    from etc_core.train.loop import train_step
+
+    model, teacher, loss_fn, opt, sched, scaler = _parts(cfg, stage, num_classes, teacher_state)
+    model.train()
+    start = time.perf_counter()
+    for batch in batches:
+        train_step(model, teacher, loss_fn, opt, sched, scaler, batch, torch.device("cpu"), False, cfg.train.grad_clip)
+    return sum(len(b["img0"]) for b in batches) / (time.perf_counter() - start)
+
+
+def with_loader(cfg, stage, num_classes, teacher_state, steps: int) -> float:
+    """samples/s of the training loop's epoch over the shards, in this process."""
+    from etc_core.train.loop import train_epoch
+
+    model, teacher, loss_fn, opt, sched, scaler = _parts(cfg, stage, num_classes, teacher_state)
+    metrics = train_epoch(model, teacher, loss_fn, opt, sched, scaler, cfg, 0, 0, steps, 0, 1, _augment(cfg),
+                          torch.device("cpu"), False, None)
+    return metrics["samples_per_s"]
+
+
+def with_ray_train(cfg, stage, num_classes, teacher_ref, steps: int, name: str) -> tuple[float, float]:
+    """(samples/s of the epoch, wall seconds of trainer.fit()) with one Ray Train worker."""
+    from etc_core.train.run import make_trainer
+
+    start = time.perf_counter()
+    result = make_trainer(cfg, stage, num_classes, teacher_ref, None, name=name,
+                          storage_path=str(common.ROOT / "overhead")).fit()
+    return float(result.metrics["samples_per_s"]), time.perf_counter() - start
+
+
+def measure(base, stage: str, steps: int, repeats: int) -> dict:
+    import ray
+
+    from etc_core.models import create_model
+    from etc_core.sweep.space import apply_values
+
+    cfg = apply_values(base, {"train.max_steps": steps, "train.steps_per_epoch": steps, "train.workers": 1,
+                              "train.pictures": 0})
+    num_classes = int(common.ensure_shards(cfg)["num_classes"])
+    teacher = create_model(cfg.teacher.arch, num_classes=num_classes)  # random weights: the same compute
+    teacher_state = ({"arch": cfg.teacher.arch, "num_classes": num_classes}, teacher.state_dict())
+    teacher_ref = ray.put(teacher_state)
+    batches = list(itertools.islice(iter(_loader(cfg, steps)), steps))
+    rates = {"in_memory": [], "loader": [], "ray_train": []}
+    fit_s = []
+    for r in range(repeats):  # interleaved, so drifts in machine load hit every variant alike
+        rates["in_memory"].append(in_memory(cfg, stage, num_classes, teacher_state, batches))
+        rates["loader"].append(with_loader(cfg, stage, num_classes, teacher_state, steps))
+        rate, secs = with_ray_train(cfg, stage, num_classes, teacher_ref, steps, f"overhead-{stage}-{time.time():.0f}-{r}")
+        rates["ray_train"].append(rate)
+        fit_s.append(secs)
+        print(f"{stage} repeat {r}: " + ", ".join(f"{k} {v[-1]:.1f} samples/s" for k, v in rates.items()), flush=True)
+    best = {k: statistics.median(v) for k, v in rates.items()}
+    arch = cfg.teacher.arch if stage == "teacher" else cfg.student.arch
+    return {"stage": stage, "arch": arch, "steps": steps, "batch_size": cfg.train.batch_size,
+            "crop": cfg.train.crop, "loader_workers": cfg.train.loader_workers, "samples_per_s": rates,
+            "median_samples_per_s": best,
+            "loader_ratio": best["in_memory"] / best["loader"], "ray_train_ratio": best["in_memory"] / best["ray_train"],
+            "ray_fit_wall_s": fit_s, "ray_fixed_s": statistics.median(
+                [s - steps * cfg.train.batch_size / r for s, r in zip(fit_s, rates["ray_train"])])}
+
+
+def main() -> None:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--stages", nargs="+", default=["student", "teacher"])
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    started = time.time()
+    cfg = common.bench_config(quick=args.quick)
+    common.start_ray(cfg)
+    steps = 3 if args.quick else args.steps
+    rows = [measure(cfg, stage, steps, 1 if args.quick else args.repeats) for stage in args.stages]
+    for row in rows:
+        print(f"{row['stage']} ({row['arch']}): loader {row['loader_ratio']:.3f}x, Ray Train "
+              f"{row['ray_train_ratio']:.3f}x the in-memory step time")
+    common.save("train_overhead" + ("_quick" if args.quick else ""),
+                {"command": "python -m benchmarks.train_overhead" + (" --quick" if args.quick else ""),
+                 "rows": rows}, started)
+
+
+if __name__ == "__main__":
+    main()
