@@ -112,11 +112,26 @@ class TrainConfig(_Section):
         return _expand_path(value)
 
 
+def _registered_arch(value: str) -> str:
+    from etc_core.models import is_model, list_models
+
+    if not is_model(value):
+        close = difflib.get_close_matches(value, list_models(), n=1)
+        raise ValueError(f"unknown model {value!r}" + (f" (did you mean {close[0]}?)" if close else
+                                                        f" (known: {', '.join(list_models())})"))
+    return value
+
+
 class TeacherConfig(_Section):
     """The large teacher: trained with CE + the temporal loss (PAPER.md 3)."""
 
     arch: str = "pspnet50"
     loss: LossConfig = Field(default_factory=LossConfig)
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        return _registered_arch(value)
 
 
 class StudentLossConfig(LossConfig):
@@ -132,6 +147,11 @@ class StudentConfig(_Section):
     arch: str = "pspnet18"
     loss: StudentLossConfig = Field(default_factory=StudentLossConfig)
     teacher_uri: str = "models:/etc-teacher@champion"
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        return _registered_arch(value)
 
 
 class RegistryConfig(_Section):
@@ -186,7 +206,12 @@ class ShardsConfig(_Section):
     @field_validator("uri")
     @classmethod
     def _absolute_uri(cls, value: str) -> str:
+        # webdataset would run `pipe:` URLs through a shell and http/gs/... through external tools: refuse them
+        scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):", value)
         value = _expand_path(value)
+        if (scheme and scheme.group(1) not in ("s3", "file")) or ("://" in value and not value.startswith("s3://")):
+            name = (scheme.group(1) if scheme else value.split("://")[0]) + ":"
+            raise ValueError(f"must be a local path or s3://bucket/prefix (scheme {name!r} refused)")
         return value.rstrip("/") if value.startswith("s3://") else value
 
     @field_validator("k")
@@ -262,6 +287,7 @@ class PipelineConfig(_Section):
     sweep: bool = False  # run the loss-weight sweep (pipelines/sweep.py) before the student
     ptlflow_timing_pairs: int = Field(8, ge=0)  # time flow.model (random init) on this many pairs; 0 = skip
     eval_batch_size: int = Field(8, ge=1)
+    lock_wait_s: float = Field(3600, ge=0)  # s to wait for another run's lock on shards.uri / SQLite store; 0 = refuse
 
 
 class EtcConfig(_Section):

@@ -23,3 +23,7 @@ class ShardError(EtcError):
 
 class StorageError(EtcError):
     """A local or S3 location cannot be read or written."""
+
+
+class TrackingError(EtcError):
+    """The MLflow tracking store (mlflow.tracking_uri) cannot be reached or refuses a request."""

@@ -2,6 +2,8 @@
 
 Each stage is skipped when its output for the same config already exists: the shards manifest (the flow stage
 checks it), or a registered model version tagged with the stage's config hash. `force` names stages to redo.
+A pipeline killed between stages (or in one) reruns only what is missing; two at once on the same SQLite store
+take turns (etc_core.locks).
 One MLflow parent run (tag etc.stage=pipeline) holds a child run per stage that ran.
 """
 from __future__ import annotations
@@ -31,7 +33,18 @@ class PipelineResult:
 
 
 def run_pipeline(cfg: EtcConfig, force: tuple[str, ...] = ()) -> PipelineResult:
-    """Run every stage for cfg (Ray must be up); returns what ran, what was reused and the evaluation table."""
+    """Run every stage for cfg (Ray must be up); returns what ran, what was reused and the evaluation table.
+
+    Holds the SQLite MLflow store's lock throughout (and the flow stage the shard prefix's): a second pipeline on
+    the same store waits up to pipeline.lock_wait_s, then reuses what this one finished.
+    """
+    from etc_core import locks
+
+    with locks.hold(locks.store_lock(cfg.mlflow.tracking_uri), cfg.pipeline.lock_wait_s):
+        return _run_stages(cfg, force)
+
+
+def _run_stages(cfg: EtcConfig, force: tuple[str, ...]) -> PipelineResult:
     from etc_core.data.registry import open_dataset
     from etc_core.flow.stage import run_flow_stage
 
@@ -40,7 +53,7 @@ def run_pipeline(cfg: EtcConfig, force: tuple[str, ...] = ()) -> PipelineResult:
         result.parent_run_id = parent.info.run_id
         dataset = open_dataset(cfg.data, generate=True)
         with tracking.stage_run(cfg.mlflow, "flow", params={"flow.source": cfg.flow.source}):
-            flow = run_flow_stage(cfg, dataset)
+            flow = run_flow_stage(cfg, dataset, force="flow" in force)
             tracking.log_metrics({"flow/pairs_per_s": flow.pairs_per_s, "flow/shards_written": flow.shards_written,
                                   "flow/shards_skipped": flow.shards_skipped})
         (result.ran if flow.shards_written else result.skipped).append("flow")

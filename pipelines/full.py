@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from etc_core.config import parse_args  # noqa: E402
-from etc_core.entry import run_entry  # noqa: E402
+from etc_core.entry import check_stores, run_entry  # noqa: E402
 
 FORCEABLE = ("flow", "teacher", "baseline", "student")
 
@@ -27,15 +27,19 @@ def main(argv: list[str] | None = None) -> int:
                             help=f"redo a stage even if its output exists ({', '.join(FORCEABLE)}); repeatable")
 
     cfg, args = parse_args(__doc__.splitlines()[0], argv, add)
+    from etc_core import locks
+    from etc_core.flow.estimate import check_ptlflow
     from etc_core.pipeline import run_pipeline
     from etc_core.ray_utils import init_ray
+    from etc_core.tracking.mlflow import redact
 
-    if "flow" in args.force:
-        from etc_core.data import shards
-
-        shards.remove_shards(cfg.shards.uri, cfg.s3.endpoint_url, cfg.s3.region)
-    init_ray(cfg.ray)
-    result = run_pipeline(cfg, force=tuple(args.force))
+    if cfg.flow.source == "ptlflow" or cfg.pipeline.ptlflow_timing_pairs:  # a bad flow.model: one line, exit 2
+        check_ptlflow(cfg.flow.model, cfg.flow.weights if cfg.flow.source == "ptlflow" else "none")
+    # one pipeline at a time per SQLite MLflow store, from its first use (a fresh store's tables are made there)
+    with locks.hold(locks.store_lock(cfg.mlflow.tracking_uri), cfg.pipeline.lock_wait_s):
+        check_stores(cfg)  # a dead endpoint, refused credentials or MLflow: one line, before Ray and any run
+        init_ray(cfg.ray)
+        result = run_pipeline(cfg, force=tuple(args.force))
     print()
     print(f"stages run: {', '.join(result.ran) or '-'}; reused: {', '.join(result.skipped) or '-'}")
     if result.flow_timing:
@@ -44,13 +48,17 @@ def main(argv: list[str] | None = None) -> int:
               f"pairs; EPE {t['epe_vs_shards']:.1f} px against the ground-truth flow the models trained with")
     print(result.table)
     student = result.models["student"].name
-    print("\nMLflow UI (runs, metrics, pictures, registry):")
-    print(f"  mlflow ui --backend-store-uri {cfg.mlflow.tracking_uri} --host 127.0.0.1 --port 5000")
+    uri = redact(cfg.mlflow.tracking_uri)  # the commands printed never show a password inside the URI
+    if uri.startswith(("http://", "https://")):
+        print(f"\nMLflow UI (runs, metrics, pictures, registry): {uri}")
+    else:
+        print("\nMLflow UI (runs, metrics, pictures, registry):")
+        print(f"  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
     print("Load the champion student:")
-    print(f"  MLFLOW_TRACKING_URI={cfg.mlflow.tracking_uri} python -c \"import mlflow; "
+    print(f"  MLFLOW_TRACKING_URI={uri} python -c \"import mlflow; "
           f"m = mlflow.pytorch.load_model('models:/{student}@champion'); print(m)\"")
     print(f"  etc-pipeline predict --model models:/{student}@champion --input VIDEO --out OUT_DIR "
-          f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}")
+          f"mlflow.tracking_uri={uri}")
     return 0
 
 

@@ -20,11 +20,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from etc_core.config import flatten, parse_args  # noqa: E402
-from etc_core.entry import run_entry  # noqa: E402
+from etc_core.entry import check_stores, run_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_args(__doc__.splitlines()[0], argv)
+    from etc_core import locks
     from etc_core.tracking import mlflow as tracking
     from etc_core.data import shards
     from etc_core.data.registry import open_dataset
@@ -36,8 +37,14 @@ def main(argv: list[str] | None = None) -> int:
         check_ptlflow(cfg.flow.model, cfg.flow.weights)
     if cfg.s3.endpoint_url:  # readers (and Ray workers started here) find the endpoint where boto3 looks
         os.environ.setdefault("AWS_ENDPOINT_URL", cfg.s3.endpoint_url)
+    # a missing or broken Cityscapes/CamVid tree, an unreachable store or refused credentials: one line, before
+    # Ray starts and before any MLflow run exists
+    dataset = None if cfg.data.kind == "synthetic" else open_dataset(cfg.data)  # real: validated here
+    with locks.hold(locks.store_lock(cfg.mlflow.tracking_uri), cfg.pipeline.lock_wait_s):
+        check_stores(cfg)  # two runs must not create a fresh SQLite store's tables at once
     init_ray(cfg.ray)
-    dataset = open_dataset(cfg.data, generate=True)  # synthetic: generated when missing; real: validated
+    if dataset is None:
+        dataset = open_dataset(cfg.data, generate=True)  # synthetic: generated (on Ray) when missing
     with tracking.stage_run(cfg.mlflow, "flow", params=flatten(cfg)):
         result = run_flow_stage(cfg, dataset)
         counts = {f"flow/{split}_{what}": (len(v["shards"]) if what == "shards" else v["samples"])

@@ -21,6 +21,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from functools import partial
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -144,14 +145,37 @@ def _gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
 wds.gopen_schemes["s3"] = _gopen_s3  # at import, so DataLoader workers have it too
 
 
+def _reader_uri(uri: str) -> str:
+    """uri as webdataset may open it: s3:// or an absolute local path. Any other scheme is refused: webdataset
+    hands `pipe:` URLs to a shell and http/gs/... to external tools, and a shard URI comes from config or the
+    command line."""
+    if storage.is_s3(uri):
+        return uri
+    scheme = urlparse(uri).scheme
+    if scheme not in ("", "file"):
+        raise ShardError(f"{uri}: shard URIs are local paths or s3://bucket/prefix; scheme {scheme + ':'!r} refused")
+    return os.path.abspath(uri.removeprefix("file://"))
+
+
+def _member_url(uri: str, path: object) -> str:
+    """A manifest's shard path joined onto uri; refused unless it is a plain relative path inside the set."""
+    parts = str(path).replace("\\", "/").split("/")
+    if (not isinstance(path, str) or not path or path.startswith("/") or ".." in parts or ":" in path
+            or "\\" in path):
+        raise ShardError(f"{storage.join(uri, MANIFEST)}: refusing shard path {path!r} (must be relative, inside "
+                         f"the shard set)")
+    return storage.join(uri, path)
+
+
 def _shard_urls(uri: str, split: str) -> tuple[list[str], dict[str, int]]:
+    uri = _reader_uri(uri)
     manifest = read_manifest(uri)
     if manifest is None:
         raise ShardError(f"{storage.join(uri, MANIFEST)}: not found (run pipelines/precompute_flow.py first)")
     if split not in manifest["splits"]:
         raise ShardError(f"{storage.join(uri, MANIFEST)}: no split {split!r} (have {', '.join(manifest['splits'])})")
     shards = manifest["splits"][split]["shards"]
-    urls = [storage.join(uri, s["path"]) for s in shards]
+    urls = [_member_url(uri, s["path"]) for s in shards]
     return urls, {u: s["samples"] for u, s in zip(urls, shards)}
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from etc_core.config import EtcConfig
 from etc_core.data import shards
-from etc_core.errors import ConfigError, DatasetError
+from etc_core.errors import ConfigError, DatasetError, StorageError
 from etc_core.flow.estimate import PairRef, check_ptlflow, make_estimator
 from etc_core.storage import uri as storage
 
@@ -145,15 +145,26 @@ def _versions() -> dict:
     return out
 
 
-def _remove_stale_temps(uri: str) -> None:
-    """A killed local run can leave `shard-*.tar.tmp.<pid>`; they are never read, so delete them."""
+def _remove_leftovers(uri: str, cfg: EtcConfig) -> None:
+    """What a killed run leaves and no reader ever trusts: local `shard-*.tar.tmp.<pid>` files, unfinished S3
+    multipart uploads (invisible to listings, yet kept and billed). Only called while holding the prefix lock."""
     if not storage.is_s3(uri):
         for tmp in Path(uri).glob("*/shard-*.tar.tmp.*"):
             tmp.unlink(missing_ok=True)
+        return
+    try:
+        aborted = storage.abort_multipart_uploads(uri, cfg.s3.endpoint_url, cfg.s3.region)
+    except storage.UriError as e:
+        raise StorageError(str(e)) from None
+    if aborted:
+        log.info("aborted %d unfinished multipart upload(s) under %s left by an earlier run", aborted, uri)
 
 
-def run_flow_stage(cfg: EtcConfig, dataset=None, progress: bool = True) -> FlowStageResult:
-    """Write the shards and manifest for cfg at cfg.shards.uri (skipping complete shards); Ray must be up."""
+def run_flow_stage(cfg: EtcConfig, dataset=None, progress: bool = True, force: bool = False) -> FlowStageResult:
+    """Write the shards and manifest for cfg at cfg.shards.uri (skipping complete shards; `force` deletes the shard
+    set first); Ray must be up. Holds the prefix's lock (etc_core.locks) throughout: a second run waits for it."""
+    from etc_core import locks
+
     uri, ep, region = cfg.shards.uri, cfg.s3.endpoint_url, cfg.s3.region
     if cfg.flow.source == "ptlflow":
         check_ptlflow(cfg.flow.model, cfg.flow.weights)
@@ -161,12 +172,20 @@ def run_flow_stage(cfg: EtcConfig, dataset=None, progress: bool = True) -> FlowS
         from etc_core.data.registry import open_dataset
 
         dataset = open_dataset(cfg.data)
+    with locks.hold(locks.shards_lock(uri), cfg.pipeline.lock_wait_s, ep, region):
+        if force:
+            shards.remove_shards(uri, ep, region)
+        return _write_shards(cfg, dataset, progress)
+
+
+def _write_shards(cfg: EtcConfig, dataset, progress: bool) -> FlowStageResult:
+    uri, ep, region = cfg.shards.uri, cfg.s3.endpoint_url, cfg.s3.region
     identity = stage_identity(cfg)
     manifest = _claim(uri, identity, cfg)
     if manifest is not None and _manifest_complete(manifest, uri, cfg):
         log.info("shards at %s are complete for this config; nothing to do", uri)
         return FlowStageResult(manifest, 0, 0.0, 0, sum(len(s["shards"]) for s in manifest["splits"].values()))
-    _remove_stale_temps(uri)
+    _remove_leftovers(uri, cfg)
     plan = plan_shards(dataset, cfg)
     todo, sizes = [], {}
     for split, shard_list in plan.items():

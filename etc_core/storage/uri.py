@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
 
-_MULTIPART_THRESHOLD = 64 * 2**20
+_MULTIPART_THRESHOLD = int(os.environ.get("ETC_S3_MULTIPART_THRESHOLD", 64 * 2**20))  # bytes; lower in tests
 _PART_SIZE = 64 * 2**20
 
 
@@ -57,14 +57,24 @@ def s3_client(endpoint_url: str | None = None, region: str | None = None):
     return _client(os.getpid(), endpoint_url, region)
 
 
+_AUTH_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+               "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
+
+
+def _client_error(uri: str, what: str, e) -> UriError:
+    """One line for a ClientError: the code, and for a refused signature or key a hint at the credentials."""
+    code = e.response.get("Error", {}).get("Code", "?")
+    hint = ": check the AWS credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)" if code in _AUTH_CODES else ""
+    return UriError(f"{uri}: {what} failed ({code}{hint})")
+
+
 def _s3_call(uri: str, what: str, fn, *args, **kwargs):
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         return fn(*args, **kwargs)
     except ClientError as e:
-        code = e.response.get("Error", {}).get("Code", "?")
-        raise UriError(f"{uri}: {what} failed ({code})") from None
+        raise _client_error(uri, what, e) from None
     except BotoCoreError as e:
         raise UriError(f"{uri}: {what} failed ({type(e).__name__}: {e})") from None
 
@@ -84,7 +94,7 @@ def size(uri: str, endpoint_url: str | None = None, region: str | None = None) -
     except ClientError as e:
         if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return None
-        raise UriError(f"{uri}: head failed ({e.response.get('Error', {}).get('Code', '?')})") from None
+        raise _client_error(uri, "head", e) from None
     except Exception as e:  # noqa: BLE001 - endpoint unreachable etc.: one line naming the URI
         raise UriError(f"{uri}: head failed ({type(e).__name__}: {e})") from None
 
@@ -159,6 +169,23 @@ def put_file(local_path: str, uri: str, endpoint_url: str | None = None, region:
         except Exception:  # noqa: BLE001 - the original error is the one to report
             log.warning("%s: could not abort multipart upload %s", uri, upload_id)
         raise
+
+
+def abort_multipart_uploads(prefix: str, endpoint_url: str | None = None, region: str | None = None) -> int:
+    """Abort every unfinished multipart upload under an s3:// prefix (what a killed writer leaves: parts that no
+    listing shows but the bucket keeps); returns how many. Only while no other run writes there (etc_core.locks)."""
+    if not is_s3(prefix):
+        return 0
+    bucket, key = _split(prefix)
+    key = key.rstrip("/") + "/" if key else ""
+    client = s3_client(endpoint_url, region)
+    paginator = client.get_paginator("list_multipart_uploads")
+    pages = _s3_call(prefix, "list multipart uploads", lambda: list(paginator.paginate(Bucket=bucket, Prefix=key)))
+    uploads = [u for page in pages for u in page.get("Uploads", [])]
+    for upload in uploads:
+        _s3_call(f"s3://{bucket}/{upload['Key']}", "abort multipart upload", client.abort_multipart_upload,
+                 Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    return len(uploads)
 
 
 def put_bytes(data: bytes, uri: str, endpoint_url: str | None = None, region: str | None = None) -> None:

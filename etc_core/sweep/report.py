@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -162,7 +161,8 @@ def log_sweep(cfg: EtcConfig, name: str, trials: list, best, front: list[str], n
             fig = value_figure(trials, key, sweep.metric, log_x=spec.type == "loguniform")
             tracking.log_figure(fig, f"sweep/{sweep.metric}_vs_{key}.png")
         with tempfile.TemporaryDirectory() as tmp:  # the artifact is sweep/best.yaml whatever the local name
-            shutil.copyfile(best_path, os.path.join(tmp, BEST_YAML))
+            # the local file keeps what it needs to run; the MLflow copy has passwords inside URIs masked
+            Path(tmp, BEST_YAML).write_text(tracking.redact(Path(best_path).read_text()))
             mlflow.log_artifact(os.path.join(tmp, BEST_YAML), artifact_path="sweep")
     log.info("best config written to %s (MLflow run %s, artifact sweep/%s)", best_path, parent.info.run_id,
              BEST_YAML)

@@ -1,7 +1,11 @@
 """MLflow plumbing: experiment set-up, stage runs nested under the pipeline's run, params, metrics and pictures.
 
 Only the driver process logs (one writer per SQLite store, ECOSYSTEM.md 4). Values that look like credentials
-never reach MLflow: `log_params` drops keys that name a secret.
+never reach MLflow: `log_params` drops keys that name a secret and masks passwords inside URIs.
+
+Against an MLflow server, requests retry a bounded number of times (MLFLOW_HTTP_REQUEST_* defaults below, each
+only when the user has not set it), so an unreachable server fails in seconds with one line naming the URI,
+not after MLflow's own default of about four minutes.
 """
 from __future__ import annotations
 
@@ -17,19 +21,69 @@ from typing import Any
 import numpy as np
 
 from etc_core.config import MlflowConfig
+from etc_core.errors import TrackingError
 
 log = logging.getLogger(__name__)
 
 _SECRET_RE = re.compile(r"(secret|password|passwd|token|access_key|credential|session_key)", re.I)
+_URI_PASSWORD_RE = re.compile(r"(//[^/:@\s]*):[^/@\s]*@")  # scheme://user:password@host
 _MAX_PARAM_CHARS = 6000
+# 3 retries, sleeping 0, 2 and 4 s (+ up to 1 s jitter each): a restarting server is waited for, a dead one
+# fails in about 10 s. The timeout bounds each request to a server that accepts but does not answer.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def redact(text: str) -> str:
+    """Mask the password of every `scheme://user:password@host` in text (for params, tags, logs and errors)."""
+    return _URI_PASSWORD_RE.sub(r"\1:***@", text)
+
+
+def bound_http_retries() -> None:
+    """Set HTTP_DEFAULTS in os.environ where the user has not set them (MLflow reads them at each request)."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def _unreachable(uri: str, err: Exception) -> TrackingError:
+    """One line naming the tracking URI and the root cause of an MLflow client failure."""
+    text = str(err)
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)  # connection refused, name not known, ...
+    caused = re.search(r"Caused by (\w+)\(['\"]([^'\"]*)", text)  # urllib3's root cause once retries ran out
+    if isinstance(err, OSError) and err.strerror:
+        reason = f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+    elif errno:
+        reason = errno.group(1).strip()
+    elif caused:
+        reason = f"{caused.group(1)}: {caused.group(2).strip()}"
+    else:
+        reason = (text.strip().splitlines() or [type(err).__name__])[0][:300]
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "?")
+    after = f" after {retries} retries" if uri.startswith(("http://", "https://")) else ""
+    return TrackingError(f"mlflow.tracking_uri {redact(uri)}: cannot use the MLflow store{after} ({redact(reason)})")
 
 
 def setup(cfg: MlflowConfig) -> str:
-    """Point MLflow at cfg.tracking_uri and make sure the experiment exists; return its id."""
+    """Point MLflow at cfg.tracking_uri and make sure the experiment exists; return its id.
+
+    TrackingError (one line naming the URI) when the store cannot be reached or refuses the request.
+    """
+    try:
+        return _setup(cfg)
+    except TrackingError:
+        raise
+    except Exception as e:  # noqa: BLE001 - MlflowException, requests/SQLAlchemy errors: one line naming the store
+        raise _unreachable(cfg.tracking_uri, e) from None
+
+
+def _setup(cfg: MlflowConfig) -> str:
     import mlflow
 
     if cfg.tracking_uri.startswith("sqlite:///"):
         Path(cfg.tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    bound_http_retries()
+    if redact(cfg.tracking_uri) != cfg.tracking_uri:  # MLflow prints "View run ... at: <uri>" when a run ends
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     mlflow.set_tracking_uri(cfg.tracking_uri)
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(cfg.experiment)
@@ -73,7 +127,7 @@ def clean_params(params: dict[str, Any]) -> dict[str, str]:
     for key, value in params.items():
         if _SECRET_RE.search(key):
             continue
-        text = "None" if value is None else str(value)
+        text = "None" if value is None else redact(str(value))
         out[key] = text[:_MAX_PARAM_CHARS]
     return out
 
@@ -139,6 +193,7 @@ class RunLogger:
     def __init__(self, tracking_uri: str, run_id: str):
         import mlflow
 
+        bound_http_retries()
         self.client = mlflow.MlflowClient(tracking_uri)
         self.run_id = run_id
 

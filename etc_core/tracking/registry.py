@@ -97,7 +97,9 @@ def _download(uri: str) -> str:
     try:
         return mlflow.artifacts.download_artifacts(artifact_uri=uri)
     except mlflow.exceptions.MlflowException as e:
-        raise RegistryError(f"{uri}: cannot resolve in the MLflow registry at {mlflow.get_tracking_uri()} "
+        from etc_core.tracking.mlflow import redact
+
+        raise RegistryError(f"{uri}: cannot resolve in the MLflow registry at {redact(mlflow.get_tracking_uri())} "
                             f"({str(e).splitlines()[0]})") from None
 
 
@@ -109,8 +111,9 @@ def load_weights(uri: str) -> tuple[dict, dict]:
         with open(os.path.join(extra, "etc_model.json")) as f:
             meta = json.load(f)
         state = torch.load(os.path.join(extra, "weights.pt"), map_location="cpu", weights_only=True)
-    except (OSError, ValueError) as e:
-        raise RegistryError(f"{uri}: not an etc-pipeline model ({e})") from None
+    except Exception as e:  # noqa: BLE001 - OSError, JSON errors, UnpicklingError (code refused by weights_only)
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise RegistryError(f"{uri}: not an etc-pipeline model ({type(e).__name__}: {reason})") from None
     return meta, state
 
 

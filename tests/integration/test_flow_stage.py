@@ -1,12 +1,10 @@
-"""The flow stage on a real local Ray: ground truth and ptlflow, local and S3 (moto), rerun, resume, failures."""
+"""The flow stage on a real local Ray: ground truth and ptlflow, local and S3 (moto), rerun, failures.
+
+A killed stage and its resume: tests/reliability/test_faults.py.
+"""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ from etc_core.data import shards
 from etc_core.data.generated import GeneratedDataset, write_dataset
 from etc_core.errors import ConfigError, DatasetError
 from etc_core.flow.stage import run_flow_stage
-from tests.conftest import REPO, run_python
+from tests.conftest import run_python
 
 pytestmark = pytest.mark.integration
 
@@ -121,37 +119,3 @@ def test_bad_flow_model_name_exits_2_with_one_line(tiny_data, tmp_path):
     assert proc.returncode == 2, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("ConfigError: flow.model: unknown ptlflow model 'raft_smal'") and "raft_small" in last
-
-
-def test_kill_and_resume_matches_a_clean_run(ray_local, tmp_path):
-    """Kill the entry point after a few shards exist, rerun it, compare with a clean run of the same config."""
-    extra = ["data.num_videos=4", "data.num_frames=8", "data.label_every=1", "shards.max_samples_per_shard=1",
-             "shards.k=[-2, -1, 1, 2]", "flow.batch_size=1",
-             f"ray.address={ray_local.get_runtime_context().gcs_address}"]  # join: killing the driver orphans nothing
-    data_root = tmp_path / "data"
-    write_dataset(load_config(None, [f"data.root={data_root}", *TINY, *extra[:3]]).data, progress=False)
-    killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, *_entry_args(data_root, killed, tmp_path, *extra)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while len(list(killed.glob("train/shard-*.tar"))) < 5 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the stage finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert not (killed / "manifest.json").exists()
-    for args in (_entry_args(data_root, killed, tmp_path, *extra), _entry_args(data_root, tmp_path / "clean", tmp_path,
-                                                                              *extra)):
-        done = run_python(*args, timeout=240)
-        assert done.returncode == 0, done.stderr[-2000:]
-    resumed = json.loads((killed / "manifest.json").read_text())
-    clean = json.loads((tmp_path / "clean" / "manifest.json").read_text())
-    assert resumed == clean
-    assert not [p for p in killed.rglob("*") if ".tmp" in p.name]
-    for split, info in resumed["splits"].items():
-        for shard in info["shards"]:
-            assert shards.count_samples(str(killed / shard["path"])) == shard["samples"]
-            assert (killed / shard["path"]).read_bytes() == (tmp_path / "clean" / shard["path"]).read_bytes()
