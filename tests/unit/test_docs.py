@@ -55,3 +55,13 @@ def test_shards_example_runs_on_real_shards(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "clip_000000_000000_1 (8, 12, 3) float16 (2, 8, 12) clip_000000 0 1"
     assert lines[1].startswith("clip_000000_000000_1 (2, 8, 12) [") and lines[2].endswith(" None")
+
+
+def test_benchmarks_page_matches_the_committed_results():
+    """docs/benchmarks.md is what benchmarks/report.py makes of benchmarks/results/*.json: no hand-edited figure."""
+    from benchmarks import report
+
+    results = {name: report._load(name) for name in report.NAMES}
+    assert results["reproduce"] and results["train_overhead"], "benchmarks/results/ lacks the committed results"
+    assert (REPO / "docs" / "benchmarks.md").read_text() == report.render(results), \
+        "docs/benchmarks.md is out of date: run .venv/bin/python -m benchmarks.report"
