@@ -11,10 +11,10 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from etc_core.errors import ConfigError
 from etc_core.losses.etc import LossConfig
@@ -122,16 +122,14 @@ def _registered_arch(value: str) -> str:
     return value
 
 
+Arch = Annotated[str, AfterValidator(_registered_arch)]  # a name in etc_core.models' registry
+
+
 class TeacherConfig(_Section):
     """The large teacher: trained with CE + the temporal loss (PAPER.md 3)."""
 
-    arch: str = "pspnet50"
+    arch: Arch = "pspnet50"
     loss: LossConfig = Field(default_factory=LossConfig)
-
-    @field_validator("arch")
-    @classmethod
-    def _known_arch(cls, value: str) -> str:
-        return _registered_arch(value)
 
 
 class StudentLossConfig(LossConfig):
@@ -144,14 +142,9 @@ class StudentLossConfig(LossConfig):
 class StudentConfig(_Section):
     """A compact student; its teacher comes from the MLflow registry (or any models:/ or runs:/ URI)."""
 
-    arch: str = "pspnet18"
+    arch: Arch = "pspnet18"
     loss: StudentLossConfig = Field(default_factory=StudentLossConfig)
     teacher_uri: str = "models:/etc-teacher@champion"
-
-    @field_validator("arch")
-    @classmethod
-    def _known_arch(cls, value: str) -> str:
-        return _registered_arch(value)
 
 
 class RegistryConfig(_Section):

@@ -76,11 +76,25 @@ def setup(cfg: MlflowConfig) -> str:
         raise _unreachable(cfg.tracking_uri, e) from None
 
 
+FIRST_USE_WAIT_S = 600.0  # how long a run waits for another one that is creating the same new SQLite store
+
+
 def _setup(cfg: MlflowConfig) -> str:
+    from etc_core import locks
+
+    fresh = None
+    if cfg.tracking_uri.startswith("sqlite:///"):
+        db = Path(cfg.tracking_uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        fresh = None if db.exists() else locks.store_lock(cfg.tracking_uri)
+    # two runs creating one new SQLite store would run MLflow's schema migration at once: one at a time
+    with locks.hold(fresh, FIRST_USE_WAIT_S):
+        return _open(cfg)
+
+
+def _open(cfg: MlflowConfig) -> str:
     import mlflow
 
-    if cfg.tracking_uri.startswith("sqlite:///"):
-        Path(cfg.tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     bound_http_retries()
     if redact(cfg.tracking_uri) != cfg.tracking_uri:  # MLflow prints "View run ... at: <uri>" when a run ends
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
