@@ -62,9 +62,11 @@ def make_trainer(cfg: EtcConfig, stage: str, num_classes: int, teacher, run_id: 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from etc_core.train.backend import OneNodeTorchConfig
+
     t = cfg.train
     return TorchTrainer(
-        train_loop_per_worker,
+        train_loop_per_worker, torch_config=OneNodeTorchConfig(),
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": stage, "num_classes": num_classes,
                            "run_id": run_id, "teacher": teacher},
         scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu,
