@@ -303,7 +303,9 @@ def test_a_pipe_uri_on_the_command_line_never_reaches_webdataset_s_shell(tmp_pat
     write_shard_set(str(tmp_path / uri))  # the folder "pipe:touch pwned;cat x" under the working directory
     control = run([sys.executable, "-c", f"import webdataset as wds; wds.gopen({uri + '/val/shard-000000.tar'!r})"
                    ".read()"], cwd=tmp_path)
-    assert control.returncode == 0 and (tmp_path / "pwned").exists()  # the hole is real in webdataset itself
+    # the hole is real in webdataset itself: the shell ran `touch` (its `cat` of a path that is not there may make
+    # webdataset raise afterwards, depending on when it sees the exit status; that is not the point)
+    assert (tmp_path / "pwned").exists(), control.stderr[-2000:]
     (tmp_path / "pwned").unlink()
 
     ckpt = write_checkpoint(tmp_path / "ckpt")
