@@ -89,3 +89,44 @@ def run_dirs(tmp_path: Path) -> list[str]:
     """Overrides that keep MLflow and Ray Train storage of one test inside tmp_path."""
     return [f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"mlflow.artifact_root={tmp_path}/artifacts",
             f"train.storage_path={tmp_path}/ray_results"]
+
+
+def wait_for(predicate, timeout: float, what: str, poll_s: float = 0.2):
+    """predicate()'s first truthy value within timeout seconds, else AssertionError naming `what`."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if found := predicate():
+            return found
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def registered_checkpoints(run_dir) -> list[str]:
+    """Checkpoints the Train controller has registered under run_dir/ray_results (a worker's upload alone is not
+    one: a worker killed before the controller takes it in restarts from the checkpoint before)."""
+    import glob
+    import json
+
+    found = []
+    for snapshot in glob.glob(f"{run_dir}/ray_results/*/checkpoint_manager_snapshot.json"):
+        try:
+            found += [r["checkpoint_dir_name"] for r in json.load(open(snapshot))["checkpoint_results"]]
+        except (ValueError, KeyError):
+            pass  # being rewritten
+    return found
+
+
+def end_processes(procs, timeout: float) -> None:
+    """Terminate processes this test started (psutil.Process objects), then kill those still alive after timeout."""
+    import psutil
+
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        proc.kill()

@@ -13,7 +13,7 @@ import mlflow
 import psutil
 import pytest
 
-from tests.conftest import REPO, TINY_DATA, aws_env
+from tests.conftest import REPO, TINY_DATA, aws_env, end_processes
 
 pytestmark = pytest.mark.integration
 
@@ -69,14 +69,7 @@ def _stop_cluster(head: subprocess.Popen, temp_dir: str) -> None:
             procs.update(proc.children(recursive=True))
         except psutil.NoSuchProcess:
             pass
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=20)
-    for proc in alive:
-        proc.kill()
+    end_processes(list(procs), timeout=20)
     head.wait(10)
 
 

@@ -4,10 +4,8 @@ A Ray Train worker killed mid-epoch: tests/reliability/test_faults.py.
 """
 from __future__ import annotations
 
-import glob
 import os
 import signal
-import time
 
 import mlflow
 import pytest
@@ -16,7 +14,7 @@ import torch
 from etc_core.config import load_config
 from etc_core.tracking.registry import load_model
 from etc_core.train.run import run_training
-from tests.conftest import run_dirs, run_python
+from tests.conftest import registered_checkpoints, run_dirs, run_python, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -67,32 +65,9 @@ def test_teacher_then_student_train_log_register_and_load(tiny_shards, tmp_path)
         student["registered"].version
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _train_cmd(tiny_shards, tmp_path, ray_address: str, *extra: str) -> list[str]:
     return ["pipelines/train_teacher.py", *tiny_shards, *run_dirs(tmp_path), *FAST, f"ray.address={ray_address}",
             "train.workers=1", *extra]
-
-
-def _checkpoints(tmp_path) -> list[str]:
-    """Checkpoints the Train controller has registered (a worker's upload alone is not yet one)."""
-    import json
-
-    found = []
-    for snapshot in glob.glob(f"{tmp_path}/ray_results/*/checkpoint_manager_snapshot.json"):
-        try:
-            found += [r["checkpoint_dir_name"] for r in json.load(open(snapshot))["checkpoint_results"]]
-        except (ValueError, KeyError):
-            pass  # being rewritten
-    return found
 
 
 def test_killed_driver_resumes_from_checkpoint_step(tiny_shards, tmp_path, ray_local):
@@ -106,7 +81,7 @@ def test_killed_driver_resumes_from_checkpoint_step(tiny_shards, tmp_path, ray_l
     proc = subprocess.Popen([sys.executable, *cmd], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
-        _wait_for(lambda: _checkpoints(tmp_path), 180, "a first checkpoint")
+        wait_for(lambda: registered_checkpoints(tmp_path), 180, "a first checkpoint", poll_s=0.5)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -4,7 +4,6 @@ half-written is ever visible, and the results match a run that was never interru
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -20,34 +19,13 @@ from etc_core.data.generated import write_dataset
 from etc_core.flow.stage import run_flow_stage
 from etc_core.storage import uri as storage
 from etc_core.train.run import run_training
-from tests.conftest import run_dirs, run_python
+from tests.conftest import registered_checkpoints, run_dirs, run_python, wait_for
 from tests.reliability._procs import Output, full_args, our_processes, popen, sigkill
 
 pytestmark = pytest.mark.integration
 
 FAST = ["train.batch_size=2", "train.val_batch_size=4", "train.crop=[32,48]", "train.scale=[0.8,1.25]",
         "train.pictures=0", "train.log_every=1", "teacher.arch=pspnet18_slim", "student.arch=lraspp_mobilenetv3"]
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if found := predicate():
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _registered_checkpoints(run_dir) -> list[str]:
-    """Checkpoints the Train controller has registered (a worker's upload alone is not one: a worker killed before
-    the controller takes it in restarts from the checkpoint before)."""
-    found = []
-    for snapshot in glob.glob(f"{run_dir}/ray_results/*/checkpoint_manager_snapshot.json"):
-        try:
-            found += [r["checkpoint_dir_name"] for r in json.load(open(snapshot))["checkpoint_results"]]
-        except (ValueError, KeyError):
-            pass  # being rewritten
-    return found
 
 
 def _teacher_history(tracking_uri: str) -> tuple[dict, list[int]]:
@@ -82,7 +60,8 @@ def test_worker_killed_mid_epoch_resumes_and_matches_an_uninterrupted_run(tiny_s
                    f"ray.address={ray_local.get_runtime_context().gcs_address}"])
     out = Output(proc)
     try:
-        _wait_for(lambda: _registered_checkpoints(killed), 240, "a checkpoint the Train controller has registered")
+        wait_for(lambda: registered_checkpoints(killed), 240, "a checkpoint the Train controller has registered",
+                 poll_s=0.1)
         out.wait_for(r"epoch \d step \d+/36 \([2-8]/12 of this epoch\)", 120, start=len(out.lines))  # inside an epoch
         worker = [p for p in our_processes() if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
         assert len(worker) == 1, worker

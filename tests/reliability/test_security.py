@@ -17,7 +17,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, end_processes
 from tests.reliability._inputs import (ETC, assert_one_line_error, closed_port, files_under, run, write_checkpoint,
                                        write_shard_set)
 
@@ -48,15 +48,7 @@ def _name(pid: int) -> str:
 
 def _stop(pid: int) -> None:
     """Terminate a process we started and all its descendants, by PID."""
-    procs = _tree(pid)
-    for proc in reversed(procs):
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=5)
-    for proc in alive:
-        proc.kill()
+    end_processes(list(reversed(_tree(pid))), timeout=5)
 
 
 # ------------------------------------------------------------------------------------------------ loopback
