@@ -107,3 +107,41 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="tiny sizes: check the script runs (numbers meaningless)")
     return p
+
+
+def train_or_reuse(cfg, stage: str):
+    """(registered model of this exact config, training seconds): trained now unless a previous run registered it."""
+    from etc_core.train.run import find_registered, run_training
+
+    found = find_registered(cfg, stage)
+    if found is not None:
+        return found, 0.0
+    start = time.perf_counter()
+    summary = run_training(cfg, stage)
+    return summary["registered"], time.perf_counter() - start
+
+
+def score(cfg, registered, split: str = "test") -> list[dict]:
+    """The evaluation rows (the model's, then the reference rows) of a registered model on a split of cfg's shards."""
+    import torch
+
+    from etc_core.infer.evaluate import evaluate_models
+    from etc_core.tracking.registry import load_model
+
+    model, meta = load_model(registered.model_uri)
+    rows = evaluate_models([(registered.name, model, meta)], shards=cfg.shards.uri, split=split,
+                           device=torch.device("cpu"), batch_size=cfg.pipeline.eval_batch_size)["rows"]
+    rows[0]["model_uri"] = registered.model_uri
+    return rows
+
+
+def val_curve(cfg, registered) -> list[tuple[int, float]]:
+    """(step, val mIoU) of every validation of the run that trained `registered` (from MLflow)."""
+    import mlflow
+
+    from etc_core.tracking import mlflow as tracking
+
+    tracking.setup(cfg.mlflow)
+    client = mlflow.MlflowClient()
+    run_id = client.get_model_version(registered.name, registered.version).tags.get("etc.run_id")
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val/miou")) if run_id else []

@@ -24,28 +24,13 @@ VARIANTS = {  # name -> (stage, overrides): what each row of the table trains
 
 
 def train_or_reuse(cfg, stage: str):
-    """The registered model of this exact config, trained now unless a previous run registered it."""
-    from etc_core.train.run import find_registered, run_training
-
-    found = find_registered(cfg, stage)
-    if found is not None:
-        return found, 0.0
-    start = time.perf_counter()
-    summary = run_training(cfg, stage)
-    return summary["registered"], time.perf_counter() - start
+    return common.train_or_reuse(cfg, stage)
 
 
 def score(cfg, registered) -> dict:
     """mIoU / TC (percent) of a registered model on cfg's val shards."""
-    from etc_core.infer.evaluate import evaluate_models
-    from etc_core.tracking.registry import load_model
-
-    import torch
-
-    model, meta = load_model(registered.model_uri)
-    row = evaluate_models([(registered.name, model, meta)], shards=cfg.shards.uri, device=torch.device("cpu"),
-                          batch_size=cfg.pipeline.eval_batch_size)["rows"][0]
-    return {"miou": row["miou"], "tc": row["tc"], "model_uri": registered.model_uri}
+    row = common.score(cfg, registered, split="val")[0]
+    return {"miou": row["miou"], "tc": row["tc"], "model_uri": row["model_uri"]}
 
 
 def main() -> None:

@@ -16,58 +16,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from etc_core.data.config import DataConfig
 from etc_core.errors import ConfigError
 from etc_core.losses.etc import LossConfig
-
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def _expand_path(value: str) -> str:
-    """Expand `${ENV}` and `~`, and make a local path absolute (S3 and other URIs pass through)."""
-    def env(m: re.Match) -> str:
-        if m.group(1) not in os.environ:
-            raise ValueError(f"environment variable {m.group(1)} is not set")
-        return os.environ[m.group(1)]
-
-    value = _ENV_RE.sub(env, value)
-    if "://" in value and not value.startswith("file://"):
-        return value
-    value = value.removeprefix("file://")
-    return str(Path(value).expanduser().resolve())
-
+from etc_core.storage.paths import ENV_RE as _ENV_RE, expand_path as _expand_path
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class DataConfig(_Section):
-    """The video dataset. `synthetic` is generated on the fly (see etc_core/data/synthetic.py); `cityscapes` and
-    `camvid` read the official layouts under root (docs/data.md). seed..noise apply to synthetic data only."""
-
-    kind: Literal["synthetic", "cityscapes", "camvid"] = "synthetic"
-    root: str = "runs/demo/data"
-    resize: float = Field(1.0, gt=0, le=1)  # cityscapes/camvid: scale frames (bilinear) and labels (nearest) on read
-    seed: int = 0
-    num_videos: int = Field(10, ge=2)  # clips in all; val_fraction of them (at least 1) form the val split
-    val_fraction: float = Field(0.2, gt=0, lt=1)
-    num_frames: int = Field(12, ge=2)
-    height: int = Field(96, ge=16)
-    width: int = Field(160, ge=16)
-    num_classes: int = Field(6, ge=2, le=32)
-    label_every: int = Field(1, ge=1)  # keep only every n-th frame's label (Cityscapes keeps 1 in 30)
-    label_offset: int = Field(0, ge=0)  # index of the first labelled frame inside a clip
-    noise: float = Field(0.02, ge=0, le=1)  # per-frame lighting/sensor noise that makes per-frame models flicker
-
-    @property
-    def split_sizes(self) -> dict[str, int]:
-        """Clips per split: {"train": n, "val": m}, both at least 1."""
-        val = min(max(1, round(self.num_videos * self.val_fraction)), self.num_videos - 1)
-        return {"train": self.num_videos - val, "val": val}
-
-    @field_validator("root")
-    @classmethod
-    def _absolute_root(cls, value: str) -> str:
-        return _expand_path(value)
 
 
 class RayConfig(_Section):

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 
 from etc_core.config import EtcConfig, flatten
+from etc_core.metrics import METRICS
 from etc_core.sweep.space import apply_values
 from etc_core.tracking import mlflow as tracking
 from etc_core.tracking.registry import Registered
@@ -71,7 +72,7 @@ def _run_stages(cfg: EtcConfig, force: tuple[str, ...]) -> PipelineResult:
         with tracking.stage_run(cfg.mlflow, "evaluate"):
             result.evaluation, result.table = _evaluate(cfg, result.models)
             for row in result.evaluation["rows"]:
-                tracking.log_metrics({f"eval/{row['model']}/{k}": row[k] for k in ("miou", "tc", "fps")
+                tracking.log_metrics({f"eval/{row['model']}/{k}": row[k] for k in (*METRICS, "fps")
                                       if row[k] is not None})
             tracking.log_text(result.table, "evaluation.txt")
         result.ran.append("evaluate")
@@ -116,8 +117,14 @@ def _flow_timing(cfg: EtcConfig) -> dict:
     return timing
 
 
+def eval_split(manifest: dict) -> str:
+    """The split tables report on: `test` when the shards have one (checkpoints were chosen on val), else `val`."""
+    return "test" if manifest.get("splits", {}).get("test", {}).get("samples") else "val"
+
+
 def _evaluate(cfg: EtcConfig, models: dict[str, Registered]) -> tuple[dict, str]:
-    """mIoU, TC and FPS of every model of this run on the val shards: one table."""
+    """mIoU, TC, tc_noc, flicker and FPS of every model of this run on the test shards (val when there is no test
+    split), with the reference rows: one table."""
     from etc_core.infer.evaluate import evaluate_models, format_table
     from etc_core.infer.load import pick_device
     from etc_core.tracking.registry import load_model
@@ -127,6 +134,8 @@ def _evaluate(cfg: EtcConfig, models: dict[str, Registered]) -> tuple[dict, str]
         if stage in models:
             model, meta = load_model(models[stage].model_uri)
             loaded.append((f"{stage}:{models[stage].name}/{models[stage].version}", model, meta))
-    evaluation = evaluate_models(loaded, shards=cfg.shards.uri, device=pick_device("auto"),
-                                 batch_size=cfg.pipeline.eval_batch_size)
+    from etc_core.train.run import read_manifest
+
+    evaluation = evaluate_models(loaded, shards=cfg.shards.uri, split=eval_split(read_manifest(cfg)),
+                                 device=pick_device("auto"), batch_size=cfg.pipeline.eval_batch_size)
     return evaluation, format_table(evaluation)

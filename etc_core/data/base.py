@@ -41,6 +41,10 @@ class VideoDataset(Protocol):
     num_classes: int
     class_names: list[str]
 
+    @property
+    def splits(self) -> list[str]:
+        """The splits that hold clips (a subset of train, val, test)."""
+
     def clip_ids(self, split: str) -> list[str]:
         """Clip ids of `split`, in a stable order."""
 

@@ -5,7 +5,7 @@ Layout (docs/data.md):
     ROOT/dataset.json                          manifest, written last: spec, class names, clip ids per split
     ROOT/{split}/{clip_id}/clip.json           the clip's seed and spec (a clip dir exists only when complete)
     ROOT/{split}/{clip_id}/frames/{t:06d}.png  RGB uint8
-    ROOT/{split}/{clip_id}/labels/{t:06d}.png  class ids (mode L), only for labelled frames
+    ROOT/{split}/{clip_id}/labels/{t:06d}.png  class ids (mode L), only for labelled frames (val, test: all)
     ROOT/{split}/{clip_id}/flows/{t:06d}.npy   float32 [2,H,W], the pair (t, t+1), project convention
     ROOT/{split}/{clip_id}/valid/{t:06d}.png   255 where flows[t] is in frame and not occluded
 
@@ -24,20 +24,31 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from etc_core.config import DataConfig
+from etc_core.data.config import DataConfig
 from etc_core.data.base import IGNORE_INDEX, Clip
-from etc_core.data.synthetic import class_names, make_clip, pair_flow
+from etc_core.data.synthetic import Look, Scene, class_names, make_clip, pair_flow
 from etc_core.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-FORMAT = "etc-generated-v1"
-SPLITS = ("train", "val")
-_SPEC_KEYS = ("seed", "num_frames", "height", "width", "num_classes", "label_every", "label_offset", "noise")
+FORMAT = "etc-generated-v2"
+SPLITS = ("train", "val", "test")
+_SCENE_KEYS = ("object_scale", "thin_objects", "lookalike", "jitter")
+_LOOK_KEYS = ("noise", "motion_blur", "illumination", "shot_noise", "read_noise", "jpeg_quality")
+_SPEC_KEYS = ("seed", "num_frames", "height", "width", "num_classes", "label_every", "label_offset",
+              *_SCENE_KEYS, *_LOOK_KEYS)
 
 
 def _spec(cfg: DataConfig) -> dict:
-    return {k: getattr(cfg, k) for k in _SPEC_KEYS}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(cfg, k)) for k in _SPEC_KEYS)}
+
+
+def scene_of(spec: dict) -> Scene:
+    return Scene(**{k: tuple(spec[k]) if isinstance(spec[k], list) else spec[k] for k in _SCENE_KEYS})
+
+
+def look_of(spec: dict) -> Look:
+    return Look(**{k: tuple(spec[k]) if isinstance(spec[k], list) else spec[k] for k in _LOOK_KEYS})
 
 
 def clip_seed(seed: int, split: str, index: int) -> int:
@@ -45,8 +56,11 @@ def clip_seed(seed: int, split: str, index: int) -> int:
     return (seed * 1_000_003 + SPLITS.index(split) * 500_009 + index) % 2**63
 
 
-def labelled_frames(num_frames: int, label_every: int, label_offset: int) -> list[int]:
-    """Frames that keep their label: offset, offset + every, ..."""
+def labelled_frames(num_frames: int, label_every: int, label_offset: int, split: str = "train") -> list[int]:
+    """Frames that keep their label: in train offset, offset + every, ...; in val and test every frame (the
+    flicker metric needs labels on both frames of a pair)."""
+    if split != "train":
+        return list(range(num_frames))
     return list(range(min(label_offset, num_frames - 1), num_frames, label_every))
 
 
@@ -58,12 +72,12 @@ def _write_clip(root: str, split: str, index: int, spec: dict) -> str:
     if (final / "clip.json").is_file() and json.loads((final / "clip.json").read_text()) == meta:
         return clip_id
     clip = make_clip(meta["seed"], spec["num_frames"], spec["height"], spec["width"], spec["num_classes"],
-                     noise=spec["noise"])
+                     scene_of(spec), look_of(spec))
     tmp = final.with_name(clip_id + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for sub in ("frames", "labels", "flows", "valid"):
         (tmp / sub).mkdir(parents=True)
-    keep = set(labelled_frames(spec["num_frames"], spec["label_every"], spec["label_offset"]))
+    keep = set(labelled_frames(spec["num_frames"], spec["label_every"], spec["label_offset"], split))
     for t in range(clip.num_frames):
         Image.fromarray(clip.frames[t]).save(tmp / "frames" / f"{t:06d}.png")
         if t in keep:
@@ -92,9 +106,11 @@ def write_dataset(cfg: DataConfig, progress: bool = True) -> GeneratedDataset:
         if old.get("spec") == spec and {s: len(ids) for s, ids in old.get("splits", {}).items()} == counts:
             log.info("dataset at %s already complete, reusing it", root)
             return GeneratedDataset(root)
-        want = {**spec, "num_videos": sum(counts.values()), "val_videos": counts["val"]}
+        want = {**spec, "num_videos": sum(counts.values()), "val_videos": counts["val"],
+                "test_videos": counts["test"]}
         have = {**old.get("spec", {}), "num_videos": sum(map(len, old.get("splits", {}).values())),
-                "val_videos": len(old.get("splits", {}).get("val", []))}
+                "val_videos": len(old.get("splits", {}).get("val", [])),
+                "test_videos": len(old.get("splits", {}).get("test", []))}
         key = next(k for k in want if have.get(k) != want[k])
         raise DatasetError(f"{manifest_path}: generated with data.{key}={have.get(key)!r}, config asks for "
                            f"{want[key]!r}; choose another data.root or delete it")
@@ -103,7 +119,8 @@ def write_dataset(cfg: DataConfig, progress: bool = True) -> GeneratedDataset:
     ids = _run_jobs(str(root), jobs, spec, bar)
     bar.close()
     manifest = {"format": FORMAT, "spec": spec, "class_names": class_names(cfg.num_classes),
-                "labelled_frames": labelled_frames(cfg.num_frames, cfg.label_every, cfg.label_offset),
+                "labelled_frames": {split: labelled_frames(cfg.num_frames, cfg.label_every, cfg.label_offset, split)
+                                    for split in SPLITS},
                 "splits": {split: sorted(i for s, i in ids if s == split) for split in SPLITS}}
     tmp = manifest_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
@@ -148,12 +165,16 @@ class GeneratedDataset:
         self.spec: dict = manifest["spec"]
         self.num_classes: int = self.spec["num_classes"]
         self.class_names: list[str] = manifest["class_names"]
-        self.labelled_frames: list[int] = manifest["labelled_frames"]
+        self._labelled: dict[str, list[int]] = manifest["labelled_frames"]
         self._splits: dict[str, list[str]] = manifest["splits"]
 
     @property
     def splits(self) -> list[str]:
-        return list(self._splits)
+        return [s for s in self._splits if self._splits[s]]
+
+    def labelled_frames(self, split: str) -> list[int]:
+        """Indices of the labelled frames of every clip of `split`."""
+        return list(self._labelled[split])
 
     def clip_ids(self, split: str) -> list[str]:
         if split not in self._splits:
@@ -166,7 +187,7 @@ class GeneratedDataset:
         n, h, w = self.spec["num_frames"], self.spec["height"], self.spec["width"]
         frames = np.stack([self._png(d / "frames" / f"{t:06d}.png", (h, w, 3)) for t in range(n)])
         labels = np.full((n, h, w), IGNORE_INDEX, np.uint8)
-        for t in self.labelled_frames:
+        for t in self.labelled_frames(split):
             labels[t] = self._png(d / "labels" / f"{t:06d}.png", (h, w))
         flows = np.stack([self._npy(d / "flows" / f"{t:06d}.npy", (2, h, w)) for t in range(n - 1)])
         valid = np.stack([self._png(d / "valid" / f"{t:06d}.png", (h, w)) > 0 for t in range(n - 1)])
@@ -180,7 +201,7 @@ class GeneratedDataset:
         except (OSError, ValueError, KeyError) as e:
             raise DatasetError(f"{meta_path}: unreadable ({e})") from None
         s = self.spec
-        return pair_flow(seed, s["num_frames"], s["height"], s["width"], s["num_classes"], t, k)
+        return pair_flow(seed, s["num_frames"], s["height"], s["width"], s["num_classes"], t, k, scene_of(s))
 
     @staticmethod
     def _png(path: Path, shape: tuple) -> np.ndarray:
@@ -213,10 +234,11 @@ class GeneratedDataset:
         lines = [f"generated video dataset at {self.root}",
                  f"  {s['num_frames']} frames of {s['height']}x{s['width']} per clip, {self.num_classes} classes: "
                  f"{', '.join(self.class_names)}",
-                 f"  labelled frames per clip: {len(self.labelled_frames)} (every {s['label_every']}, "
-                 f"from {s['label_offset']}); flow pairs per clip: {s['num_frames'] - 1}"]
+                 f"  labelled frames per train clip: {len(self._labelled['train'])} (every {s['label_every']}, "
+                 f"from {s['label_offset']}), every frame in val and test; flow pairs per clip: "
+                 f"{s['num_frames'] - 1}"]
         for split in self.splits:
             n = len(self._splits[split])
             lines.append(f"  {split}: {n} clips, {n * s['num_frames']} frames, "
-                         f"{n * len(self.labelled_frames)} labelled")
+                         f"{n * len(self._labelled[split])} labelled")
         return "\n".join(lines)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from etc_core.config import DataConfig
+from etc_core.data.config import DataConfig
 from etc_core.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "etc-shards-v1"
 MANIFEST = "manifest.json"
-SPLITS = ("train", "val")
-FIELDS = ("img0.png", "img1.png", "flow.npy", "meta.json")  # label.png is optional
+SPLITS = ("train", "val", "test")
+FIELDS = ("img0.png", "img1.png", "flow.npy", "meta.json")  # label.png, label1.png, valid.png are optional
 _SHUFFLE_BUFFER = 256
 
 
@@ -52,12 +52,17 @@ def sample_key(video: str, t: int, k: int) -> str:
 # ----------------------------------------------------------------------------------------------- writing
 
 def encode_sample(key: str, img0: np.ndarray, img1: np.ndarray, flow: np.ndarray, label: np.ndarray | None,
-                  meta: dict) -> dict:
-    """One WebDataset sample: img0/img1 uint8 [H,W,3], flow float [2,H,W] (stored float16), label uint8 [H,W]."""
+                  meta: dict, label1: np.ndarray | None = None, valid: np.ndarray | None = None) -> dict:
+    """One WebDataset sample: img0/img1 uint8 [H,W,3], flow float [2,H,W] (stored float16), label (frame t) and
+    label1 (frame t+k) uint8 [H,W], valid bool [H,W] (stored 255 = visible in both frames, 0 = not)."""
     sample = {"__key__": key, "img0.png": img0, "img1.png": img1, "flow.npy": flow.astype(np.float16),
               "meta.json": meta}
     if label is not None:
         sample["label.png"] = label
+    if label1 is not None:
+        sample["label1.png"] = label1
+    if valid is not None:
+        sample["valid.png"] = np.asarray(valid, bool).astype(np.uint8) * 255
     return sample
 
 
@@ -214,7 +219,8 @@ def _decode_png(data: bytes, mode: str) -> np.ndarray:
 
 
 def decode_sample(sample: dict) -> dict:
-    """Raw tar members -> {__key__, img0, img1 uint8 [H,W,3], flow float32 [2,H,W], label uint8 [H,W] | None, meta}."""
+    """Raw tar members -> {__key__, img0, img1 uint8 [H,W,3], flow float32 [2,H,W], label, label1 uint8 [H,W] | None,
+    valid bool [H,W] | None, meta}."""
     url, key = sample.get("__url__", "?"), sample.get("__key__", "?")
     if ".." in key or key.startswith("/") or "\\" in key:
         raise ShardError(f"{url}: refusing member name {key!r} (absolute or '..' path)")
@@ -231,15 +237,22 @@ def decode_sample(sample: dict) -> dict:
         flow = np.load(io.BytesIO(sample[field]), allow_pickle=False).astype(np.float32)
         field = "label.png"
         label = _decode_png(sample[field], "L") if field in sample else None
+        field = "label1.png"
+        label1 = _decode_png(sample[field], "L") if field in sample else None
+        field = "valid.png"
+        valid = _decode_png(sample[field], "L") > 127 if field in sample else None
         field = "meta.json"
         meta = json.loads(sample[field])
     except (OSError, ValueError) as e:
         raise ShardError(f"{url}: member {key}.{field} unreadable ({type(e).__name__}: {e})") from None
     shape = img0.shape[:2]
-    if img1.shape != img0.shape or flow.shape != (2, *shape) or (label is not None and label.shape != shape):
+    maps = {"label": label, "label1": label1, "valid": valid}
+    if img1.shape != img0.shape or flow.shape != (2, *shape) or any(m is not None and m.shape != shape
+                                                                     for m in maps.values()):
+        sizes = ", ".join(f"{n} {m.shape}" for n, m in maps.items() if m is not None)
         raise ShardError(f"{url}: member {key}: shapes img0 {img0.shape}, img1 {img1.shape}, flow {flow.shape}, "
-                         f"label {None if label is None else label.shape} disagree")
-    return {"__key__": key, "__url__": url, "img0": img0, "img1": img1, "flow": flow, "label": label, "meta": meta}
+                         f"{sizes} disagree")
+    return {"__key__": key, "__url__": url, "img0": img0, "img1": img1, "flow": flow, **maps, "meta": meta}
 
 
 def _decoded(src: Iterator[dict]) -> Iterator[dict]:
@@ -292,13 +305,21 @@ def _prepare(src: Iterator[dict], transform: Callable[[dict], dict] | None) -> I
 
 
 def collate(samples: list[dict]) -> dict:
-    """Decoded samples -> img0/img1 uint8 [B,3,H,W], flow float32 [B,2,H,W], label int64 [B,H,W], key list."""
+    """Decoded samples -> img0/img1 uint8 [B,3,H,W], flow float32 [B,2,H,W], label int64 [B,H,W], key list; and
+    label1 int64 [B,H,W] (255 where a sample has none) and valid bool [B,H,W] when every sample has a mask."""
     def stack(name: str) -> torch.Tensor:
         return torch.from_numpy(np.stack([np.ascontiguousarray(s[name]) for s in samples]))
 
-    return {"img0": stack("img0").permute(0, 3, 1, 2).contiguous(),
-            "img1": stack("img1").permute(0, 3, 1, 2).contiguous(),
-            "flow": stack("flow").float(), "label": stack("label").long(), "key": [s["__key__"] for s in samples]}
+    batch = {"img0": stack("img0").permute(0, 3, 1, 2).contiguous(),
+             "img1": stack("img1").permute(0, 3, 1, 2).contiguous(),
+             "flow": stack("flow").float(), "label": stack("label").long(), "key": [s["__key__"] for s in samples]}
+    if any(s.get("label1") is not None for s in samples):
+        batch["label1"] = torch.from_numpy(np.stack([
+            s["label1"] if s.get("label1") is not None else np.full(s["label"].shape, IGNORE_INDEX, np.uint8)
+            for s in samples])).long()
+    if all(s.get("valid") is not None for s in samples):
+        batch["valid"] = stack("valid").bool()
+    return batch
 
 
 def _take_share(src: Iterator[dict], steps: int) -> Iterator[dict]:

@@ -1,8 +1,9 @@
 """The flow stage: estimate flow for every training/validation pair on Ray actors and write WebDataset shards.
 
-Samples (PAPER.md 1): train = for each labelled frame t of each train video, the pairs (t, t+k) for every k in
-shards.k with 0 <= t+k < T; val = every consecutive pair (t, t+1) of each val video (TC uses them all, mIoU those
-that carry a label). Videos are assigned to shards in a seed-shuffled order, shards hold at most
+Samples (docs/shards.md): train = for each labelled frame t of each train video, the pairs (t, t+k) for every k
+in shards.k with 0 <= t+k < T; val and test = every consecutive pair (t, t+1) of each video (TC uses them all,
+mIoU those that carry a label; they also carry the next frame's label and, for generated data, the validity
+mask, which tc_noc and the flicker rate need). Videos are assigned to shards in a seed-shuffled order, shards hold at most
 shards.max_samples_per_shard samples and about shards.max_shard_bytes bytes, so the plan is a pure function of
 the config and a rerun (or a resumed, killed run) writes exactly the same shards.
 """
@@ -46,7 +47,7 @@ class FlowStageResult:
 def stage_identity(cfg: EtcConfig) -> dict:
     """Everything that changes the shards' content (not where they go or how fast they are made)."""
     # resize only exists for real datasets; leaving it out for synthetic keeps earlier synthetic shards valid
-    data = cfg.data.model_dump(exclude={"root", *(["resize"] if cfg.data.kind == "synthetic" else [])})
+    data = cfg.data.model_dump(mode="json", exclude={"root", *(["resize"] if cfg.data.kind == "synthetic" else [])})
     flow = {"source": cfg.flow.source}
     if cfg.flow.source == "ptlflow":
         flow.update(model=cfg.flow.model, weights=cfg.flow.weights)
@@ -63,8 +64,8 @@ def _clip_layout(dataset, split: str, clip_id: str) -> tuple[int, int, int, list
     if callable(getattr(dataset, "clip_layout", None)):  # Cityscapes/CamVid: from their index, no image decoding
         return dataset.clip_layout(split, clip_id)
     spec, labelled = getattr(dataset, "spec", None), getattr(dataset, "labelled_frames", None)
-    if spec is not None and labelled is not None:
-        return spec["num_frames"], spec["height"], spec["width"], list(labelled)
+    if spec is not None and callable(labelled):
+        return spec["num_frames"], spec["height"], spec["width"], list(labelled(split))
     clip = dataset.read_clip(split, clip_id)
     return clip.num_frames, clip.frames.shape[1], clip.frames.shape[2], clip.labelled
 
@@ -73,7 +74,7 @@ def plan_shards(dataset, cfg: EtcConfig) -> dict[str, list[list[Sample]]]:
     """The samples of every shard of every split, in order: a pure function of the config and dataset."""
     plan = {}
     for split in shards.SPLITS:
-        clip_ids = list(dataset.clip_ids(split))
+        clip_ids = list(dataset.clip_ids(split)) if split in dataset.splits else []
         random.Random(f"{cfg.shards.seed}/{split}").shuffle(clip_ids)  # deterministic video -> shard assignment
         samples: list[Sample] = []
         height = width = 1
@@ -85,7 +86,7 @@ def plan_shards(dataset, cfg: EtcConfig) -> dict[str, list[list[Sample]]]:
             else:
                 samples += [(clip_id, t, 1, t in labelled_set) for t in range(num_frames - 1)]
         # upper bound of a sample's size: raw frames, float16 flow, label, tar headers
-        sample_bytes = int(height * width * (3 + 3 + 4 + 1) * 1.01) + 6 * 1024
+        sample_bytes = int(height * width * (3 + 3 + 4 + 1 + 1 + 1) * 1.01) + 8 * 1024
         per_shard = max(1, min(cfg.shards.max_samples_per_shard, cfg.shards.max_shard_bytes // sample_bytes))
         plan[split] = [samples[i:i + per_shard] for i in range(0, len(samples), per_shard)]
     return plan
@@ -222,7 +223,8 @@ def _num_actors(cfg: EtcConfig) -> tuple[int, int]:
 
 
 def _batches(dataset, todo, batch_size: int):
-    """Yield (shard position, split, batch of (sample, img0, img1, label)) reading one clip at a time."""
+    """Yield (shard position, split, batch of (sample, img0, img1, label, extra)) reading one clip at a time;
+    extra holds label1 (the label of t+k) and valid (the pair's validity mask) where the dataset has them."""
     cached: tuple[str, str, object] | None = None
     for position, (split, _, samples) in enumerate(todo):
         for start in range(0, len(samples), batch_size):
@@ -233,8 +235,14 @@ def _batches(dataset, todo, batch_size: int):
                 clip = cached[2]
                 if not 0 <= t + k < clip.num_frames:
                     raise DatasetError(f"{split}/{clip_id}: frame {t + k} out of range ({clip.num_frames} frames)")
+                extra = {}
+                if split != "train":  # evaluation pairs: the next frame's label and the validity mask
+                    if (clip.labels[t + k] != 255).any():
+                        extra["label1"] = clip.labels[t + k]
+                    if k == 1 and clip.valid is not None:
+                        extra["valid"] = clip.valid[t]
                 batch.append(((clip_id, t, k), clip.frames[t], clip.frames[t + k],
-                              clip.labels[t] if labelled else None))
+                              clip.labels[t] if labelled else None, extra))
             yield position, split, batch
 
 
@@ -266,10 +274,10 @@ def _compute_shards(cfg: EtcConfig, dataset, todo: list, progress: bool) -> dict
             (clip_id, t, k), *_ = batch[0]
             raise ConfigError(f"flow.model: {cfg.flow.model} (weights {cfg.flow.weights}) gave non-finite flow "
                               f"for {split}/{clip_id} t={t} k={k}; try other weights or larger frames")
-        for ((clip_id, t, k), img0, img1, label), flow in zip(batch, flows):
+        for ((clip_id, t, k), img0, img1, label, extra), flow in zip(batch, flows):
             meta = {"video": clip_id, "t": t, "k": k, "split": split, **meta_base}
             buffers.setdefault(position, []).append(
-                shards.encode_sample(shards.sample_key(clip_id, t, k), img0, img1, flow, label, meta))
+                shards.encode_sample(shards.sample_key(clip_id, t, k), img0, img1, flow, label, meta, **extra))
         bar.update(len(batch))
         split_, index, samples = todo[position]
         if len(buffers[position]) == len(samples):

@@ -1,13 +1,14 @@
-"""Compare models on one source: mIoU, TC (PAPER.md 5) and latency/FPS, in one pass over the frames.
+"""Compare models on one source: mIoU, TC, tc_noc, flicker (docs/conventions.md) and latency/FPS, in one pass.
 
 Sources: a shard set (labelled pairs with the flow stage's flow), a generated dataset directory (every frame of
 every clip of a split, ground-truth flow unless a ptlflow model is named), or an unlabelled video (TC only,
-flow from a ptlflow model). Every model sees the same decoded frames and the same flow, computed once.
+flow from a ptlflow model). Every model sees the same decoded frames and the same flow, computed once, and is
+scored by etc_core.metrics.SegScores, the class training validation uses. Where both frames of the pairs carry
+labels the table also carries the two reference rows (`ground truth`, `stride-8 oracle`).
 """
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
@@ -18,7 +19,7 @@ from etc_core.data.base import IGNORE_INDEX
 from etc_core.errors import ConfigError, DatasetError
 from etc_core.infer import InputError
 from etc_core.infer.predict import Predictor
-from etc_core.metrics import ConfusionMatrix, TemporalConsistency
+from etc_core.metrics import REFERENCES, SegScores, reference_predictions
 from etc_core.metrics.speed import measure_latency
 
 log = logging.getLogger(__name__)
@@ -29,25 +30,37 @@ FlowFn = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
 
 @dataclass
 class Row:
-    """One model's line of the table; mIoU and TC in percent (None when the source cannot give it)."""
+    """One line of the table; metrics in percent (None when the source cannot give them; a reference row has
+    no latency)."""
 
     model: str
     arch: str
     miou: float | None
     tc: float | None
-    latency_ms: float
-    fps: float
+    tc_noc: float | None
+    flicker_interior: float | None
+    flicker_boundary: float | None
+    latency_ms: float | None
+    fps: float | None
     frames: int
     pairs: int
 
 
-@dataclass
 class _Scores:
-    predictor: Predictor
-    cm: ConfusionMatrix | None = None  # made once the source's class count is known
-    tc: TemporalConsistency | None = None
-    frames: int = 0
-    pairs: int = 0
+    """A model's predictor (None for a reference row) and its SegScores, made once the class count is known."""
+
+    def __init__(self, predictor: Predictor | None, reference: str | None = None):
+        self.predictor, self.reference = predictor, reference
+        self.scores: SegScores | None = None
+
+    def predict(self, frames: torch.Tensor | np.ndarray, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """Class ids [B,H,W] of uint8 frames [B,H,W,3]; a reference row predicts from the labels (None: none)."""
+        if self.predictor is not None:
+            return self.predictor(frames)
+        if labels is None:
+            return None
+        return reference_predictions(self.reference, torch.as_tensor(labels).to(self.scores.device),
+                                     self.scores.num_classes)
 
 
 def evaluate_models(models: list[tuple[str, torch.nn.Module, dict]], *, shards: str | None = None,
@@ -63,13 +76,14 @@ def evaluate_models(models: list[tuple[str, torch.nn.Module, dict]], *, shards: 
         raise ConfigError("evaluate --input: TC on a video without labels needs --flow-model (a ptlflow model)")
     estimator = _ptlflow(flow_model, flow_weights) if flow_model is not None else None
     scores = [_Scores(Predictor(model, device, half, size)) for _, model, _ in models]
+    refs = [_Scores(None, name) for name in REFERENCES] if video is None else []
     if shards is not None:
         source = {"kind": "shards", "uri": shards, "split": split, "flow": "shards"}
-        num_classes, shape = _score_shards(scores, models, shards, split, batch_size)
+        num_classes, shape = _score_shards(scores, refs, models, shards, split, batch_size)
     elif data is not None:
         flow = f"ptlflow:{flow_model}" if estimator else "ground_truth"
         source = {"kind": "data", "path": data, "split": split, "flow": flow}
-        num_classes, shape = _score_dataset(scores, models, data, split, batch_size, estimator)
+        num_classes, shape = _score_dataset(scores, refs, models, data, split, batch_size, estimator)
     else:
         source = {"kind": "video", "path": video, "flow": f"ptlflow:{flow_model}"}
         num_classes, shape = _score_video(scores, models, video, batch_size, estimator)
@@ -77,54 +91,52 @@ def evaluate_models(models: list[tuple[str, torch.nn.Module, dict]], *, shards: 
     for (name, _, meta), s in zip(models, scores):
         example = torch.zeros((1, *shape, 3), dtype=torch.uint8)  # one frame at the source's resolution
         latency = measure_latency(lambda p=s.predictor, x=example: p.logits(x), device)
-        miou = s.cm.mean_iou() if video is None else None  # a video has no labels
-        rows.append(Row(name, meta["arch"], _finite(miou), _finite(s.tc.value()), latency, 1000 / latency,
-                        s.frames, s.pairs))
+        rows.append(Row(name, meta["arch"], **s.scores.result(), latency_ms=latency, fps=1000 / latency,
+                        frames=s.scores.frames, pairs=s.scores.pairs))
         log.info("%s: mIoU %s TC %s latency %.1f ms", name, rows[-1].miou, rows[-1].tc, latency)
+    for r in refs:
+        result = r.scores.result()
+        if result["flicker_interior"] is not None:  # labels on both frames of the pairs: the row is meaningful
+            rows.append(Row(r.reference, "reference", **result, latency_ms=None, fps=None,
+                            frames=r.scores.frames, pairs=r.scores.pairs))
     return {"source": {**source, "num_classes": num_classes, "height": shape[0], "width": shape[1],
                        "device": str(device), "half": half, "size": list(size) if size else None},
             "rows": [asdict(r) for r in rows]}
 
 
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _init(scores: list[_Scores], models, num_classes: int | None, device: torch.device) -> None:
+def _init(scores: list[_Scores], refs: list[_Scores], models, num_classes: int | None, device: torch.device) -> None:
     for s, (_, _, meta) in zip(scores, models):
-        k = num_classes or int(meta["num_classes"])
-        s.cm = ConfusionMatrix(k, device=device)
-        s.tc = TemporalConsistency(max(k, int(meta["num_classes"])), device=device)
+        s.scores = SegScores(max(num_classes or 0, int(meta["num_classes"])), device)
+    for r in refs:
+        r.scores = SegScores(num_classes, device)
 
 
-def _score_shards(scores, models, uri: str, split: str, batch_size: int) -> tuple[int, tuple[int, int]]:
-    """Labelled pairs (img0, img1, flow, label) of a shard set: mIoU on img0, TC on the pair."""
+def _score_shards(scores, refs, models, uri: str, split: str, batch_size: int) -> tuple[int, tuple[int, int]]:
+    """Labelled pairs (img0, img1, flow, label, label1, valid) of a shard set: mIoU on img0, the rest on the pair."""
     from etc_core.data import shards as shard_io
 
     manifest = shard_io.read_manifest(uri)
     if manifest is None:
         raise InputError(f"{uri}: no shard set there (manifest.json not found)")
     device = scores[0].predictor.device
-    _init(scores, models, int(manifest["num_classes"]), device)
+    _init(scores, refs, models, int(manifest["num_classes"]), device)
     shape = None
     for batch in shard_io.make_loader(uri, split, batch_size, shuffle=False):
         img0, img1 = batch["img0"].permute(0, 2, 3, 1), batch["img1"].permute(0, 2, 3, 1)  # [B,H,W,3] uint8
-        flow, label = batch["flow"].to(device), batch["label"].to(device)
         shape = tuple(img0.shape[1:3])
         for s in scores:
-            pred = s.predictor(torch.cat([img0, img1]))  # [2B,H,W]
-            pred0, pred1 = pred[: len(img0)], pred[len(img0):]
-            s.cm.update(pred0, label)
-            s.tc.update(pred0, pred1, flow)
-            s.frames += 2 * len(img0)
-            s.pairs += len(img0)
+            pred = s.predict(torch.cat([img0, img1]), None)  # [2B,H,W]
+            s.scores.update_batch(batch, pred[: len(img0)], pred[len(img0):])
+        for r in refs:
+            if "label1" in batch:
+                r.scores.update_batch(batch, r.predict(None, batch["label"]), r.predict(None, batch["label1"]))
     if shape is None:
         raise InputError(f"{uri}: split {split!r} holds no samples")
     return int(manifest["num_classes"]), shape
 
 
-def _score_dataset(scores, models, root: str, split: str, batch_size: int, estimator) -> tuple[int, tuple]:
-    """Every clip of a generated dataset split: mIoU on labelled frames, TC over all consecutive pairs."""
+def _score_dataset(scores, refs, models, root: str, split: str, batch_size: int, estimator) -> tuple[int, tuple]:
+    """Every clip of a generated dataset split: mIoU on labelled frames, the rest over all consecutive pairs."""
     from etc_core.data.generated import GeneratedDataset
     from etc_core.flow.estimate import PairRef
 
@@ -133,7 +145,7 @@ def _score_dataset(scores, models, root: str, split: str, batch_size: int, estim
         clip_ids = ds.clip_ids(split)
     except DatasetError as e:
         raise InputError(str(e)) from None
-    _init(scores, models, ds.num_classes, scores[0].predictor.device)
+    _init(scores, refs, models, ds.num_classes, scores[0].predictor.device)
     for clip_id in clip_ids:
         clip = ds.read_clip(split, clip_id)
         if estimator is None:
@@ -142,7 +154,7 @@ def _score_dataset(scores, models, root: str, split: str, batch_size: int, estim
             flow_of = lambda t0, img0, img1, c=clip_id: estimator.estimate(  # noqa: E731
                 img0, img1, [PairRef(split, c, t0 + i, 1) for i in range(len(img0))])
         batches = (clip.frames[i:i + batch_size] for i in range(0, clip.num_frames, batch_size))
-        _score_stream(scores, batches, flow_of, labels=clip.labels)
+        _score_stream(scores + refs, batches, flow_of, labels=clip.labels, valid=clip.valid)
     return ds.num_classes, (int(ds.spec["height"]), int(ds.spec["width"]))
 
 
@@ -152,7 +164,7 @@ def _score_video(scores, models, spec: str, batch_size: int, estimator) -> tuple
     from etc_core.infer.video import open_frames
 
     source = open_frames(spec)
-    _init(scores, models, None, scores[0].predictor.device)
+    _init(scores, [], models, None, scores[0].predictor.device)
     shape: list = []
 
     def batches() -> Iterator[np.ndarray]:
@@ -162,13 +174,16 @@ def _score_video(scores, models, spec: str, batch_size: int, estimator) -> tuple
 
     flow_of = lambda t0, img0, img1: estimator.estimate(  # noqa: E731
         img0, img1, [PairRef("video", spec, t0 + i, 1) for i in range(len(img0))])
-    _score_stream(scores, batches(), flow_of, labels=None)
+    _score_stream(scores, batches(), flow_of, labels=None, valid=None)
     return max(int(m[2]["num_classes"]) for m in models), tuple(shape)
 
 
 def _score_stream(scores: list[_Scores], batches: Iterator[np.ndarray], flow_of: FlowFn,
-                  labels: np.ndarray | None) -> None:
-    """Predict frame batches uint8 [B,H,W,3] with every model; TC over consecutive pairs, across batch borders."""
+                  labels: np.ndarray | None, valid: np.ndarray | None) -> None:
+    """Predict frame batches uint8 [B,H,W,3] with every model; pairs are consecutive frames, across batch borders.
+
+    labels uint8 [T,H,W] (255 = unlabelled) and valid bool [T-1,H,W] of the whole clip, when the source has them.
+    """
     prev_frame: np.ndarray | None = None  # the last frame of the previous batch, and each model's prediction of it
     prev_preds: list[torch.Tensor | None] = [None] * len(scores)
     t = 0
@@ -178,15 +193,21 @@ def _score_stream(scores: list[_Scores], batches: Iterator[np.ndarray], flow_of:
         flow = None
         if len(seq) > 1:
             flow = torch.as_tensor(np.asarray(flow_of(first, seq[:-1], seq[1:])))  # [P,2,H,W]
+        seq_labels = None if labels is None else torch.as_tensor(labels[first:first + len(seq)])
         for i, s in enumerate(scores):
-            preds = s.predictor(frames)  # [B,H,W]
-            if labels is not None and (labels[t:t + len(frames)] != IGNORE_INDEX).any():
-                s.cm.update(preds, torch.as_tensor(labels[t:t + len(frames)]))
+            preds = s.predict(frames, None if labels is None else torch.as_tensor(labels[t:t + len(frames)]))
+            if preds is None:
+                continue
+            if labels is not None:
+                s.scores.update_frames(preds, torch.as_tensor(labels[t:t + len(frames)]))
+            else:
+                s.scores.frames += len(frames)
             seq_preds = preds if prev_preds[i] is None else torch.cat([prev_preds[i][None], preds])  # [P+1,H,W]
             if flow is not None:
-                s.tc.update(seq_preds[:-1], seq_preds[1:], flow)
-                s.pairs += len(flow)
-            s.frames += len(frames)
+                s.scores.update_pairs(seq_preds[:-1], seq_preds[1:], flow,
+                                      None if seq_labels is None else seq_labels[:-1],
+                                      None if seq_labels is None else seq_labels[1:],
+                                      None if valid is None else torch.as_tensor(valid[first:first + len(flow)]))
             prev_preds[i] = preds[-1]
         prev_frame = frames[-1]
         t += len(frames)
@@ -199,19 +220,24 @@ def _ptlflow(model: str, weights: str):
     return PtlflowEstimator(model, weights)
 
 
+COLUMNS = (("mIoU", "miou"), ("TC", "tc"), ("TC-noc", "tc_noc"), ("flick-int", "flicker_interior"),
+           ("flick-bnd", "flicker_boundary"))
+
+
 def format_table(result: dict) -> str:
-    """The rows as a fixed-width table under a one-line description of the source."""
+    """The rows as a fixed-width table under a one-line description of the source (flicker in percent)."""
     src = result["source"]
     where = src.get("uri") or src.get("path")
     head = (f"{src['kind']} {where}" + (f" [{src['split']}]" if "split" in src else "") +
             f", flow {src['flow']}, {src['height']}x{src['width']}, device {src['device']}")
     width = max([len("model")] + [len(r["model"]) for r in result["rows"]])
-    cols = f"{'model':<{width}}  {'arch':<18} {'mIoU':>6} {'TC':>6} {'latency ms':>10} {'FPS':>8} {'frames':>7}"
-    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    cols = (f"{'model':<{width}}  {'arch':<18}" + "".join(f" {title:>9}" for title, _ in COLUMNS) +
+            f" {'latency ms':>10} {'FPS':>8} {'frames':>7}")
+    fmt = lambda v, spec=".2f": "-" if v is None else format(v, spec)  # noqa: E731
     lines = [head, cols, "-" * len(cols)]
     for r in result["rows"]:
-        lines.append(f"{r['model']:<{width}}  {r['arch']:<18} {fmt(r['miou']):>6} {fmt(r['tc']):>6} "
-                     f"{r['latency_ms']:>10.2f} {r['fps']:>8.1f} {r['frames']:>7}")
+        lines.append(f"{r['model']:<{width}}  {r['arch']:<18}" + "".join(f" {fmt(r[key]):>9}" for _, key in COLUMNS)
+                     + f" {fmt(r['latency_ms']):>10} {fmt(r['fps'], '.1f'):>8} {r['frames']:>7}")
     return "\n".join(lines)
 
 

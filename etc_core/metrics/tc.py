@@ -1,4 +1,8 @@
-"""Temporal consistency (TC, PAPER.md 5.2): mIoU between a prediction and the flow-warped next prediction."""
+"""Temporal consistency (TC, docs/conventions.md): mIoU between a prediction and the flow-warped next prediction.
+
+`tc` counts every in-frame pixel (as the paper does); given the generator's validity mask, `tc_noc` leaves out
+pixels occluded in the next frame (as Lai et al.'s warping error does).
+"""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -29,8 +33,11 @@ class TemporalConsistency:
         self.cm = ConfusionMatrix(num_classes, ignore_index, device)
 
     def update(self, pred_t: np.ndarray | Tensor, pred_next: np.ndarray | Tensor,
-               flow: np.ndarray | Tensor) -> None:
-        """Add one triple or a batch: pred_t, pred_next [H,W] or [B,H,W]; flow [2,H,W] or [B,2,H,W]."""
+               flow: np.ndarray | Tensor, valid: np.ndarray | Tensor | None = None) -> None:
+        """Add one triple or a batch: pred_t, pred_next [H,W] or [B,H,W]; flow [2,H,W] or [B,2,H,W].
+
+        valid: bool, pred_t's shape; pixels where it is False (occluded or out of frame at t+1) do not count.
+        """
         device = self.cm.mat.device
         pred_t, pred_next = as_tensor(pred_t, device), as_tensor(pred_next, device)
         flow = flow if isinstance(flow, Tensor) else torch.from_numpy(np.ascontiguousarray(flow))
@@ -43,6 +50,9 @@ class TemporalConsistency:
         ignore = self.cm.ignore_index
         warped = warp_labels(pred_next, flow, ignore)
         warped[pred_t == ignore] = ignore  # pixels ignored in pred_t do not count either
+        if valid is not None:
+            valid = as_tensor(valid, device).bool().reshape(pred_t.shape)
+            warped[~valid] = ignore
         self.cm.update(pred_t, warped)
 
     def value(self) -> float:

@@ -53,7 +53,7 @@ class PairAugment:
             img0, img1, label = img0.flip(-1), img1.flip(-1), label.flip(-1)
             flow = flow.flip(-1) * torch.tensor([-1.0, 1.0]).view(2, 1, 1)
         img0, img1, flow, label = self._crop(img0, img1, flow, label)
-        out = dict(sample)
+        out = {k: v for k, v in sample.items() if k not in ("label1", "valid")}  # evaluation-only fields
         out.update(img0=img0.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy(),
                    img1=img1.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy(),
                    flow=flow.numpy(), label=label.numpy())

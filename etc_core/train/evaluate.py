@@ -1,13 +1,16 @@
-"""Validation: mIoU on labelled val frames and TC over consecutive val pairs (shard flow), plus a picture grid."""
+"""Validation during training: the one scoring path (etc_core.metrics.SegScores) over a split's shards, plus a
+picture grid. The evaluation table (etc_core.infer.evaluate) scores through the same class."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 from torch import nn
 
-from etc_core.metrics import ConfusionMatrix, TemporalConsistency, warp_labels
+from etc_core.metrics import SegScores, warp_labels
 from etc_core.tracking.pictures import colorize, grid
 from etc_core.train.augment import normalize
+
+PICTURE_COLUMNS = ("frame", "label", "prediction", "next prediction warped", "disagreement")
 
 
 @torch.no_grad()
@@ -21,30 +24,35 @@ def predict_pair(model: nn.Module, img0: torch.Tensor, img1: torch.Tensor) -> tu
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device,
              pictures: int = 0) -> tuple[dict[str, float], np.ndarray | None]:
-    """Return ({"val_miou", "val_tc", "val_pairs"}, picture grid uint8 or None) over one pass of `loader`."""
+    """Return ({"val_miou", "val_tc", "val_tc_noc", "val_flicker_interior", "val_flicker_boundary", "val_pairs"},
+    picture grid uint8 or None) over one pass of `loader`; a metric the shards cannot give is NaN."""
     was_training = model.training
     model.eval()
-    cm = ConfusionMatrix(num_classes, device=device)
-    tc = TemporalConsistency(num_classes, device=device)
+    scores = SegScores(num_classes, device)
     rows: list[list[np.ndarray]] = []
-    pairs = 0
     for batch in loader:
         img0, img1 = batch["img0"].to(device), batch["img1"].to(device)
-        flow, label = batch["flow"].to(device).float(), batch["label"].to(device)
         pred0, pred1 = predict_pair(model, img0, img1)
-        cm.update(pred0, label)
-        tc.update(pred0, pred1, flow)
-        pairs += len(img0)
+        scores.update_batch(batch, pred0, pred1)
         for i in range(min(pictures - len(rows), len(img0))):
-            rows.append(_picture_row(img0[i], label[i], pred0[i], pred1[i], flow[i], num_classes))
+            rows.append(_picture_row(img0[i], batch["label"][i], pred0[i], pred1[i], batch["flow"][i].to(device),
+                                     num_classes))
     model.train(was_training)
-    metrics = {"val_miou": cm.mean_iou(), "val_tc": tc.value(), "val_pairs": float(pairs)}
-    return metrics, grid(rows) if rows else None
+    metrics = {f"val_{k}": float("nan") if v is None else v for k, v in scores.result().items()}
+    metrics["val_pairs"] = float(scores.pairs)
+    return metrics, _grid(rows) if rows else None
+
+
+def _grid(rows: list[list[np.ndarray]]) -> np.ndarray:
+    try:
+        return grid(rows, titles=list(PICTURE_COLUMNS))
+    except TypeError:  # a pictures module without column titles
+        return grid(rows)
 
 
 def _picture_row(img, label, pred0, pred1, flow, num_classes: int) -> list[np.ndarray]:
     """frame t | label t | prediction t | prediction t+1 warped to t | disagreement (white = differ)."""
-    warped = warp_labels(pred1[None], flow[None])[0]
+    warped = warp_labels(pred1[None], flow[None].float())[0]
     differ = (warped != pred0) & (warped != 255)
     to_np = lambda t: t.cpu().numpy()  # noqa: E731
     return [to_np(img.permute(1, 2, 0)).astype(np.uint8), colorize(to_np(label), num_classes),

@@ -20,6 +20,7 @@ from ray.train.torch import get_device, prepare_model
 from etc_core.config import EtcConfig
 from etc_core.data import shards
 from etc_core.losses import EtcLoss
+from etc_core.metrics import METRICS
 from etc_core.models import SegOutput, create_model
 from etc_core.tracking.mlflow import RunLogger
 from etc_core.train.augment import PairAugment, normalize
@@ -160,16 +161,17 @@ def train_loop_per_worker(config: dict) -> None:
                                      rank, world, augment, device, use_amp, logger) if steps > 0 else {}
         step += max(steps, 0)
         metrics = {"step": step, "epoch": epoch, **train_metrics}
-        val = {"val_miou": float("nan"), "val_tc": float("nan"), "val_pairs": 0.0}
+        val = {f"val_{k}": float("nan") for k in METRICS} | {"val_pairs": 0.0}
         picture = None
         if rank == 0:
             val_loader = shards.make_loader(cfg.shards.uri, "val", t.val_batch_size, shuffle=False)
             # the bare module: a DDP forward broadcasts buffers, a collective the other ranks never join
             val, picture = evaluate(raw, val_loader, num_classes, device, pictures=t.pictures)
-            log.info("%s epoch %d step %d/%d: val mIoU %.2f TC %.2f (%d pairs)", stage, epoch, step, t.max_steps,
-                     val["val_miou"], val["val_tc"], val["val_pairs"])
+            log.info("%s epoch %d step %d/%d: val mIoU %.2f TC %.2f TC-noc %.2f flicker %.2f%% (%d pairs)", stage,
+                     epoch, step, t.max_steps, val["val_miou"], val["val_tc"], val["val_tc_noc"],
+                     val["val_flicker_interior"], val["val_pairs"])
             if logger:
-                logger.metrics({f"val/{k[4:]}": v for k, v in val.items()}, step=step)
+                logger.metrics({f"val/{k[4:]}": v for k, v in val.items() if math.isfinite(v)}, step=step)
                 if picture is not None:
                     logger.image(picture, f"pictures/val_step{step:07d}.png")
         metrics.update(val)

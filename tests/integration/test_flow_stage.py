@@ -5,10 +5,12 @@ A killed stage and its resume: tests/reliability/test_faults.py.
 from __future__ import annotations
 
 import json
+import tarfile
 
 import numpy as np
 import pytest
 import webdataset as wds
+from PIL import Image
 
 from etc_core.config import load_config
 from etc_core.data import shards
@@ -41,7 +43,7 @@ def test_ground_truth_round_trip_rerun_and_refusal(ray_local, tiny_data, tmp_pat
     result = run_flow_stage(cfg, progress=False)
     manifest = json.loads((tmp_path / "gt" / "manifest.json").read_text())
     assert manifest == result.manifest and manifest["config_hash"]
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         files = sorted(p.name for p in (tmp_path / "gt" / split).iterdir())
         assert files == [f"shard-{i:06d}.tar" for i in range(len(manifest["splits"][split]["shards"]))]
     train = list(shards.iter_samples(cfg.shards.uri, "train"))
@@ -54,10 +56,21 @@ def test_ground_truth_round_trip_rerun_and_refusal(ray_local, tiny_data, tmp_pat
         np.testing.assert_array_equal(sample["img1"], clip.frames[meta["t"] + meta["k"]])
         np.testing.assert_array_equal(sample["label"], clip.labels[meta["t"]])
         assert sample["__key__"] == f"{meta['video']}_{meta['t']:06d}_{meta['k']}"
-    val = list(shards.iter_samples(cfg.shards.uri, "val"))
-    assert len(val) == 4 and [s["label"] is not None for s in val] == [True, False, True, False]
-    clip = dataset.read_clip("val", val[1]["meta"]["video"])
-    np.testing.assert_allclose(val[1]["flow"], clip.flows[1], atol=0.02, rtol=1e-3)
+    assert all(s["label1"] is None and s["valid"] is None for s in train)  # evaluation fields: val and test only
+    for split in ("val", "test"):  # every frame labelled; the next frame's label and the validity mask come along
+        val = list(shards.iter_samples(cfg.shards.uri, split))
+        assert len(val) == 4 and all(s["label"] is not None and s["label1"] is not None for s in val)
+        clip = dataset.read_clip(split, val[1]["meta"]["video"])
+        np.testing.assert_allclose(val[1]["flow"], clip.flows[1], atol=0.02, rtol=1e-3)
+        np.testing.assert_array_equal(val[1]["label1"], clip.labels[2])
+        np.testing.assert_array_equal(val[1]["valid"], clip.valid[1])
+        assert not val[1]["valid"].all() or not val[2]["valid"].all() or not val[3]["valid"].all()
+    with tarfile.open(tmp_path / "gt" / "test" / "shard-000000.tar") as tar:  # the contract: valid.png, 255 / 0
+        names = tar.getnames()
+        assert sum(n.endswith(".valid.png") for n in names) == 4
+        member = next(n for n in names if n.endswith(".valid.png"))
+        values = set(np.unique(np.asarray(Image.open(tar.extractfile(member)))).tolist())
+        assert values <= {0, 255}
     assert len(list(wds.WebDataset(str(tmp_path / "gt" / "train" / "shard-000000.tar"), shardshuffle=False))) == 4
 
     stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "gt").rglob("*")}
@@ -71,7 +84,7 @@ def test_ground_truth_round_trip_rerun_and_refusal(ray_local, tiny_data, tmp_pat
 def test_ptlflow_random_init_through_the_stage(ray_local, tmp_path):
     # random-init rapidflow_it1 gives NaN below 64x96, so these frames are a little larger
     cfg = _cfg(tmp_path, "flow.source=ptlflow", "flow.model=rapidflow_it1", "flow.weights=none", "shards.k=[1]",
-               "data.num_videos=2", "data.num_frames=3", "data.height=64", "data.width=96", uri=str(tmp_path / "pt"))
+               "data.num_videos=3", "data.num_frames=3", "data.height=64", "data.width=96", uri=str(tmp_path / "pt"))
     write_dataset(cfg.data, progress=False)
     result = run_flow_stage(cfg, progress=False)
     assert result.pairs_computed == sum(v["samples"] for v in result.manifest["splits"].values()) > 0

@@ -2,14 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from etc_core.data.synthetic import make_clip, pair_flow
+from etc_core.data.synthetic import Look, make_clip, pair_flow
 from etc_core.flow import in_frame_mask, warp
 from etc_core.train.augment import PairAugment, normalize
 
 
 def _sample(k: int):
     args = dict(seed=5, num_frames=5, height=48, width=64, num_classes=4)
-    clip = make_clip(**args, noise=0.0)
+    clip = make_clip(**args, look=Look.exact())
     flow, _ = pair_flow(**args, t=2, k=k)
     return {"img0": clip.frames[2], "img1": clip.frames[2 + k], "flow": flow, "label": clip.labels[2],
             "__key__": "x"}

@@ -174,7 +174,10 @@ def test_plan_pairs_and_deterministic_assignment(tmp_path):
 
     class Fake:
         spec = {"num_frames": 5, "height": H, "width": W}
-        labelled_frames = [0, 3]
+        splits = ["train", "val"]  # no test split: none is planned
+
+        def labelled_frames(self, split):
+            return [0, 3]
 
         def clip_ids(self, split):
             return [f"clip_{i:06d}" for i in range(4 if split == "train" else 1)]
@@ -186,6 +189,7 @@ def test_plan_pairs_and_deterministic_assignment(tmp_path):
     assert len(train) == 8 and all(len(shard) <= 3 for shard in plan["train"])
     val = [(t, k, lab) for shard in plan["val"] for _, t, k, lab in shard]
     assert val == [(0, 1, True), (1, 1, False), (2, 1, False), (3, 1, True)]
+    assert plan["test"] == []
     assert plan_shards(Fake(), cfg) == plan
     reseeded = plan_shards(Fake(), load_config(None, [f"shards.uri={tmp_path}", "shards.k=[-1, 2]",
                                                        "shards.max_samples_per_shard=3", "shards.seed=5"]))

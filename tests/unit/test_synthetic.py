@@ -6,7 +6,7 @@ import pytest
 
 from etc_core.config import DataConfig
 from etc_core.data import GeneratedDataset, make_clip, write_dataset
-from etc_core.data.synthetic import class_names
+from etc_core.data.synthetic import Look, Scene, class_names
 from etc_core.errors import DatasetError
 
 
@@ -48,8 +48,8 @@ def test_any_size_and_bad_arguments():
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(root=str(tmp_path / "data"), num_videos=3, val_fraction=0.3, num_frames=5, height=24, width=32,
-                num_classes=4, label_every=2, label_offset=1)
+    base = dict(root=str(tmp_path / "data"), num_videos=4, val_fraction=0.25, test_fraction=0.25, num_frames=5,
+                height=24, width=32, num_classes=4, label_every=2, label_offset=1)
     return DataConfig(**{**base, **kw})
 
 
@@ -57,13 +57,17 @@ def test_write_and_read_roundtrip_with_sparse_labels(tmp_path):
     cfg = _cfg(tmp_path)
     ds = write_dataset(cfg, progress=False)
     assert ds.clip_ids("train") == ["clip_000000", "clip_000001"] and ds.clip_ids("val") == ["clip_000000"]
-    assert ds.labelled_frames == [1, 3]
+    assert ds.clip_ids("test") == ["clip_000000"]
+    assert ds.labelled_frames("train") == [1, 3]
+    assert ds.labelled_frames("val") == ds.labelled_frames("test") == [0, 1, 2, 3, 4]  # every frame
     root = tmp_path / "data"
     assert sorted(os.listdir(root / "train" / "clip_000001" / "labels")) == ["000001.png", "000003.png"]
     clip = ds.read_clip("train", "clip_000001")
     from etc_core.data.generated import clip_seed
 
-    ref = make_clip(clip_seed(0, "train", 1), 5, 24, 32, 4, noise=cfg.noise)
+    from etc_core.data.generated import look_of, scene_of
+
+    ref = make_clip(clip_seed(0, "train", 1), 5, 24, 32, 4, scene_of(ds.spec), look_of(ds.spec))
     assert np.array_equal(clip.frames, ref.frames) and np.array_equal(clip.flows, ref.flows)
     assert np.array_equal(clip.valid, ref.valid)
     assert np.array_equal(clip.labels[[1, 3]], ref.labels[[1, 3]])
@@ -71,8 +75,11 @@ def test_write_and_read_roundtrip_with_sparse_labels(tmp_path):
     assert "train: 2 clips, 10 frames, 4 labelled" in ds.summary()
     gt_flow, gt_valid = ds.pair_flow("train", "clip_000001", 2, 1)
     assert np.array_equal(gt_flow, clip.flows[2]) and np.array_equal(gt_valid, clip.valid[2])
-    # val clips differ from train clips
-    assert not np.array_equal(ds.read_clip("val", "clip_000000").frames, ds.read_clip("train", "clip_000000").frames)
+    # val and test clips differ from train clips and each other; their every frame is labelled
+    frames = [ds.read_clip(split, "clip_000000").frames for split in ("train", "val", "test")]
+    assert not np.array_equal(frames[0], frames[1]) and not np.array_equal(frames[1], frames[2])
+    assert ds.read_clip("test", "clip_000000").labelled == [0, 1, 2, 3, 4]
+    assert sorted(os.listdir(root / "test" / "clip_000000" / "labels")) == [f"{t:06d}.png" for t in range(5)]
 
 
 def test_rerun_reuses_and_completes_and_refuses_other_settings(tmp_path):
@@ -107,9 +114,78 @@ def test_reader_names_the_missing_or_broken_file(tmp_path):
     flow.write_bytes(b"garbage")
     with pytest.raises(DatasetError, match=r"flows/000000.npy: unreadable"):
         ds.read_clip("val", "clip_000000")
-    with pytest.raises(DatasetError, match="no split 'test'"):
-        ds.clip_ids("test")
+    with pytest.raises(DatasetError, match="no split 'extra'"):
+        ds.clip_ids("extra")
     manifest = tmp_path / "data" / "dataset.json"
     manifest.write_text(json.dumps({"format": "other"}))
     with pytest.raises(DatasetError, match="format 'other'"):
         GeneratedDataset(tmp_path / "data")
+
+
+NUISANCES = {"noise": 0.05, "motion_blur": 0.8, "illumination": 0.4, "shot_noise": 1.0, "read_noise": 4.0,
+             "jpeg_quality": (30, 40)}
+
+
+@pytest.mark.parametrize("knob", sorted(NUISANCES))
+def test_each_nuisance_changes_pixels_never_labels_or_flow(knob):
+    from dataclasses import replace
+
+    args = dict(seed=9, num_frames=4, height=40, width=64, num_classes=5)
+    exact = make_clip(**args, look=Look.exact())
+    one = make_clip(**args, look=replace(Look.exact(), **{knob: NUISANCES[knob]}))
+    assert np.array_equal(one.labels, exact.labels)
+    assert np.array_equal(one.flows, exact.flows) and np.array_equal(one.valid, exact.valid)
+    diff = np.abs(one.frames.astype(int) - exact.frames.astype(int))
+    assert diff.mean() > 0.3, knob  # the nuisance is there
+    again = make_clip(**args, look=replace(Look.exact(), **{knob: NUISANCES[knob]}))
+    assert np.array_equal(one.frames, again.frames)  # and deterministic
+
+
+def test_nuisances_vary_from_frame_to_frame():
+    """What makes a per-frame model flicker: the same surface looks different in consecutive frames beyond motion."""
+    import torch
+
+    from etc_core.flow import warp
+
+    args = dict(seed=2, num_frames=6, height=48, width=80, num_classes=5, scene=Scene(thin_objects=0))
+    residual = {}
+    for name, look in (("exact", Look.exact()), ("default", Look())):
+        clip = make_clip(**args, look=look)
+        frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float()
+        err = (warp(frames[1:], torch.from_numpy(clip.flows)) - frames[:-1]).abs().mean(1)
+        residual[name] = float(err[torch.from_numpy(clip.valid)].mean())
+    assert residual["default"] > 3 * residual["exact"]
+
+
+def test_jitter_and_thin_bars_are_geometry_and_stay_exact():
+    """Camera jitter moves every layer (the flow carries it); thin bars are real objects with exact labels."""
+    from etc_core.data.synthetic import pair_flow
+
+    args = dict(seed=4, num_frames=5, height=64, width=96, num_classes=5)
+    still = make_clip(**args, scene=Scene(jitter=0.0, thin_objects=0), look=Look.exact())
+    shaky = make_clip(**args, scene=Scene(jitter=2.0, thin_objects=0), look=Look.exact())
+    assert not np.array_equal(still.flows, shaky.flows)  # the jitter is in the flow ...
+    flow, valid = pair_flow(**args, t=1, k=2, scene=Scene(jitter=2.0, thin_objects=0))
+    lab = torch_warp_nearest(shaky.labels[3], flow)
+    ok = valid & (lab >= 0)
+    assert (lab[ok] == shaky.labels[1][ok]).mean() > 0.97  # ... and labels warp onto labels (up to edge rounding)
+    bars = make_clip(**args, scene=Scene(thin_objects=3, jitter=0.0), look=Look.exact())
+    none = make_clip(**args, scene=Scene(thin_objects=0, jitter=0.0), look=Look.exact())
+    assert not np.array_equal(bars.labels, none.labels)
+
+
+def torch_warp_nearest(labels: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    import torch
+
+    from etc_core.metrics import warp_labels
+
+    out = warp_labels(torch.from_numpy(labels)[None].long(), torch.from_numpy(flow)[None])[0].numpy()
+    return np.where(out == 255, -1, out)
+
+
+def test_lookalike_pairs_share_colour_and_differ_in_shape():
+    from etc_core.data.synthetic import _class_hue
+
+    assert _class_hue(1, 7, True) == _class_hue(2, 7, True) != _class_hue(3, 7, True)
+    assert len({_class_hue(c, 7, False) for c in range(1, 7)}) == 6
+    assert class_names(7)[1:] == ["disk", "square", "triangle", "ellipse", "ring", "diamond"]  # pairs differ in shape
