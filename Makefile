@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(PY) pipelines/full.py --config configs/demo.yaml
 
 # Every benchmark from a clean runs/bench/, then docs/benchmarks.md (about 30 min on 2 cores; see that page).
-BENCH := reproduce train_overhead inference flow_stage soak
+BENCH := data_acceptance reproduce train_overhead inference flow_stage soak
 bench: $(STAMP)
 	rm -rf runs/bench
 	set -e; for b in $(BENCH); do $(PY) -m benchmarks.$$b; done

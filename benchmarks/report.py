@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks import common
+from benchmarks import common, report_repro
 
 DOC = common.REPO / "docs" / "benchmarks.md"
 FIGURES = common.REPO / "docs" / "figures"
@@ -92,40 +92,6 @@ def inference_section(r: dict) -> list[str]:
     return lines + [""]
 
 
-def reproduce_section(r: dict) -> list[str]:
-    c = r["config"]
-    s = r["summary"]
-    lines = ["## 5. Reproduction on the generated video", "",
-             f"`configs/reproduce.yaml`: {c['data']['num_videos']} clips of {c['data']['num_frames']} frames, "
-             f"{c['data']['height']}x{c['data']['width']}, noise {c['data']['noise']}, every "
-             f"{c['data']['label_every']}th frame labelled, ground-truth flow, k {c['shards']['k']}; "
-             f"{c['train']['max_steps']} steps of batch {c['train']['batch_size']} per student, "
-             f"{r['teacher_steps']} for the teacher; seeds {r['seeds']} "
-             + ("(each seed trains its own teacher, and its students distil from it). " if r["teacher_per_seed"] else
-                "(one teacher, seed 0, serves every seed; the seed changes the student's init and data order). ")
-             + "mIoU and TC (%) on the val shards, TC with the generator's exact flow; the checkpoint kept is the "
-             "one with the best val mIoU, for every variant alike.", "",
-             "| variant | arch | mIoU mean ± std | TC mean ± std | per seed (mIoU / TC) |", "|---|---|---|---|---|"]
-    for name, v in s.items():
-        per = "; ".join(f"{x['miou']:.1f} / {x['tc']:.1f}" for x in r["runs"] if x["variant"] == name)
-        lines.append(f"| {name} | {v['arch']} | {_pm(v['miou'])} | {_pm(v['tc'])} | {per} |")
-    lines += ["", "Paired differences over seeds (same seed, same teacher), mean ± std:", ""]
-    for name in ("+TL", "+TL+KD"):
-        d = _paired(r, name, "baseline")
-        lines.append(f"- {name} − baseline: mIoU {_pm(d['miou'])}, TC {_pm(d['tc'])}")
-    gap_base, gap_kd = _paired(r, "teacher", "baseline")["miou"], _paired(r, "teacher", "+TL+KD")["miou"]
-    lines += [f"- teacher − student mIoU gap: baseline {_pm(gap_base)}, +TL+KD {_pm(gap_kd)}", "",
-              "![mIoU vs TC](figures/repro_miou_tc.png)", ""]
-    return lines
-
-
-def _paired(r: dict, a: str, b: str) -> dict:
-    by = {(x["seed"], x["variant"]): x for x in r["runs"]}
-    teacher = next(x for x in r["runs"] if x["variant"] == "teacher")
-    pick = lambda s, v: by.get((s, v), teacher if v == "teacher" else None)  # noqa: E731 one teacher serves all
-    return {k: common.spread([pick(s, a)[k] - pick(s, b)[k] for s in r["seeds"]]) for k in ("miou", "tc")}
-
-
 def soak_section(r: dict) -> list[str]:
     lines = ["## Soak (issue 12): the pipeline three times in one process", "",
              f"`{r['command']}`: {r['description']}", "",
@@ -143,21 +109,6 @@ def figures(repro: dict | None, flow: dict | None, train: dict | None) -> None:
     import matplotlib.pyplot as plt
 
     FIGURES.mkdir(parents=True, exist_ok=True)
-    if repro:
-        fig, ax = plt.subplots(figsize=(5.5, 4.2))
-        for name, color in zip(repro["summary"], ("black", "tab:gray", "tab:blue", "tab:red")):
-            pts = [x for x in repro["runs"] if x["variant"] == name]
-            ax.scatter([p["miou"] for p in pts], [p["tc"] for p in pts], color=color, alpha=0.35, s=18)
-            v = repro["summary"][name]
-            ax.errorbar(v["miou"]["mean"], v["tc"]["mean"], xerr=v["miou"]["std"], yerr=v["tc"]["std"], fmt="o",
-                        color=color, capsize=3, label=f"{name} ({v['arch']})")
-        ax.set_xlabel("mIoU (%)")
-        ax.set_ylabel("TC (%)")
-        ax.set_title(f"generated video, {len(repro['seeds'])} seeds (dots: seeds)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(FIGURES / "repro_miou_tc.png", dpi=120)
-        plt.close(fig)
     if flow:
         fig, axes = plt.subplots(1, 2 if train else 1, figsize=(9 if train else 4.5, 3.6), squeeze=False)
         m = flow["median_pairs_per_s"]
@@ -185,7 +136,7 @@ def figures(repro: dict | None, flow: dict | None, train: dict | None) -> None:
         plt.close(fig)
 
 
-NAMES = ("train_overhead", "flow_stage", "inference", "reproduce", "soak")
+NAMES = ("train_overhead", "flow_stage", "inference", "data_acceptance", "reproduce", "soak")
 
 
 def render(results: dict[str, dict | None]) -> str:
@@ -198,7 +149,8 @@ def render(results: dict[str, dict | None]) -> str:
              "figure here was measured by those scripts; ratios compare against a baseline measured in the same run.",
              "", *machine_section(present)]
     sections = {"train_overhead": train_section, "flow_stage": flow_section, "inference": inference_section,
-                "reproduce": reproduce_section, "soak": soak_section}
+                "data_acceptance": report_repro.acceptance_section, "reproduce": report_repro.reproduce_section,
+                "soak": soak_section}
     for name, section in sections.items():
         lines += section(results[name]) if results.get(name) else [f"## {name}", "", "not yet measured.", ""]
     if READING.exists():
@@ -210,6 +162,10 @@ def main() -> None:
     results = {n: _load(n) for n in NAMES}
     text = render(results)
     figures(results["reproduce"], results["flow_stage"], results["train_overhead"])
+    if results["data_acceptance"]:
+        report_repro.acceptance_figure(results["data_acceptance"], FIGURES)
+    if results["reproduce"]:
+        report_repro.reproduce_figure(results["reproduce"], FIGURES)
     DOC.write_text(text)
     print(f"wrote {DOC.relative_to(common.REPO)}")
 

@@ -48,7 +48,7 @@ class TrainConfig(_Section):
     flip: bool = True
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.01, gt=0)  # backbone; heads get lr * head_lr_mult (PAPER.md 6)
-    head_lr_mult: float = Field(10.0, gt=0)
+    head_lr_mult: float = Field(10.0, gt=0)  # only when the backbone starts from ImageNet weights
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
     poly_power: float = Field(0.9, ge=0)
@@ -84,6 +84,7 @@ class TeacherConfig(_Section):
     """The large teacher: trained with CE + the temporal loss (PAPER.md 3)."""
 
     arch: Arch = "pspnet50"
+    pretrained: Literal["none", "imagenet"] = "none"  # backbone init; train.head_lr_mult applies only with imagenet
     loss: LossConfig = Field(default_factory=LossConfig)
 
 
@@ -98,8 +99,10 @@ class StudentConfig(_Section):
     """A compact student; its teacher comes from the MLflow registry (or any models:/ or runs:/ URI)."""
 
     arch: Arch = "pspnet18"
+    pretrained: Literal["none", "imagenet"] = "none"  # backbone init; train.head_lr_mult applies only with imagenet
     loss: StudentLossConfig = Field(default_factory=StudentLossConfig)
     teacher_uri: str = "models:/etc-teacher@champion"
+    init_from: str | None = None  # fine-tune from a model: models:/name/3, runs:/<id>, or a checkpoint state.pt
 
 
 class RegistryConfig(_Section):

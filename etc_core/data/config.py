@@ -30,7 +30,8 @@ class DataConfig(BaseModel):
     # scene (changes labels and flow, exactly)
     object_scale: tuple[float, float] = (0.1, 0.2)  # object radius, fraction of min(height, width)
     thin_objects: int = Field(2, ge=0)  # thin bars per clip
-    lookalike: bool = True  # classes come in pairs that share colour and texture, differing in shape
+    lookalike: bool = True  # classes come in pairs that share colour and texture, differing in shape and size
+    pair_scale: float = Field(0.75, gt=0, le=2)  # look-alikes: size of the second class of a pair, relative
     jitter: float = Field(1.0, ge=0)  # camera jitter, pixels (std per frame; carried by the flow)
     # per-frame nuisances (change pixels only); docs/data.md says why these strengths
     noise: float = Field(0.02, ge=0, le=1)  # global gain / offset per frame

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "etc-generated-v2"
 SPLITS = ("train", "val", "test")
-_SCENE_KEYS = ("object_scale", "thin_objects", "lookalike", "jitter")
+_SCENE_KEYS = ("object_scale", "thin_objects", "lookalike", "pair_scale", "jitter")
 _LOOK_KEYS = ("noise", "motion_blur", "illumination", "shot_noise", "read_noise", "jpeg_quality")
 _SPEC_KEYS = ("seed", "num_frames", "height", "width", "num_classes", "label_every", "label_offset",
               *_SCENE_KEYS, *_LOOK_KEYS)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from etc_core.data.base import Clip
 
-SHAPES = ("disk", "square", "triangle", "ellipse", "ring", "diamond", "cross")
+SHAPES = ("disk", "cross", "square", "ring", "triangle", "diamond", "ellipse")  # look-alike pairs: 1-2, 3-4, 5-6
 BLUR_SAMPLES = 5  # sub-frame renderings averaged for motion blur
 
 
@@ -42,8 +42,9 @@ class Scene:
 
     object_scale: tuple[float, float] = (0.1, 0.2)  # object radius as a fraction of min(height, width)
     thin_objects: int = 2  # extra thin bars per clip, each of a random object class
-    lookalike: bool = True  # classes 2m+1 and 2m+2 share colour and texture statistics, differ in shape
+    lookalike: bool = True  # classes 2m+1 and 2m+2 share colour and texture statistics, differ in shape and size
     jitter: float = 1.0  # camera jitter, pixels (std of a per-frame shift of every layer; the flow carries it)
+    pair_scale: float = 0.75  # with look-alikes: radius factor of the second class of each pair (a size cue)
 
 
 @dataclass(frozen=True)
@@ -188,12 +189,16 @@ def _make_layers(rng: np.random.Generator, num_frames: int, height: int, width: 
     # and thin bars.
     n_extra = int(rng.integers(1, max(2, num_classes // 2) + 1))
     classes = list(range(1, num_classes)) + [int(c) for c in rng.integers(1, num_classes, n_extra + scene.thin_objects)]
+    if scene.lookalike:  # a bar is always the first class of a pair, so its shape still names its class
+        classes[len(classes) - scene.thin_objects:] = [c - 1 + c % 2 for c in classes[len(classes) - scene.thin_objects:]]
     kinds = ["anchor"] * (num_classes - 1) + ["extra"] * n_extra + ["thin"] * scene.thin_objects
     order = rng.permutation(len(classes))  # depth order, back to front
     lo, hi = scene.object_scale
     for idx in order:
         label, kind = classes[idx], kinds[idx]
         radius = rng.uniform(lo, hi) * size * (1.6 if kind == "thin" else 1.0)
+        if scene.lookalike and label % 2 == 0 and kind != "thin":
+            radius *= scene.pair_scale
         margin = -0.1 if kind == "extra" else 0.25
         speed = (0.05 if kind == "extra" else 0.02) * size
         cx, vx = _trajectory(rng, margin * width, (1 - margin) * width, speed, steps, kind != "extra")

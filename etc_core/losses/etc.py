@@ -30,6 +30,8 @@ class LossConfig(BaseModel, extra="forbid", frozen=True):
     kd_tau: float = Field(1.0, gt=0)
     tc_on: Literal["logits", "probs"] = "logits"
     tc_mask_out_of_frame: bool = True
+    tc_ramp: float = Field(0.0, ge=0, le=1)  # the tc weight rises linearly from 0 over this fraction of train.max_steps
+    tc_flow: Literal["shards", "zero"] = "shards"  # zero: a control that compares the frames without motion
 
     @model_validator(mode="after")
     def _something_to_train(self) -> "LossConfig":
@@ -62,11 +64,12 @@ class EtcLoss(nn.Module):
         self.register_buffer("class_weight", class_weight, persistent=False)  # [K] or None
 
     def forward(self, out_t, out_next, batch: Mapping[str, Tensor], teacher_out_t=None,
-                teacher_out_next=None) -> dict[str, Tensor]:
+                teacher_out_next=None, tc_scale: float = 1.0) -> dict[str, Tensor]:
         """Loss terms from model outputs (SegOutput) of frames t and t+k, and of the frozen teacher.
 
         batch: img_t, img_next [B,3,H,W] normalised, flow [B,2,H,W] (warp(img_next, flow) ~ img_t),
         label [B,H,W] of frame t (255 = ignore). out_next / teacher outputs may be None when unused.
+        tc_scale multiplies the tc weight (the ramp of `tc_ramp`, see `tc_scale`).
         """
         cfg = self.cfg
         if cfg.needs_next_frame and out_next is None:
@@ -79,7 +82,8 @@ class EtcLoss(nn.Module):
             parts["ce"] = segmentation_loss(out_t.logits, batch["label"], out_t.aux, cfg.aux_weight,
                                             self.class_weight)
         if cfg.tc_weight > 0:
-            parts["tc"] = temporal_loss(out_t.logits, out_next.logits, batch["flow"], batch["img_t"],
+            flow = batch["flow"] if cfg.tc_flow == "shards" else torch.zeros_like(batch["flow"])
+            parts["tc"] = temporal_loss(out_t.logits, out_next.logits, flow, batch["img_t"],
                                         batch["img_next"], on=cfg.tc_on, mask_out_of_frame=cfg.tc_mask_out_of_frame)
         if cfg.kd_pixel_weight > 0:  # both frames of the pair, on the 1/8 logits (PAPER.md 3.1)
             parts["kd_pixel"] = (kd_pixel(out_t.features, teacher_out_t.features, cfg.kd_tau)
@@ -87,10 +91,16 @@ class EtcLoss(nn.Module):
         if cfg.kd_temporal_weight > 0:
             parts["kd_temporal"] = kd_temporal(out_t.features, out_next.features, teacher_out_t.features,
                                                teacher_out_next.features)
-        weights = {"ce": cfg.ce_weight, "tc": cfg.tc_weight, "kd_pixel": cfg.kd_pixel_weight,
+        weights = {"ce": cfg.ce_weight, "tc": cfg.tc_weight * tc_scale, "kd_pixel": cfg.kd_pixel_weight,
                    "kd_temporal": cfg.kd_temporal_weight}
-        parts["total"] = sum(weights[name] * parts[name] for name in TERMS if weights[name] > 0)
+        parts["total"] = sum(weights[name] * parts[name] for name in TERMS if weights[name] > 0) + zero
         return parts
+
+    def tc_scale(self, step: int, max_steps: int) -> float:
+        """The ramp factor of the tc weight at optimizer step `step` (0-based): linear from 0 to 1 over
+        tc_ramp * max_steps steps, then 1."""
+        ramp = self.cfg.tc_ramp * max_steps
+        return 1.0 if ramp <= 0 else min(1.0, (step + 1) / ramp)
 
     def run(self, model: Callable, batch: Mapping[str, Tensor],
             teacher: Optional[nn.Module] = None) -> dict[str, Tensor]:

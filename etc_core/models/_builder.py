@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from contextlib import contextmanager
 from typing import List, NamedTuple, Optional
 from urllib.parse import urlparse
 
@@ -64,6 +65,45 @@ def imagenet_state_dict(model_name: str, weights) -> dict[str, Tensor]:
             f"cached copy at {cached}") from None
     log.info("%s: loaded ImageNet weights %s", model_name, weights)
     return state
+
+
+class PairedDropout2d(nn.Module):
+    """Dropout2d whose channel mask can be shared by the two frames of a temporal pair (docs/method.md).
+
+    Inside `paired_dropout(model)` the batch is [frames t; frames t+k] and samples i and i + B/2 get the same
+    mask, so the temporal loss compares two frames seen by the same sub-network: on an identical pair with zero
+    flow it is exactly 0 (independent masks would make it 0.147 * mean(z^2) for p = 0.1). Elsewhere it is plain
+    Dropout2d."""
+
+    def __init__(self, p: float = 0.1):
+        super().__init__()
+        self.p = p
+        self.paired = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if not self.paired:
+            return F.dropout2d(x, self.p, True)
+        n = x.shape[0] // 2
+        keep = (torch.rand(n, x.shape[1], 1, 1, device=x.device) >= self.p).to(x.dtype) / (1 - self.p)
+        return x * torch.cat([keep, keep])
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+@contextmanager
+def paired_dropout(model: nn.Module):
+    """Within the block, every PairedDropout2d of `model` shares its mask between the two halves of the batch."""
+    layers = [m for m in model.modules() if isinstance(m, PairedDropout2d)]
+    for m in layers:
+        m.paired = True
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.paired = False
 
 
 def no_pretrained(model_name: str, why: str) -> PretrainedWeightsError:

@@ -13,8 +13,8 @@ import torch
 import torchvision.models as tvm
 from torch import Tensor, nn
 
-from etc_core.models._builder import (SegOutput, conv_bn_relu, dilate_, imagenet_state_dict, no_pretrained,
-                                      upsample_to)
+from etc_core.models._builder import (PairedDropout2d, SegOutput, conv_bn_relu, dilate_, imagenet_state_dict,
+                                      no_pretrained, upsample_to)
 from etc_core.models._registry import register_model
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class SegHead(nn.Sequential):
     """conv3x3 + BN + ReLU + dropout + 1x1 classifier: [B,C,h,w] -> [B,K,h,w]."""
 
     def __init__(self, in_ch: int, mid_ch: int, num_classes: int, dropout: float = 0.1):
-        super().__init__(*conv_bn_relu(in_ch, mid_ch, 3), nn.Dropout2d(dropout), nn.Conv2d(mid_ch, num_classes, 1))
+        super().__init__(*conv_bn_relu(in_ch, mid_ch, 3), PairedDropout2d(dropout), nn.Conv2d(mid_ch, num_classes, 1))
 
 
 class ResNetTrunk(nn.Module):

@@ -23,7 +23,7 @@ from etc_core.config import EtcConfig, config_hash
 from etc_core.errors import EtcError
 from etc_core.sweep.space import apply_values, check_space, may_need_teacher, pareto_front, score, tune_space
 from etc_core.tracking import mlflow as tracking
-from etc_core.train.run import make_trainer, read_manifest, resolve_teacher
+from etc_core.train.run import make_trainer, read_manifest, resolve_init, resolve_teacher
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def sweep_name(cfg: EtcConfig) -> str:
     return "sweep-" + config_hash(cfg.data, cfg.shards, cfg.train, cfg.student, sweep)
 
 
-def train_trial(values: dict, base: dict, num_classes: int, teacher, storage_path: str) -> None:
+def train_trial(values: dict, base: dict, num_classes: int, teacher, storage_path: str, init=None) -> None:
     """One Tune trial: the base config with the trial's values, trained as a student by Ray Train (no live MLflow)."""
     import ray
     from ray import tune
@@ -128,7 +128,8 @@ def train_trial(values: dict, base: dict, num_classes: int, teacher, storage_pat
     teacher_ref = ray.put(teacher) if teacher is not None and cfg.student.loss.needs_teacher else None
     trainer = make_trainer(cfg, "student", num_classes, teacher_ref, run_id=None,
                            name=tune.get_context().get_trial_id(), storage_path=storage_path,
-                           callbacks=[ScoreReportCallback(cfg.sweep.score_tc_weight)])
+                           callbacks=[ScoreReportCallback(cfg.sweep.score_tc_weight)],
+                           init=ray.put(init) if init is not None else None)
     trainer.fit()
 
 
@@ -225,10 +226,12 @@ def run_sweep(cfg: EtcConfig, parent_run_id: str | None = None) -> dict:
     num_classes = int(manifest["num_classes"])
     tracking.setup(cfg.mlflow)  # before resolving models:/ URIs
     teacher = resolve_teacher(cfg, "student", may_need_teacher(cfg))
+    init = resolve_init(cfg, "student", num_classes)  # every trial fine-tunes from the same weights
     name = sweep_name(cfg)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, base=cfg.model_dump(mode="json"), num_classes=num_classes,
-                             teacher=teacher, storage_path=f"{cfg.train.storage_path.rstrip('/')}/{name}-train"),
+                             teacher=teacher, storage_path=f"{cfg.train.storage_path.rstrip('/')}/{name}-train",
+                             init=init),
         {"cpu": cfg.sweep.cpus_per_trial})
     tuner, restored = make_tuner(cfg, trainable, name)
     grid = tuner.fit()

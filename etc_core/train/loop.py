@@ -21,7 +21,7 @@ from etc_core.config import EtcConfig
 from etc_core.data import shards
 from etc_core.losses import EtcLoss
 from etc_core.metrics import METRICS
-from etc_core.models import SegOutput, create_model
+from etc_core.models import SegOutput, create_model, paired_dropout
 from etc_core.tracking.mlflow import RunLogger
 from etc_core.train.augment import PairAugment, normalize
 from etc_core.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -40,10 +40,10 @@ def stage_spec(cfg: EtcConfig, stage: str):
     cross-entropy only: the "without ETC" row every comparison needs)."""
     if stage == "teacher":
         return cfg.teacher
-    if stage == "baseline":
+    if stage == "baseline":  # from the student's own init, never from student.init_from
         per_frame = cfg.student.loss.model_copy(update={"tc_weight": 0.0, "kd_pixel_weight": 0.0,
-                                                        "kd_temporal_weight": 0.0})
-        return cfg.student.model_copy(update={"loss": per_frame})
+                                                        "kd_temporal_weight": 0.0, "tc_ramp": 0.0})
+        return cfg.student.model_copy(update={"loss": per_frame, "init_from": None})
     if stage != "student":
         raise ValueError(f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
     return cfg.student
@@ -57,9 +57,11 @@ def param_groups(model: torch.nn.Module, lr: float, head_lr_mult: float) -> list
     return [{"params": backbone, "lr": lr}, {"params": head, "lr": lr * head_lr_mult}]
 
 
-def build_optimizer(model: torch.nn.Module, cfg: EtcConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, cfg: EtcConfig, pretrained: bool = False) -> torch.optim.Optimizer:
+    """SGD or AdamW; the heads get train.head_lr_mult x the LR only above an ImageNet-pretrained backbone (a rule
+    for fine-tuning a trained trunk under fresh heads; from random init every layer starts equal)."""
     t = cfg.train
-    groups = param_groups(model, t.lr, t.head_lr_mult)
+    groups = param_groups(model, t.lr, t.head_lr_mult if pretrained else 1.0)
     if t.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
@@ -76,31 +78,40 @@ def _fp32(out: SegOutput | None) -> SegOutput | None:
     return None if out is None else SegOutput(*[None if x is None else x.float() for x in out])
 
 
-def build_training(cfg: EtcConfig, arch: str, num_classes: int, use_amp: bool):
-    """(model, optimizer, poly LR scheduler, grad scaler) for one stage, on the CPU, before any resume."""
+def build_training(cfg: EtcConfig, arch: str, num_classes: int, use_amp: bool, pretrained: str = "none",
+                   init_state: dict | None = None):
+    """(model, optimizer, poly LR scheduler, grad scaler) for one stage, on the CPU, before any resume.
+
+    pretrained: "imagenet" loads the backbone's ImageNet weights; init_state: a whole model's weights to
+    fine-tune from (student.init_from)."""
     t = cfg.train
-    model = create_model(arch, num_classes=num_classes)
-    opt = build_optimizer(model, cfg)
+    model = create_model(arch, num_classes=num_classes, pretrained=pretrained == "imagenet")
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    opt = build_optimizer(model, cfg, pretrained=pretrained == "imagenet")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / t.max_steps) ** t.poly_power)
     return model, opt, sched, torch.amp.GradScaler("cuda", enabled=use_amp)
 
 
 def train_step(model, teacher, loss_fn: EtcLoss, opt, sched, scaler, batch: dict, device: torch.device,
-               use_amp: bool, grad_clip: float | None) -> dict[str, float]:
-    """One optimizer step on a loader batch (uint8 frames, flow, label); returns the loss terms as floats."""
+               use_amp: bool, grad_clip: float | None, tc_scale: float = 1.0) -> dict[str, float]:
+    """One optimizer step on a loader batch (uint8 frames, flow, label); returns the loss terms as floats and
+    `logit_norm`, the mean L2 norm of frame t's per-pixel logit vector (a shrinking norm is how a logit-form
+    temporal loss can be lowered without changing any prediction, docs/method.md)."""
     img_t, img_next = normalize(batch["img0"].to(device)), normalize(batch["img1"].to(device))
     n = len(img_t)
     data = {"img_t": img_t, "img_next": img_next, "flow": batch["flow"].to(device).float(),
             "label": batch["label"].to(device)}
     with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
         both = loss_fn.cfg.needs_next_frame
-        out = model(torch.cat([img_t, img_next]) if both else img_t)
+        with paired_dropout(model):  # one dropout mask per pair: the two frames see the same network
+            out = model(torch.cat([img_t, img_next]) if both else img_t)
         out_t, out_next = split_output(out, n) if both else (out, None)
         t_out = (None, None)
         if teacher is not None:
             with torch.no_grad():
                 t_out = split_output(teacher(torch.cat([img_t, img_next])), n)
-    parts = loss_fn(_fp32(out_t), _fp32(out_next), data, _fp32(t_out[0]), _fp32(t_out[1]))  # losses in fp32
+    parts = loss_fn(_fp32(out_t), _fp32(out_next), data, _fp32(t_out[0]), _fp32(t_out[1]), tc_scale)  # fp32
     opt.zero_grad(set_to_none=True)
     scaler.scale(parts["total"]).backward()
     if grad_clip:
@@ -109,7 +120,9 @@ def train_step(model, teacher, loss_fn: EtcLoss, opt, sched, scaler, batch: dict
     scaler.step(opt)
     scaler.update()
     sched.step()
-    return {k: float(v.detach()) for k, v in parts.items()}
+    values = {k: float(v.detach()) for k, v in parts.items()}
+    values["logit_norm"] = float(out_t.logits.detach().float().norm(dim=1).mean())
+    return values
 
 
 def seed_everything(seed: int) -> None:
@@ -119,7 +132,7 @@ def seed_everything(seed: int) -> None:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry: config = {"cfg": EtcConfig dump, "stage", "num_classes", "run_id", "teacher"}."""
+    """Ray Train entry: config = {"cfg": EtcConfig dump, "stage", "num_classes", "run_id", "teacher", "init"}."""
     cfg = EtcConfig.model_validate(config["cfg"])
     stage, num_classes = config["stage"], config["num_classes"]
     spec, t = stage_spec(cfg, stage), cfg.train
@@ -129,7 +142,9 @@ def train_loop_per_worker(config: dict) -> None:
     device = get_device()
     use_amp = t.amp and device.type == "cuda"
 
-    model, opt, sched, scaler = build_training(cfg, spec.arch, num_classes, use_amp)
+    init = config.get("init")  # (meta, state) of student.init_from, put in the object store by the driver
+    init_state = (ray.get(init) if isinstance(init, ray.ObjectRef) else init)[1] if init is not None else None
+    model, opt, sched, scaler = build_training(cfg, spec.arch, num_classes, use_amp, spec.pretrained, init_state)
     raw = model
     step = 0
     if (ckpt := ray.train.get_checkpoint()) is not None:
@@ -209,7 +224,8 @@ def train_epoch(model, teacher, loss_fn, opt, sched, scaler, cfg: EtcConfig, epo
     samples, start = 0, time.perf_counter()
     step = step0
     for batch in loader:
-        values = train_step(model, teacher, loss_fn, opt, sched, scaler, batch, device, use_amp, t.grad_clip)
+        values = train_step(model, teacher, loss_fn, opt, sched, scaler, batch, device, use_amp, t.grad_clip,
+                            loss_fn.tc_scale(step, t.max_steps))
         step += 1
         samples += len(batch["img0"]) * world
         if not math.isfinite(values["total"]):
@@ -222,8 +238,8 @@ def train_epoch(model, teacher, loss_fn, opt, sched, scaler, cfg: EtcConfig, epo
                      t.max_steps, step - step0, steps, values["total"], rate,
                      _eta((t.max_steps - step) / max(rate, 1e-9)))
         if logger and step % t.log_every == 0:
-            logger.metrics({f"train/loss_{k}": v for k, v in values.items()} |
-                           {"train/lr": sched.get_last_lr()[0]}, step=step)
+            logger.metrics({f"train/loss_{k}": v for k, v in values.items() if k != "logit_norm"} |
+                           {"train/lr": sched.get_last_lr()[0], "train/logit_norm": values["logit_norm"]}, step=step)
     elapsed = time.perf_counter() - start
     done = max(step - step0, 1)
     metrics = {f"train_{k}": v / done for k, v in sums.items()}
@@ -231,10 +247,12 @@ def train_epoch(model, teacher, loss_fn, opt, sched, scaler, cfg: EtcConfig, epo
     if rank == 0:
         log.info("epoch %d step %d/%d loss %.4f (%s) %.1f samples/s", epoch, step, t.max_steps,
                  metrics.get("train_total", float("nan")),
-                 " ".join(f"{k} {metrics[f'train_{k}']:.4f}" for k in ("ce", "tc", "kd_pixel", "kd_temporal")
+                 " ".join(f"{k} {metrics[f'train_{k}']:.4f}" for k in ("ce", "tc", "kd_pixel", "kd_temporal",
+                                                                        "logit_norm")
                           if f"train_{k}" in metrics), metrics["samples_per_s"])
         if logger:
-            logger.metrics({"train/samples_per_s": metrics["samples_per_s"]}, step=step)
+            logger.metrics({"train/samples_per_s": metrics["samples_per_s"],
+                            "train/epoch_logit_norm": metrics["train_logit_norm"]}, step=step)
     return metrics
 
 

@@ -53,11 +53,32 @@ def resolve_teacher(cfg: EtcConfig, stage: str, needed: bool) -> tuple[dict, dic
     return load_weights(cfg.student.teacher_uri)
 
 
+def resolve_init(cfg: EtcConfig, stage: str, num_classes: int) -> tuple[dict, dict] | None:
+    """(meta, state dict) of student.init_from for the student stage (None when unset or another stage): the
+    model to fine-tune from. Call tracking.setup(cfg.mlflow) first; ConfigError when it does not fit."""
+    spec = stage_spec(cfg, stage)
+    uri = getattr(spec, "init_from", None)
+    if stage != "student" or not uri:
+        return None
+    from etc_core.infer import InputError
+    from etc_core.infer.load import load_any
+
+    try:
+        model, meta = load_any(uri, cfg.mlflow.tracking_uri)
+    except InputError as e:
+        raise ConfigError(f"student.init_from: {e}") from None
+    if meta["arch"] != spec.arch or int(meta["num_classes"]) != num_classes:
+        raise ConfigError(f"student.init_from: {uri} is a {meta['arch']} with {meta['num_classes']} classes; the "
+                          f"student is a {spec.arch} with {num_classes}")
+    return {"arch": meta["arch"], "num_classes": int(meta["num_classes"]), "source": uri}, model.state_dict()
+
+
 def make_trainer(cfg: EtcConfig, stage: str, num_classes: int, teacher, run_id: str | None, name: str,
-                 storage_path: str | None = None, callbacks: list | None = None):
+                 storage_path: str | None = None, callbacks: list | None = None, init=None):
     """A TorchTrainer running the shared loop for `stage` with cfg.train's scaling; checkpoints kept by val mIoU.
 
-    teacher: an ObjectRef of (meta, state dict) or None; run_id: the MLflow run rank 0 logs to live (None: none).
+    teacher, init: ObjectRefs of (meta, state dict) or None (the frozen teacher; the weights to start from);
+    run_id: the MLflow run rank 0 logs to live (None: none).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -68,7 +89,7 @@ def make_trainer(cfg: EtcConfig, stage: str, num_classes: int, teacher, run_id: 
     return TorchTrainer(
         train_loop_per_worker, torch_config=OneNodeTorchConfig(),
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": stage, "num_classes": num_classes,
-                           "run_id": run_id, "teacher": teacher},
+                           "run_id": run_id, "teacher": teacher, "init": init},
         scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker,
                                                            **({"GPU": 1} if t.use_gpu else {})}),
@@ -93,11 +114,14 @@ def run_training(cfg: EtcConfig, stage: str, parent_run_id: str | None = None, f
     tracking.setup(cfg.mlflow)  # before resolving models:/ URIs
     teacher = resolve_teacher(cfg, stage, spec.loss.needs_teacher)
     teacher_ref = ray.put(teacher) if teacher is not None else None
+    init = resolve_init(cfg, stage, num_classes)
+    init_ref = ray.put(init) if init is not None else None
     digest = stage_hash(cfg, stage)
     with tracking.stage_run(cfg.mlflow, stage, run_name=f"{stage}-{spec.arch}", parent_run_id=parent_run_id,
                             params=flatten(cfg), tags={"etc.config_hash": digest, "etc.arch": spec.arch}) as run:
         trainer = make_trainer(cfg, stage, num_classes, teacher_ref, run.info.run_id,
-                               name=f"{stage}-{spec.arch}-{digest}" + (time.strftime("-%Y%m%d-%H%M%S") if force else ""))
+                               name=f"{stage}-{spec.arch}-{digest}" + (time.strftime("-%Y%m%d-%H%M%S") if force else ""),
+                               init=init_ref)
         try:
             result = trainer.fit()
         except Exception as e:  # ControllerError / WorkerGroupError: one line, the root cause first

@@ -275,9 +275,9 @@ STUDENT_CFG = LossConfig(ce_weight=1.0, tc_weight=0.3, kd_pixel_weight=0.7, kd_t
 def test_loss_config_validation_and_roundtrip():
     assert LossConfig().model_dump() == dict(ce_weight=1.0, aux_weight=0.4, tc_weight=0.1, kd_pixel_weight=0.0,
                                              kd_temporal_weight=0.0, kd_tau=1.0, tc_on="logits",
-                                             tc_mask_out_of_frame=True)
+                                             tc_mask_out_of_frame=True, tc_ramp=0.0, tc_flow="shards")
     assert LossConfig.model_validate(STUDENT_CFG.model_dump()) == STUDENT_CFG
-    for bad in ({"tc_weigth": 0.1}, {"tc_weight": -1}, {"kd_tau": 0}, {"tc_on": "softmax"},
+    for bad in ({"tc_weigth": 0.1}, {"tc_weight": -1}, {"kd_tau": 0}, {"tc_on": "softmax"}, {"tc_ramp": 1.5},
                 {"ce_weight": 0, "tc_weight": 0}):
         with pytest.raises(ValidationError):
             LossConfig(**bad)

@@ -43,7 +43,7 @@ def test_any_size_and_bad_arguments():
     assert make_clip(0, 2, 17, 333, 2).frames.shape == (2, 17, 333, 3)
     with pytest.raises(ValueError, match="num_frames"):
         make_clip(0, 1, 32, 32, 3)
-    assert class_names(3) == ["background", "disk", "square"]
+    assert class_names(3) == ["background", "disk", "cross"]
     assert len(set(class_names(20))) == 20
 
 
@@ -188,4 +188,12 @@ def test_lookalike_pairs_share_colour_and_differ_in_shape():
 
     assert _class_hue(1, 7, True) == _class_hue(2, 7, True) != _class_hue(3, 7, True)
     assert len({_class_hue(c, 7, False) for c in range(1, 7)}) == 6
-    assert class_names(7)[1:] == ["disk", "square", "triangle", "ellipse", "ring", "diamond"]  # pairs differ in shape
+    assert class_names(7)[1:] == ["disk", "cross", "square", "ring", "triangle", "diamond"]  # pairs differ in shape
+    # ... and in size, and a thin bar always takes the first class of its pair
+    from etc_core.data.synthetic import _make_layers
+
+    layers = _make_layers(np.random.default_rng(0), 4, 64, 96, 7, Scene(thin_objects=4, pair_scale=0.5))
+    assert {layer.label % 2 for layer in layers if layer.shape == "bar"} == {1}
+    first = [layer.radius for layer in layers if layer.shape not in (None, "bar") and layer.label % 2 == 1]
+    second = [layer.radius for layer in layers if layer.shape not in (None, "bar") and layer.label % 2 == 0]
+    assert max(second) <= min(first) + 1e-9  # object_scale 0.1-0.2: firsts >= 0.1, seconds <= 0.2 * 0.5

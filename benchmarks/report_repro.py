@@ -1,0 +1,125 @@
+"""The sections of docs/benchmarks.md about the method's claims: data acceptance (issue 16) and the reproduction
+with controls (issue 17), with their figures. Called by benchmarks/report.py."""
+from __future__ import annotations
+
+import statistics
+
+METRICS = ("miou", "tc", "tc_noc", "flicker_interior", "flicker_boundary")
+TITLES = ("mIoU", "TC", "TC-noc", "flicker interior %", "flicker boundary %")
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) > 1:
+        return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+    return f"{values[0]:.2f}"
+
+
+def _row(name: str, rows: list[dict]) -> str:
+    cells = []
+    for k in METRICS:
+        vals = [r[k] for r in rows if r.get(k) is not None]
+        cells.append(_mean_std(vals) if vals else "-")
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def acceptance_section(r: dict) -> list[str]:
+    d = r["config"]["data"]
+    t = r["config"]["train"]
+    lines = ["## Data acceptance (issue 16): judged on the per-frame baseline alone", "",
+             f"`configs/reproduce.yaml`: {d['num_videos']} clips of {d['num_frames']} frames at "
+             f"{d['height']}x{d['width']}, {d['num_classes']} classes in look-alike pairs, every nuisance of "
+             f"docs/data.md at its default; train frames labelled every {d['label_every']}; val and test fully "
+             f"labelled. The baseline ({r['config']['student']['arch']}, cross-entropy only, {t['max_steps']} steps "
+             f"of batch {t['batch_size']}, checkpoint with the best val mIoU) is scored on **{r['split']}**, seeds "
+             f"{r['seeds']}. No ETC model was trained or looked at before these criteria were written into "
+             "docs/data.md and judged here.", "",
+             "| row | " + " | ".join(TITLES) + " |", "|---|" + "---|" * len(METRICS)]
+    base = [x for x in r["runs"] if x["variant"] == "baseline"]
+    lines += [_row(f"baseline, seed {x['seed']}", [x]) for x in base]
+    lines.append(_row(f"**baseline, mean ± std over {len(base)} seeds**", base))
+    lines += [_row(x["variant"], [x]) for x in r["runs"] if x["seed"] is None]
+    lines += ["", "| criterion (docs/data.md) | value | verdict |", "|---|---|---|"]
+    lines += [f"| {c['criterion']} | {c['value']:.2f} | {'holds' if c['holds'] else '**fails**'} |"
+              for c in r["criteria"]]
+    lines += ["", "Val mIoU of the baseline by training step (the plateau the checkpoint was chosen on):", ""]
+    for seed, curve in r["val_curves"].items():
+        lines.append(f"- seed {seed}: " + ", ".join(f"{int(s)}: {v:.1f}" for s, v in curve))
+    return lines + ["", "![val mIoU by step](figures/acceptance_val_curves.png)", ""]
+
+
+def acceptance_figure(r: dict, figures) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for seed, curve in r["val_curves"].items():
+        ax.plot([s for s, _ in curve], [v for _, v in curve], "o-", label=f"baseline, seed {seed}")
+    refs = {x["variant"]: x for x in r["runs"] if x["seed"] is None}
+    for name, style in (("stride-8 oracle", "--"), ("colour classifier", ":")):
+        if name in refs:
+            ax.axhline(refs[name]["miou"], ls=style, color="gray", label=f"{name} (test)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("val mIoU (%)")
+    ax.set_title("per-frame baseline on the accepted data")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(figures / "acceptance_val_curves.png", dpi=120)
+    plt.close(fig)
+
+
+def _ci(d: dict) -> str:
+    return f"{d['mean']:+.2f} ± {d['ci95']:.2f}"
+
+
+def reproduce_section(r: dict) -> list[str]:
+    """Section 5 from benchmarks/reproduce.py's result (issue 17 format)."""
+    s = r["config"]["student"]["loss"]
+    lines = ["## 5. Reproduction on the accepted generated video (issue 17)", "",
+             f"Seeds {r['seeds']}; every student fine-tunes its seed's baseline for {r['finetune_steps']} steps with "
+             f"the temporal loss on {s['tc_on']} at weight {s['tc_weight']:g} (chosen by the sweep on val, "
+             "`benchmarks/results/reproduce_sweep.json`); scored on **test**. Controls: λ = 0 (the baseline trained "
+             "for the same extra steps), the temporal loss with zero flow, and test-time blur of the baseline's "
+             "logits.", "", "| row | " + " | ".join(TITLES) + " |", "|---|" + "---|" * len(METRICS)]
+    names = list(dict.fromkeys(x["variant"] for x in r["runs"]))
+    for name in names:
+        rows = [x for x in r["runs"] if x["variant"] == name]
+        lines.append(_row(name if rows[0]["seed"] is None else f"{name} (mean ± std, {len(rows)} seeds)", rows))
+    lines += ["", "Paired differences on test (mean ± 95 % CI half-width over seeds):", "",
+              "| difference | mIoU | TC | TC-noc | flicker interior |", "|---|---|---|---|---|"]
+    for name, d in r["paired"].items():
+        lines.append(f"| {name} | " + " | ".join(_ci(d[k]) for k in METRICS[:4]) + " |")
+    gap = [g for g in r["kd_gap_closure"] if g == g]
+    lines += ["", f"- KD gap closure (S_KD − S_TL) / (T − S_TL) in mIoU: "
+              + (f"{statistics.fmean(gap):.2f} (per seed: {', '.join(f'{g:.2f}' for g in r['kd_gap_closure'])})"
+                 if gap else "undefined (the teacher is not above +TL)")]
+    for name, vals in r["tc_noc_above_smoothing_curve"].items():
+        shown = ", ".join("outside the curve" if v is None else f"{v:+.2f}" for v in vals)
+        lines.append(f"- {name}: TC-noc above the baseline's blur curve at equal mIoU, per seed: {shown}")
+    return lines + ["", "![mIoU vs TC-noc](figures/repro_miou_tc.png)", ""]
+
+
+def reproduce_figure(r: dict, figures) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.8, 4.3))
+    for i, (seed, curve) in enumerate(r["smoothing"].items()):
+        ax.plot([c["miou"] for c in curve], [c["tc_noc"] for c in curve], ":", color="gray",
+                label="baseline + test-time blur" if i == 0 else None)
+    colours = {"baseline": "black", "+TL": "tab:blue", "+TL+KD": "tab:red", "teacher": "tab:green",
+               "control: lambda=0": "tab:gray", "control: TL zero flow": "tab:orange"}
+    for name, colour in colours.items():
+        pts = [x for x in r["runs"] if x["variant"] == name]
+        if pts:
+            ax.scatter([p["miou"] for p in pts], [p["tc_noc"] for p in pts], color=colour, s=20, label=name)
+    ax.set_xlabel("test mIoU (%)")
+    ax.set_ylabel("test TC-noc (%)")
+    ax.set_title(f"{len(r['seeds'])} seeds, dots: one per seed")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(figures / "repro_miou_tc.png", dpi=120)
+    plt.close(fig)
