@@ -145,3 +145,16 @@ def val_curve(cfg, registered) -> list[tuple[int, float]]:
     client = mlflow.MlflowClient()
     run_id = client.get_model_version(registered.name, registered.version).tags.get("etc.run_id")
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val/miou")) if run_id else []
+
+
+def begin(p: argparse.ArgumentParser):
+    """Parse a benchmark's arguments (which end with dotted overrides), then make its config, start Ray and
+    ensure the shards: returns (args, config, shards manifest, start time)."""
+    import logging
+
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    started = time.time()
+    base = bench_config(*args.overrides, quick=args.quick)
+    start_ray(base)
+    return args, base, ensure_shards(base), started

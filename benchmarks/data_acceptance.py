@@ -10,9 +10,7 @@ for each criterion of docs/data.md whether it holds. No ETC model is trained or 
 """
 from __future__ import annotations
 
-import logging
 import statistics
-import time
 
 import numpy as np
 import torch
@@ -90,14 +88,9 @@ def main() -> None:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("overrides", nargs="*", help="dotted config overrides, as for the pipelines")
-    args = p.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    args, base, manifest, started = common.begin(p)
     from etc_core.sweep.space import apply_values
 
-    started = time.time()
-    base = common.bench_config(*args.overrides, quick=args.quick)
-    common.start_ray(base)
-    manifest = common.ensure_shards(base)
     num_classes = int(manifest["num_classes"])
     runs, curves = [], {}
     for seed in args.seeds:

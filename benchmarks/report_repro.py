@@ -91,7 +91,7 @@ def reproduce_section(r: dict) -> list[str]:
     for name, d in r["paired"].items():
         lines.append(f"| {name} | " + " | ".join(_ci(d[k]) for k in METRICS[:4]) + " |")
     gap = [g for g in r["kd_gap_closure"] if g == g]
-    lines += ["", f"- KD gap closure (S_KD − S_TL) / (T − S_TL) in mIoU: "
+    lines += ["", "- KD gap closure (S_KD − S_TL) / (T − S_TL) in mIoU: "
               + (f"{statistics.fmean(gap):.2f} (per seed: {', '.join(f'{g:.2f}' for g in r['kd_gap_closure'])})"
                  if gap else "undefined (the teacher is not above +TL)")]
     for name, vals in r["tc_noc_above_smoothing_curve"].items():

@@ -13,10 +13,8 @@ and fixed in configs/reproduce.yaml. Every row is scored on test; differences ar
 """
 from __future__ import annotations
 
-import logging
 import math
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -127,14 +125,9 @@ def main() -> None:
     p.add_argument("--finetune-steps", type=int, default=600, help="train.max_steps of every fine-tuned student")
     p.add_argument("--sweep", action="store_true", help="run the sweep of the temporal weight and form, then stop")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, as for the pipelines")
-    args = p.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    args, base, _, started = common.begin(p)
     from etc_core.sweep.space import apply_values
 
-    started = time.time()
-    base = common.bench_config(*args.overrides, quick=args.quick)
-    common.start_ray(base)
-    common.ensure_shards(base)
     tune = {"train.max_steps": 4 if args.quick else args.finetune_steps,
             "train.steps_per_epoch": 2 if args.quick else max(1, args.finetune_steps // 3)}
     suffix = "_quick" if args.quick else ""

@@ -47,7 +47,7 @@ class TrainConfig(_Section):
     scale: tuple[float, float] = (0.5, 2.0)
     flip: bool = True
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.01, gt=0)  # backbone; heads get lr * head_lr_mult (PAPER.md 6)
+    lr: float = Field(0.01, gt=0)  # backbone; heads get lr * head_lr_mult (docs/method.md)
     head_lr_mult: float = Field(10.0, gt=0)  # only when the backbone starts from ImageNet weights
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
@@ -81,7 +81,7 @@ Arch = Annotated[str, AfterValidator(_registered_arch)]  # a name in etc_core.mo
 
 
 class TeacherConfig(_Section):
-    """The large teacher: trained with CE + the temporal loss (PAPER.md 3)."""
+    """The large teacher: trained with CE + the temporal loss (docs/method.md)."""
 
     arch: Arch = "pspnet50"
     pretrained: Literal["none", "imagenet"] = "none"  # backbone init; train.head_lr_mult applies only with imagenet
@@ -89,7 +89,7 @@ class TeacherConfig(_Section):
 
 
 class StudentLossConfig(LossConfig):
-    """A student's loss: the teacher's terms plus pixel-wise and pair-wise temporal distillation (PAPER.md 3.6)."""
+    """A student's loss: the teacher's terms plus pixel-wise and pair-wise temporal distillation (docs/method.md)."""
 
     kd_pixel_weight: float = Field(1.0, ge=0)
     kd_temporal_weight: float = Field(1.0, ge=0)
@@ -102,7 +102,8 @@ class StudentConfig(_Section):
     pretrained: Literal["none", "imagenet"] = "none"  # backbone init; train.head_lr_mult applies only with imagenet
     loss: StudentLossConfig = Field(default_factory=StudentLossConfig)
     teacher_uri: str = "models:/etc-teacher@champion"
-    init_from: str | None = None  # fine-tune from a model: models:/name/3, runs:/<id>, or a checkpoint state.pt
+    init_from: str | None = None  # fine-tune from: models:/name/3, runs:/<id>, a checkpoint, or `baseline` (full.py:
+    # the per-frame baseline that the same pipeline run trained or reused)
 
 
 class RegistryConfig(_Section):

@@ -63,9 +63,12 @@ def _run_stages(cfg: EtcConfig, force: tuple[str, ...]) -> PipelineResult:
 
         teacher = _train(cfg, "teacher", "teacher" in force, parent.info.run_id, result)
         cfg = apply_values(cfg, {"student.teacher_uri": teacher.model_uri})  # the teacher this run trained or reused
+        if cfg.student.init_from == "baseline":  # the warm start: sweep and student fine-tune this run's baseline
+            baseline = _train(cfg, "baseline", "baseline" in force, parent.info.run_id, result)
+            cfg = apply_values(cfg, {"student.init_from": baseline.model_uri})
         if cfg.pipeline.sweep:  # a finished sweep of the same config is restored, not rerun
             cfg = _sweep(cfg, parent.info.run_id, result)
-        if cfg.pipeline.baseline:
+        if cfg.pipeline.baseline and "baseline" not in result.models:
             _train(cfg, "baseline", "baseline" in force, parent.info.run_id, result)
         _train(cfg, "student", "student" in force, parent.info.run_id, result)
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 H, W = 64, 128  # large enough for random-init rapidflow (NaN below 64x96)
 
-# split -> [(city, seq, labelled frame)]: Frankfurt keeps seq 000000 for snippets far apart (PAPER.md 1)
+# split -> [(city, seq, labelled frame)]: Frankfurt keeps seq 000000 for snippets far apart (docs/data.md)
 CITYSCAPES = {"train": [("aachen", 0, 19), ("bochum", 1, 19)],
               "val": [("frankfurt", 0, 294), ("frankfurt", 0, 1016)]}
 # split -> [(seq, label name)]; frames of 0016E5 are 360..450, of Seq05VD 0..40

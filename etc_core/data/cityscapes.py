@@ -5,7 +5,7 @@ Layout under data.root (as the official zips unpack; docs/data.md):
     leftImg8bit_sequence/{split}/{city}/{city}_{seq:06d}_{frame:06d}_leftImg8bit.png   every frame (17 fps)
     gtFine/{split}/{city}/{city}_{seq:06d}_{frame:06d}_gtFine_labelIds.png             the labelled frames
 
-One clip per snippet: the 30 frames n-19 .. n+10 around each labelled frame n (index 19, PAPER.md 1), so
+One clip per snippet: the 30 frames n-19 .. n+10 around each labelled frame n (index 19, docs/data.md), so
 `aachen_000000_000019` covers frames 000000-000029 and Frankfurt's `frankfurt_000000_001016` covers 000997-001026
 (Frankfurt keeps one `seq` number for many snippets). The clip id is the labelled frame's stem. labelIds are
 mapped to the 19 train ids (cityscapesScripts' table); every other id, including license plate, becomes 255.

@@ -1,6 +1,6 @@
 """Backward warping in the project's flow convention, and the flow colour-wheel picture.
 
-Convention (PAPER.md 4.2): flow[:, 0] is the x (column) and flow[:, 1] the y (row) displacement in pixels,
+Convention (docs/conventions.md): flow[:, 0] is the x (column) and flow[:, 1] the y (row) displacement in pixels,
 on the grid of the frame it belongs to; warp(x, flow)(p) = x(p + flow(p)). For a pair (t, t+k) the stored
 flow F satisfies warp(frame_{t+k}, F) ~ frame_t, which is ptlflow's flow for the images ordered (t, t+k).
 Pixel centres sit at integer coordinates (grid_sample with align_corners=True).

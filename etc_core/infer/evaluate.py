@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from etc_core.data.base import IGNORE_INDEX
 from etc_core.errors import ConfigError, DatasetError
 from etc_core.infer import InputError
 from etc_core.infer.predict import Predictor

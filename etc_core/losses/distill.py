@@ -1,4 +1,4 @@
-"""Knowledge distillation from a frozen teacher (PAPER.md 3.1 pixel-wise KD, 3.2 pair-wise-frame PF)."""
+"""Knowledge distillation from a frozen teacher (docs/method.md: pixel-wise KD, pair-wise-frame PF)."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +9,7 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-PF_MAX_POSITIONS = 4096  # above this many positions per frame, PF average-pools 2x2 first (PAPER.md 3.2)
+PF_MAX_POSITIONS = 4096  # above this many positions per frame, PF average-pools 2x2 first (docs/method.md)
 
 
 def _to_size(x: Tensor, ref: Tensor) -> Tensor:

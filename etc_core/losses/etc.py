@@ -1,4 +1,4 @@
-"""The ETC objective: CE_dsn + λ_tc·L_tc + λ_kd·L_kd_pixel + λ_pf·L_kd_temporal (PAPER.md 3.6), one loss for
+"""The ETC objective: CE_dsn + λ_tc·L_tc + λ_kd·L_kd_pixel + λ_pf·L_kd_temporal (docs/method.md), one loss for
 teacher and student training alike; only the weights and whether a teacher is passed differ.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ class LossConfig(BaseModel, extra="forbid", frozen=True):
     ce_weight: float = Field(1.0, ge=0)
     aux_weight: float = Field(0.4, ge=0)  # PSPNet auxiliary head, inside the CE term
     tc_weight: float = Field(0.1, ge=0)  # temporal loss; official flow config st_weight: 0.1
-    kd_pixel_weight: float = Field(0.0, ge=0)  # 0 for the teacher; PAPER.md student default 1.0
-    kd_temporal_weight: float = Field(0.0, ge=0)  # PF; 0 for the teacher; PAPER.md student default 1.0
+    kd_pixel_weight: float = Field(0.0, ge=0)  # 0 for the teacher; student default 1.0 (docs/method.md)
+    kd_temporal_weight: float = Field(0.0, ge=0)  # PF; 0 for the teacher; student default 1.0 (docs/method.md)
     kd_tau: float = Field(1.0, gt=0)
     tc_on: Literal["logits", "probs"] = "logits"
     tc_mask_out_of_frame: bool = True
@@ -85,7 +85,7 @@ class EtcLoss(nn.Module):
             flow = batch["flow"] if cfg.tc_flow == "shards" else torch.zeros_like(batch["flow"])
             parts["tc"] = temporal_loss(out_t.logits, out_next.logits, flow, batch["img_t"],
                                         batch["img_next"], on=cfg.tc_on, mask_out_of_frame=cfg.tc_mask_out_of_frame)
-        if cfg.kd_pixel_weight > 0:  # both frames of the pair, on the 1/8 logits (PAPER.md 3.1)
+        if cfg.kd_pixel_weight > 0:  # both frames of the pair, on the 1/8 logits (docs/method.md)
             parts["kd_pixel"] = (kd_pixel(out_t.features, teacher_out_t.features, cfg.kd_tau)
                                  + kd_pixel(out_next.features, teacher_out_next.features, cfg.kd_tau))
         if cfg.kd_temporal_weight > 0:

@@ -35,7 +35,7 @@ def cross_entropy(logits: Tensor, label: Tensor, class_weight: Optional[Tensor] 
 
 def segmentation_loss(logits: Tensor, label: Tensor, aux: Optional[Tensor] = None, aux_weight: float = 0.4,
                       class_weight: Optional[Tensor] = None) -> Tensor:
-    """CE_dsn of PAPER.md 2.2: CE(logits) + aux_weight * CE(aux) when aux is given.
+    """CE_dsn of docs/method.md: CE(logits) + aux_weight * CE(aux) when aux is given.
 
     logits, aux [B,K,H,W] at label size, label [B,H,W] (255 = ignore) -> 0-dim
     """

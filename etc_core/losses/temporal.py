@@ -1,4 +1,4 @@
-"""Motion-guided temporal loss (ETC, PAPER.md 2.2/2.3, project form): occlusion-masked L2 between the
+"""Motion-guided temporal loss (ETC, docs/method.md): occlusion-masked L2 between the
 prediction of frame t and the prediction of frame t+k warped into t with the flow F (warp(I_{t+k}, F) ~ I_t).
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ def occlusion_mask(image_t: Tensor, image_next: Tensor, flow: Tensor, mask_out_o
     _check("occlusion_mask", flow, image_t=image_t, image_next=image_next)
     flow = flow.float()
     warped = warp(image_next.float(), _border_flow(flow))  # Î_{t+k->t}
-    # code form: signed sum over the colour channels, then abs (PAPER.md 2.2 step 5)
+    # code form: signed sum over the colour channels, then abs (docs/method.md)
     mask = torch.exp(-(image_t.float() - warped).sum(1, keepdim=True).abs())  # [B,1,H,W]
     if mask_out_of_frame:  # project choice: no correspondence, no constraint
         mask = mask * in_frame_mask(flow)
@@ -52,7 +52,7 @@ def temporal_loss(logits_t: Tensor, logits_next: Tensor, flow: Tensor, image_t: 
     """mean over B*C*H*W of (O * (z_t - warp(z_{t+k}, F)))^2; gradient into both frames, none into O or F.
 
     logits_t, logits_next [B,K,H,W] at input size, flow [B,2,H,W] (t's grid, into t+k), images [B,3,H,W]
-    normalised; `on="probs"` compares softmax probabilities instead of logits (PAPER.md 2.3) -> 0-dim
+    normalised; `on="probs"` compares softmax probabilities instead of logits (docs/method.md) -> 0-dim
     """
     if on not in ("logits", "probs"):
         raise ValueError(f"temporal_loss: on must be 'logits' or 'probs', got {on!r}")

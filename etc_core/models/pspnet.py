@@ -1,6 +1,6 @@
 """PSPNet (Zhao et al., CVPR 2017) on a dilated ResNet, output stride 8: the ETC teacher and headline student.
 
-PAPER.md 6: plain 7x7 stem, layer3 dilation 2, layer4 dilation 4, PPM bins (1,2,3,6) with C/4 channels per
+docs/method.md (Recipe): plain 7x7 stem, layer3 dilation 2, layer4 dilation 4, PPM bins (1,2,3,6) with C/4 channels per
 bin, head conv3x3 + BN + ReLU + dropout 0.1 + 1x1, auxiliary head on layer3 (weighted 0.4 by the loss).
 """
 from __future__ import annotations
@@ -90,7 +90,7 @@ def _pspnet_torchvision(name: str, depth: int, num_classes: int, pretrained: boo
     if pretrained:
         resnet.load_state_dict(imagenet_state_dict(name, weights))
     c3, c4 = (256, 512) if depth == 18 else (1024, 2048)
-    head_ch, aux_ch = (256, 128) if depth == 18 else (512, 256)  # R18 head 256 per PAPER.md 6
+    head_ch, aux_ch = (256, 128) if depth == 18 else (512, 256)  # R18 head 256 per docs/method.md
     return PSPNet(ResNetTrunk(resnet), c3, c4, num_classes, head_ch, aux_ch, **kwargs)
 
 

@@ -2,7 +2,7 @@
 mIoU-TC trade-off and of the objective against each swept value, the best trial's config as YAML, and
 optionally the best trial's model in the registry.
 
-Logged post hoc from the driver: one writer per SQLite store (ECOSYSTEM.md 2).
+Logged post hoc from the driver: one writer per SQLite store (concurrent writers would race on its schema).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Paired augmentation of a training sample: frames, label and flow transformed together (PAPER.md 4.4).
+"""Paired augmentation of a training sample: frames, label and flow transformed together (docs/method.md, Augmentation).
 
 Scale by s: frames and flow resized, flow vectors multiplied by s. Horizontal flip: everything mirrored and
 flow x negated. Crop/pad to the crop size: frames padded with the ImageNet mean colour, labels with 255, and

@@ -50,7 +50,7 @@ def stage_spec(cfg: EtcConfig, stage: str):
 
 
 def param_groups(model: torch.nn.Module, lr: float, head_lr_mult: float) -> list[dict]:
-    """Backbone at lr, heads (PPM, classifier, aux) at lr * head_lr_mult (PAPER.md 6)."""
+    """Backbone at lr, heads (PPM, classifier, aux) at lr * head_lr_mult (docs/method.md)."""
     head, backbone = [], []
     for name, p in model.named_parameters():
         (head if name.startswith(HEAD_PREFIXES) else backbone).append(p)

@@ -60,6 +60,9 @@ def resolve_init(cfg: EtcConfig, stage: str, num_classes: int) -> tuple[dict, di
     uri = getattr(spec, "init_from", None)
     if stage != "student" or not uri:
         return None
+    if uri == "baseline":
+        raise ConfigError("student.init_from: `baseline` names the baseline of a pipelines/full.py run; for this "
+                          "stage alone give its URI (models:/etc-baseline-<arch>/<version>)")
     from etc_core.infer import InputError
     from etc_core.infer.load import load_any
 

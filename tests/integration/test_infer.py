@@ -212,9 +212,15 @@ def test_evaluate_dataset_table_json_and_known_answers(registry, tmp_path, capsy
     table = capsys.readouterr().out
     assert registry.uri in table and str(ckpt) in table and "mIoU" in table and "latency ms" in table
     result = json.loads(report.read_text())
-    assert [r["arch"] for r in result["rows"]] == [ARCH, "lraspp_mobilenetv3"]
+    assert [r["arch"] for r in result["rows"]] == [ARCH, "lraspp_mobilenetv3", "reference", "reference"]
+    assert [r["model"] for r in result["rows"][2:]] == ["ground truth", "stride-8 oracle"]
     ds = GeneratedDataset(data.root)
     clips = [ds.read_clip("val", c) for c in ds.clip_ids("val")]
+    truth = result["rows"][2]  # the labels scored as a prediction: a known answer for the whole path
+    assert truth["miou"] == 100 and truth["flicker_interior"] == 0 and truth["latency_ms"] is None
+    assert truth["tc"] == pytest.approx(temporal_consistency(
+        [(c.labels[t], c.labels[t + 1], c.flows[t]) for c in clips for t in range(c.num_frames - 1)], K), abs=0.01)
+    assert truth["tc_noc"] > truth["tc"]  # occluded pixels no longer count against a perfect prediction
     for row, model in zip(result["rows"], [registry.model, other]):
         preds = [reference(model, c.frames) for c in clips]
         # batches of 2 over 5 frames: pairs crossing a batch border must count like the others

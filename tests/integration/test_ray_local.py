@@ -57,7 +57,7 @@ def test_dataset_written_by_ray_tasks_matches_in_process(ray_local, tmp_path):
         from etc_core.ray_utils import init_ray
 
         init_ray(RayConfig(num_cpus=2))
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         assert by_ray.clip_ids(split) == local.clip_ids(split)
         for clip_id in by_ray.clip_ids(split):
             a, b = by_ray.read_clip(split, clip_id), local.read_clip(split, clip_id)
@@ -77,5 +77,15 @@ def test_full_pipeline_starts_its_own_local_ray(tmp_path):
     for row in ("teacher:etc-teacher/1", "baseline:etc-baseline-lraspp_mobilenetv3/1",
                 "student:etc-student-lraspp_mobilenetv3/1"):
         assert row in table
+    for name in ("ground truth", "stride-8 oracle"):  # the reference rows, on the test split
+        assert name in table
+    assert "TC-noc" in table and "flick-int" in table
+    # demo.yaml's student fine-tunes the baseline this run trained (student.init_from: baseline)
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              "tags.`etc.stage` = 'student'")
+    assert [r.data.params["student.init_from"] for r in runs] == ["models:/etc-baseline-lraspp_mobilenetv3/1"]
     assert "ptlflow rapidflow_it1 (random init, timing only)" in proc.stdout
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout and "--host 127.0.0.1" in proc.stdout

@@ -1,5 +1,4 @@
 """TC with a validity mask (tc_noc), the flicker rate, the reference rows and the one scoring path."""
-import numpy as np
 import pytest
 import torch
 
