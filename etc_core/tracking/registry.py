@@ -110,13 +110,19 @@ def log_and_register(model: torch.nn.Module, name: str, arch: str, num_classes: 
     return Registered(name=name, version=str(mv.version), alias=alias, model_uri=f"models:/{name}/{mv.version}")
 
 
+def logged_model_id(mv) -> str | None:
+    """The id of the LoggedModel a version was registered from (the SQL registry keeps it only in `source`)."""
+    source = mv.source or ""
+    return getattr(mv, "model_id", None) or (source[len("models:/"):] if source.startswith("models:/m-") else None)
+
+
 def version_metrics(client, mv) -> dict[str, float]:
     """A version's metrics: those of its LoggedModel, else (versions registered before) its `metric.*` tags."""
     import mlflow
 
-    if getattr(mv, "model_id", None):
+    if model_id := logged_model_id(mv):
         try:
-            logged = client.get_logged_model(mv.model_id).metrics or []
+            logged = client.get_logged_model(model_id).metrics or []
         except mlflow.exceptions.MlflowException:
             logged = []
         if logged:
