@@ -45,8 +45,9 @@ def model_card(cfg: EtcConfig, stage: str, spec, name: str, metrics: dict[str, f
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return (f"**{name}**: {kind}, trained by etc-pipeline.\n\n| | |\n|---|---|\n{table}\n\n"
             f"Pick it up: `mlflow.pyfunc.load_model(\"models:/{name}@champion\").predict(frames)` with uint8 RGB "
-            f"frames [N,H,W,3] gives class ids [N,H,W]; `mlflow models serve -m models:/{name}@champion "
-            f"--env-manager local`; `etc-pipeline predict --model models:/{name}@champion --input VIDEO --out DIR`.")
+            f"frames [N,H,W,3] gives class ids [N,H,W];\n"
+            f"`mlflow models serve -m models:/{name}@champion --env-manager local -h 127.0.0.1 -p 5001`;\n"
+            f"`etc-pipeline predict --model models:/{name}@champion --input VIDEO --out DIR`.")
 
 
 def resolve_version(uri: str | None) -> str | None:
