@@ -59,7 +59,7 @@ def make_trainer(cfg: EtcConfig, stage: str, num_classes: int, teacher, run_id: 
 
     teacher: an ObjectRef of (meta, state dict) or None; run_id: the MLflow run rank 0 logs to live (None: none).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from etc_core.train.backend import OneNodeTorchConfig
@@ -76,7 +76,8 @@ def make_trainer(cfg: EtcConfig, stage: str, num_classes: int, teacher, run_id: 
             name=name, storage_path=storage_path or t.storage_path, callbacks=callbacks,
             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep, checkpoint_score_attribute="val_miou",
                                                checkpoint_score_order="max"),
-            failure_config=FailureConfig(max_failures=t.max_failures)))
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            logging_config=LoggingConfig(log_level="WARNING")))  # ray.train's INFO lines: its log files only
 
 
 def run_training(cfg: EtcConfig, stage: str, parent_run_id: str | None = None, force: bool = False) -> dict:

@@ -105,6 +105,10 @@ def test_killed_driver_resumes_from_checkpoint_step(tiny_shards, tmp_path, ray_l
     assert "resumed from checkpoint at step" in rerun.stderr
     resumed_at = int(rerun.stderr.split("resumed from checkpoint at step ")[1].split()[0])
     assert resumed_at >= 3
+    console = rerun.stdout + rerun.stderr  # our epoch lines, not Ray Train's per-report and set-up chatter
+    assert "teacher epoch" in console and "teacher done" in console
+    assert not [n for n in ("Reporting training result", "TrainingReport(", "Moving model to device",
+                            "Checkpoint successfully created") if n in console], console[-3000:]
 
 
 def test_missing_teacher_alias_is_one_clear_line(tiny_shards, tmp_path):
