@@ -9,7 +9,8 @@ quiets, and why each is noise rather than news:
   (a print at import): both say a CUDA extension is absent, which only changes speed;
 - Ray Train's "Reporting training result ... TrainingReport(...)" per report (a logger named by its file's path)
   and its INFO lines on worker groups and checkpoints (`ray.train`, see etc_core.train.run: LoggingConfig);
-- MLflow's INFO lines on creating tables and starting system metrics.
+- MLflow's INFO lines on creating tables and starting system metrics, and its progress bar per artifact
+  download (MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, unless set).
 They stay available: set ETC_VERBOSE=1 to see everything.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ def quiet_libraries() -> None:
     """Apply the filters above in this process (idempotent); a no-op when ETC_VERBOSE=1."""
     if os.environ.get("ETC_VERBOSE") == "1":
         return
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per model download
     warnings.filterwarnings("ignore", message=r"Importing from timm\.models\.layers is deprecated",
                             category=FutureWarning)
     for name, level in QUIET_LOGGERS.items():

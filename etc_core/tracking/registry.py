@@ -12,6 +12,8 @@ rule reads them (older versions: their `metric.*` tags).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import math
@@ -101,7 +103,9 @@ def log_and_register(model: torch.nn.Module, name: str, arch: str, num_classes: 
     if clean_metrics:
         mlflow.log_metrics(clean_metrics, model_id=info.model_id, dataset=dataset)
     client = mlflow.MlflowClient()
-    mv = mlflow.register_model(info.model_uri, name, tags=tags)
+    with contextlib.redirect_stderr(io.StringIO()) as said:  # MLflow prints two lines; ours below says it all
+        mv = mlflow.register_model(info.model_uri, name, tags=tags)
+    log.debug("mlflow.register_model: %s", said.getvalue().strip())
     if description:
         client.update_model_version(name, mv.version, description=description)
     alias = CHAMPION if _beats_champion(client, name, clean_metrics, cfg) else CANDIDATE
