@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,20 @@ def _download(uri: str) -> str:
 
         raise RegistryError(f"{uri}: cannot resolve in the MLflow registry at {redact(mlflow.get_tracking_uri())} "
                             f"({str(e).splitlines()[0]})") from None
+
+
+def resolve_version(uri: str | None) -> str | None:
+    """`models:/name@alias` -> `models:/name/N` (the version the alias points at now); other URIs unchanged."""
+    m = re.fullmatch(r"models:/([^/@]+)@(.+)", uri or "")
+    if not m:
+        return uri
+    import mlflow
+
+    try:
+        version = mlflow.MlflowClient().get_model_version_by_alias(m.group(1), m.group(2)).version
+    except mlflow.exceptions.MlflowException:
+        return uri
+    return f"models:/{m.group(1)}/{version}"
 
 
 def load_weights(uri: str) -> tuple[dict, dict]:

@@ -2,8 +2,6 @@
 how it scores and how fast it runs, and how to pick it up."""
 from __future__ import annotations
 
-import re
-
 import torch
 
 from etc_core.config import EtcConfig
@@ -48,20 +46,6 @@ def model_card(cfg: EtcConfig, stage: str, spec, name: str, metrics: dict[str, f
             f"frames [N,H,W,3] gives class ids [N,H,W];\n"
             f"`mlflow models serve -m models:/{name}@champion --env-manager local -h 127.0.0.1 -p 5001`;\n"
             f"`etc-pipeline predict --model models:/{name}@champion --input VIDEO --out DIR`.")
-
-
-def resolve_version(uri: str | None) -> str | None:
-    """`models:/name@alias` -> `models:/name/N` (the version the alias points at now); other URIs unchanged."""
-    m = re.fullmatch(r"models:/([^/@]+)@(.+)", uri or "")
-    if not m:
-        return uri
-    import mlflow
-
-    try:
-        version = mlflow.MlflowClient().get_model_version_by_alias(m.group(1), m.group(2)).version
-    except mlflow.exceptions.MlflowException:
-        return uri
-    return f"models:/{m.group(1)}/{version}"
 
 
 def _pct(value: float | None) -> str:

@@ -131,7 +131,8 @@ def register_state(cfg: EtcConfig, stage: str, state: dict, metrics: dict[str, f
     """Rebuild the model from a checkpoint's state and register it into the active MLflow run (once per config),
     with its FPS, its metrics on its LoggedModel and a model card as the version's description."""
     from etc_core.models import create_model
-    from etc_core.train.card import measure_fps, model_card, resolve_version
+    from etc_core.tracking.registry import resolve_version
+    from etc_core.train.card import measure_fps, model_card
 
     spec = stage_spec(cfg, stage)
     model = create_model(spec.arch, num_classes=num_classes)
