@@ -9,9 +9,13 @@ from etc_core.errors import EtcError
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Log lines as `HH:MM:SS name: message` on stderr (entry points only; modules just get a logger)."""
+    """Log lines as `HH:MM:SS name: message` on stderr (entry points only; modules just get a logger), without
+    other libraries' chatter (etc_core.quiet)."""
+    from etc_core.quiet import quiet_libraries
+
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
+    quiet_libraries()
 
 
 def _ray_up() -> bool:

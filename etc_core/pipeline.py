@@ -9,6 +9,9 @@ One MLflow parent run (tag etc.stage=pipeline) holds a child run per stage that 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from etc_core.config import EtcConfig, flatten
@@ -33,6 +36,19 @@ class PipelineResult:
     parent_run_id: str = ""
 
 
+@contextmanager
+def _stage(name: str, what: str) -> Iterator[None]:
+    """One console line when a stage starts and one when it ends (or fails), with its duration."""
+    log.info("== %s: %s", name, what)
+    start = time.perf_counter()
+    try:
+        yield
+    except BaseException:
+        log.info("== %s: failed after %.0f s", name, time.perf_counter() - start)
+        raise
+    log.info("== %s: finished in %.0f s", name, time.perf_counter() - start)
+
+
 def run_pipeline(cfg: EtcConfig, force: tuple[str, ...] = ()) -> PipelineResult:
     """Run every stage for cfg (Ray must be up); returns what ran, what was reused and the evaluation table.
 
@@ -52,8 +68,10 @@ def _run_stages(cfg: EtcConfig, force: tuple[str, ...]) -> PipelineResult:
     result = PipelineResult()
     with tracking.stage_run(cfg.mlflow, "pipeline", run_name="pipeline", params=flatten(cfg)) as parent:
         result.parent_run_id = parent.info.run_id
-        dataset = open_dataset(cfg.data, generate=True)
-        with tracking.stage_run(cfg.mlflow, "flow", params={"flow.source": cfg.flow.source}):
+        with _stage("dataset", f"{cfg.data.kind} at {cfg.data.root}"):
+            dataset = open_dataset(cfg.data, generate=True)
+        with _stage("flow", f"{cfg.flow.source} flow into shards at {cfg.shards.uri}"), \
+                tracking.stage_run(cfg.mlflow, "flow", params={"flow.source": cfg.flow.source}):
             flow = run_flow_stage(cfg, dataset, force="flow" in force)
             tracking.log_metrics({"flow/pairs_per_s": flow.pairs_per_s, "flow/shards_written": flow.shards_written,
                                   "flow/shards_skipped": flow.shards_skipped})
@@ -72,7 +90,8 @@ def _run_stages(cfg: EtcConfig, force: tuple[str, ...]) -> PipelineResult:
             _train(cfg, "baseline", "baseline" in force, parent.info.run_id, result)
         _train(cfg, "student", "student" in force, parent.info.run_id, result)
 
-        with tracking.stage_run(cfg.mlflow, "evaluate"):
+        with _stage("evaluate", "mIoU, TC and speed of every model on the val shards"), \
+                tracking.stage_run(cfg.mlflow, "evaluate"):
             result.evaluation, result.table = _evaluate(cfg, result.models)
             for row in result.evaluation["rows"]:
                 tracking.log_metrics({f"eval/{row['model']}/{k}": row[k] for k in (*METRICS, "fps")
@@ -92,7 +111,11 @@ def _train(cfg: EtcConfig, stage: str, force: bool, parent_run_id: str, result: 
         result.skipped.append(stage)
         result.models[stage] = found
         return found
-    summary = run_training(cfg, stage, parent_run_id=parent_run_id, force=force)
+    from etc_core.train.loop import stage_spec
+
+    with _stage(stage, f"training {stage_spec(cfg, stage).arch} for {cfg.train.max_steps} steps on "
+                       f"{cfg.train.workers} Ray Train worker(s)"):
+        summary = run_training(cfg, stage, parent_run_id=parent_run_id, force=force)
     result.ran.append(stage)
     result.models[stage] = summary["registered"]
     return summary["registered"]
@@ -103,7 +126,8 @@ def _sweep(cfg: EtcConfig, parent_run_id: str, result: PipelineResult) -> EtcCon
     from etc_core.config import load_config
     from etc_core.sweep.run import run_sweep
 
-    summary = run_sweep(cfg, parent_run_id=parent_run_id)
+    with _stage("sweep", f"{cfg.sweep.num_samples} trials over {', '.join(cfg.sweep.space)}"):
+        summary = run_sweep(cfg, parent_run_id=parent_run_id)
     result.ran.append("sweep")
     return load_config(summary["best_yaml"])
 

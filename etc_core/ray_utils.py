@@ -16,6 +16,9 @@ from etc_core.config import RayConfig
 log = logging.getLogger(__name__)
 
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# one machine has nothing to preempt; the watcher's actor only adds a C++ error line to the console at start
+LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+QUIET_HOOK = "etc_core.quiet.quiet_libraries"  # runs in every worker process of this driver's Ray job
 
 
 def init_ray(cfg: RayConfig | None = None, runtime_env: dict | None = None) -> dict:
@@ -27,17 +30,21 @@ def init_ray(cfg: RayConfig | None = None, runtime_env: dict | None = None) -> d
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if not address:
         os.environ.update(LOOPBACK_ENV)  # inherited by every Ray process this driver starts
+        for key, value in LOCAL_TRAIN_ENV.items():
+            os.environ.setdefault(key, value)
         if "ray._private.ray_constants" in sys.modules:
             sys.modules["ray._private.ray_constants"].ENABLE_RAY_CLUSTER = False
     import ray
 
+    quiet_env = {"worker_process_setup_hook": QUIET_HOOK, **(runtime_env or {})}  # this job's workers
     if ray.is_initialized():
         return {"address": ray.get_runtime_context().gcs_address, "dashboard_url": None}
     if address:
         log.info("joining Ray at %s", address)
-        ctx = ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ctx = ray.init(address=address, runtime_env=quiet_env, log_to_driver=True)  # merged into a job's own
     else:
+        # Ray's own INFO lines on the driver: its warnings only (this module says where it started)
         ctx = ray.init(num_cpus=cfg.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                       runtime_env=runtime_env)
+                       runtime_env=quiet_env, logging_level=logging.WARNING)
         log.info("started a local Ray on 127.0.0.1 (dashboard %s)", ctx.dashboard_url)
     return {"address": ctx.address_info.get("gcs_address"), "dashboard_url": ctx.dashboard_url}

@@ -5,7 +5,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Passed to the job when set in this shell (so every Ray process of the job sees them, ECOSYSTEM.md 0).
 PASS_VARS=(MLFLOW_TRACKING_URI MLFLOW_S3_ENDPOINT_URL AWS_ENDPOINT_URL AWS_DEFAULT_REGION ETC_BUCKET
-           CITYSCAPES_ROOT CAMVID_ROOT MLFLOW_DISABLE_TELEMETRY)
+           CITYSCAPES_ROOT CAMVID_ROOT MLFLOW_DISABLE_TELEMETRY ETC_GIT_COMMIT)
 SECRET_VARS=(AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN)
 EXCLUDES='[".git", ".venv", "runs", "mlruns", "**/__pycache__", "*.egg-info"]'
 
@@ -30,7 +30,8 @@ Uploads this checkout (without ${EXCLUDES//\"/};
   -h, --help            this help
 
 Passed to the job when set here: ${PASS_VARS[*]:0:4}
-    ${PASS_VARS[*]:4}.
+    ${PASS_VARS[*]:4}
+    (ETC_GIT_COMMIT defaults to this checkout's commit: the job's MLflow runs are tagged with it).
 RAY_AUTH_MODE defaults to token (the client reads ~/.ray/auth_token or RAY_AUTH_TOKEN).
 EOF
 }
@@ -59,6 +60,9 @@ done
 
 cd "$REPO"
 [[ -f "$entry" ]] || die "--entry: $entry not found in $REPO"
+# the job gets no .git (excluded above): it tags its MLflow runs with the commit this checkout is at
+ETC_GIT_COMMIT="${ETC_GIT_COMMIT:-$(git -C "$REPO" rev-parse HEAD 2>/dev/null || true)}"
+export ETC_GIT_COMMIT
 
 python_bin="${PYTHON:-$REPO/.venv/bin/python}"
 [[ -x "$python_bin" ]] || python_bin="python3"

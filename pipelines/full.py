@@ -6,7 +6,8 @@
 
 Every stage is skipped when its output for the same config exists (shards manifest, registered model version
 tagged with the stage's config hash), so a rerun after a crash continues where it stopped; --force STAGE redoes
-one. Ends with the evaluation table, the MLflow UI command and how to load the champion student.
+one. Ends with the evaluation table, the MLflow UI command and the three ways to pick up the champion student
+(mlflow.pyfunc, mlflow models serve, etc-pipeline predict).
 """
 from __future__ import annotations
 
@@ -54,11 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("\nMLflow UI (runs, metrics, pictures, registry):")
         print(f"  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
-    print("Load the champion student:")
-    print(f"  MLFLOW_TRACKING_URI={uri} python -c \"import mlflow; "
-          f"m = mlflow.pytorch.load_model('models:/{student}@champion'); print(m)\"")
-    print(f"  etc-pipeline predict --model models:/{student}@champion --input VIDEO --out OUT_DIR "
-          f"mlflow.tracking_uri={uri}")
+    name, (h, w) = f"models:/{student}@champion", (cfg.data.height, cfg.data.width)
+    print("Pick up the champion student (uint8 RGB frames [N,H,W,3] in, class ids [N,H,W] out):")
+    print(f"  MLFLOW_TRACKING_URI={uri} python -c \"import mlflow, numpy as np; "
+          f"m = mlflow.pyfunc.load_model('{name}'); print(m.predict(np.zeros((2, {h}, {w}, 3), np.uint8)).shape)\"")
+    print(f"  MLFLOW_TRACKING_URI={uri} mlflow models serve -m {name} --env-manager local -h 127.0.0.1 -p 5001")
+    print(f"  etc-pipeline predict --model {name} --input VIDEO --out OUT_DIR mlflow.tracking_uri={uri}")
     return 0
 
 

@@ -57,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         valid = None
         if cfg.flow.source == "ground_truth":
             valid = dataset.pair_flow("train", meta["video"], meta["t"], meta["k"])[1]
-        tracking.log_image(pair_picture(sample["img0"], sample["img1"], sample["flow"], valid),
-                           f"flow/{sample['__key__']}.png")
+        tracking.log_image(pair_picture(sample["img0"], sample["img1"], sample["flow"], valid), "flow/pair")
     splits = ", ".join(f"{s}: {v['samples']} samples in {len(v['shards'])} shards"
                        for s, v in result.manifest["splits"].items())
     print(f"shards at {cfg.shards.uri} ({splits}); {result.shards_written} written, {result.shards_skipped} "

@@ -19,7 +19,7 @@ import yaml
 from etc_core.config import EtcConfig, flatten
 from etc_core.tracking import mlflow as tracking
 from etc_core.train.checkpoint import load_checkpoint
-from etc_core.train.run import best_metrics, example_shape, register_state
+from etc_core.train.run import best_metrics, register_state
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,7 @@ def _register(trial, run_id: str, num_classes: int, manifest: dict):
         return None
     row = max(rows, key=lambda r: r["val_miou"])
     state = load_checkpoint(row["checkpoint_path"])
-    return register_state(trial.config, "student", state, best_metrics(row), num_classes, run_id,
-                          example_shape(manifest))
+    return register_state(trial.config, "student", state, best_metrics(row), num_classes, run_id, manifest)
 
 
 def log_sweep(cfg: EtcConfig, name: str, trials: list, best, front: list[str], num_classes: int,
@@ -149,6 +148,7 @@ def log_sweep(cfg: EtcConfig, name: str, trials: list, best, front: list[str], n
             with tracking.stage_run(cfg.mlflow, "sweep-trial", run_name=f"trial-{trial.trial_id}", params=params,
                                     tags=tags) as child:
                 children[trial.trial_id] = child.info.run_id
+                tracking.log_shards_input(trial.config.shards.uri, manifest)
                 _log_history(trial)
                 if trial is best and sweep.register_best:
                     registered = _register(trial, child.info.run_id, num_classes, manifest)

@@ -9,10 +9,13 @@ not after MLflow's own default of about four minutes.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
-import tempfile
+import subprocess
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +33,9 @@ _URI_PASSWORD_RE = re.compile(r"(//[^/:@\s]*):[^/@\s]*@")  # scheme://user:passw
 _MAX_PARAM_CHARS = 6000
 # 3 retries, sleeping 0, 2 and 4 s (+ up to 1 s jitter each): a restarting server is waited for, a dead one
 # fails in about 10 s. The timeout bounds each request to a server that accepts but does not answer.
+# the UI opens a "custom model development" experiment on its training runs (mlflow/server/js, ExperimentKind)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+GIT_COMMIT_ENV = "ETC_GIT_COMMIT"  # set by infra/submit.sh: `ray job submit` ships no .git to the job
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
@@ -107,29 +113,50 @@ def _open(cfg: MlflowConfig) -> str:
             Path(cfg.artifact_root).mkdir(parents=True, exist_ok=True)
             location = Path(cfg.artifact_root).as_uri()
         try:
-            exp_id = client.create_experiment(cfg.experiment, artifact_location=location)
+            exp_id = client.create_experiment(cfg.experiment, artifact_location=location, tags=EXPERIMENT_KIND)
         except mlflow.exceptions.MlflowException:  # another process created it meanwhile
             exp_id = client.get_experiment_by_name(cfg.experiment).experiment_id
     else:
         exp_id = exp.experiment_id
+        for key, value in EXPERIMENT_KIND.items():
+            if key not in exp.tags:  # an experiment made before this tag existed; a user's own choice stays
+                client.set_experiment_tag(exp_id, key, value)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
 
+def git_commit() -> str | None:
+    """The commit of the running code: $ETC_GIT_COMMIT when set, else `git rev-parse HEAD` here, else None."""
+    if commit := os.environ.get(GIT_COMMIT_ENV, "").strip():
+        return commit
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
 @contextmanager
 def stage_run(cfg: MlflowConfig, stage: str, run_name: str | None = None, params: dict[str, Any] | None = None,
-              parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[Any]:
-    """Open a run for one stage, tagged `etc.stage`; nested under the active run or `parent_run_id`."""
+              parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+              system_metrics: bool = False) -> Iterator[Any]:
+    """Open a run for one stage, tagged `etc.stage` and the git commit; nested under the active run or `parent_run_id`.
+
+    system_metrics: MLflow samples this process's machine (CPU, memory, disk, GPU) into `system/*` while it is open.
+    """
     import mlflow
 
     exp_id = setup(cfg)
     active = mlflow.active_run()
     parent = parent_run_id or (active.info.run_id if active else None)
     run_tags = {"etc.stage": stage, **(tags or {})}
+    if commit := git_commit():  # what the UI shows as the run's source version
+        run_tags["mlflow.source.git.commit"] = commit
     if parent:
         run_tags["mlflow.parentRunId"] = parent
     with mlflow.start_run(run_name=run_name or stage, experiment_id=exp_id, nested=active is not None,
-                          tags=run_tags) as run:
+                          tags=run_tags, log_system_metrics=system_metrics) as run:
         if params:
             log_params(params)
         yield run
@@ -162,23 +189,34 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
-@contextmanager
-def _png(image: np.ndarray, artifact_file: str) -> Iterator[tuple[str, str | None]]:
-    """Write a uint8 [H,W,3] picture to a temporary PNG; yield (its path, the artifact folder or None)."""
-    from PIL import Image
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, os.path.basename(artifact_file))
-        Image.fromarray(image).save(path)
-        yield path, os.path.dirname(artifact_file) or None
-
-
-def log_image(image: np.ndarray, artifact_file: str) -> None:
-    """Log a uint8 [H,W,3] picture as a PNG artifact of the active run."""
+def log_image(image: np.ndarray, key: str, step: int = 0) -> None:
+    """Log a uint8 [H,W,3] picture to the active run under `key` at `step` (the UI's image slider)."""
     import mlflow
 
-    with _png(image, artifact_file) as (path, folder):
-        mlflow.log_artifact(path, artifact_path=folder)
+    mlflow.log_image(image, key=key, step=step, synchronous=True)
+
+
+def shards_dataset(uri: str, manifest: dict):
+    """The shard set as an MLflow dataset: source its URI, digest the hash of its manifest, name the data it holds."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    data = manifest.get("config", {}).get("data", {})
+    name = "shards" + (f"-{data['name']}" if isinstance(data, dict) and data.get("name") else "")
+    with warnings.catch_warnings():  # a local path matches MLflow's "" and "file" sources alike: it says so
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(redact(uri))
+    return MetaDataset(source, name=name, digest=digest)
+
+
+def log_shards_input(uri: str, manifest: dict, context: str = "training") -> Any:
+    """Log the shard set at `uri` as an input dataset of the active run; returns the dataset (for model metrics)."""
+    import mlflow
+
+    dataset = shards_dataset(uri, manifest)
+    mlflow.log_input(dataset, context=context)
+    return dataset
 
 
 def log_text(text: str, artifact_file: str) -> None:
@@ -219,6 +257,6 @@ class RunLogger:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
-    def image(self, image: np.ndarray, artifact_file: str) -> None:
-        with _png(image, artifact_file) as (path, folder):
-            self.client.log_artifact(self.run_id, path, artifact_path=folder)
+    def image(self, image: np.ndarray, key: str, step: int) -> None:
+        """A uint8 [H,W,3] picture under `key` at `step` (shown with a step slider in the run's UI)."""
+        self.client.log_image(self.run_id, image, key=key, step=step, synchronous=True)

@@ -26,12 +26,45 @@ def colorize(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return palette(num_classes)[np.asarray(labels, np.uint8)]
 
 
-def grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
-    """Tile equally sized uint8 [H,W,3] tiles row by row with white gaps."""
+def grid(rows: list[list[np.ndarray]], pad: int = 2, titles: list[str] | None = None) -> np.ndarray:
+    """Tile equally sized uint8 [H,W,3] tiles row by row with white gaps; `titles` name the columns in a strip on top.
+
+    A title wider than its column wraps at spaces; the strip is as tall as the longest title needs.
+    """
     h, w = rows[0][0].shape[:2]
     cols = max(len(r) for r in rows)
     out = np.full((len(rows) * (h + pad) - pad, cols * (w + pad) - pad, 3), 255, np.uint8)
     for i, row in enumerate(rows):
         for j, tile in enumerate(row):
             out[i * (h + pad):i * (h + pad) + h, j * (w + pad):j * (w + pad) + w] = tile
+    if titles:
+        out = np.concatenate([_title_strip(titles[:cols], w, pad, out.shape[1]), out])
     return out
+
+
+def _title_strip(titles: list[str], col_width: int, pad: int, width: int) -> np.ndarray:
+    """uint8 [h,width,3]: each title in black on white, centred over its column, wrapped to the column width."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    line_h = int(font.getbbox("Ag")[3]) + 2
+    wrapped = [_wrap(title, font, col_width) for title in titles]
+    height = line_h * max(len(lines) for lines in wrapped) + pad + 2
+    strip = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(strip)
+    for j, lines in enumerate(wrapped):
+        for k, line in enumerate(lines):
+            x = j * (col_width + pad) + max((col_width - font.getlength(line)) / 2, 0)
+            draw.text((x, 1 + k * line_h), line, fill="black", font=font)
+    return np.asarray(strip)
+
+
+def _wrap(title: str, font, width: int) -> list[str]:
+    """Split title at spaces into lines no wider than width (a single longer word keeps its own line)."""
+    lines: list[str] = []
+    for word in title.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]

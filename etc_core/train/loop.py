@@ -188,7 +188,7 @@ def train_loop_per_worker(config: dict) -> None:
             if logger:
                 logger.metrics({f"val/{k[4:]}": v for k, v in val.items() if math.isfinite(v)}, step=step)
                 if picture is not None:
-                    logger.image(picture, f"pictures/val_step{step:07d}.png")
+                    logger.image(picture, "val/pictures", step=step)
         metrics.update(val)
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None

@@ -83,7 +83,7 @@ def make_trainer(cfg: EtcConfig, stage: str, num_classes: int, teacher, run_id: 
     teacher, init: ObjectRefs of (meta, state dict) or None (the frozen teacher; the weights to start from);
     run_id: the MLflow run rank 0 logs to live (None: none).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from etc_core.train.backend import OneNodeTorchConfig
@@ -100,7 +100,8 @@ def make_trainer(cfg: EtcConfig, stage: str, num_classes: int, teacher, run_id: 
             name=name, storage_path=storage_path or t.storage_path, callbacks=callbacks,
             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep, checkpoint_score_attribute="val_miou",
                                                checkpoint_score_order="max"),
-            failure_config=FailureConfig(max_failures=t.max_failures)))
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            logging_config=LoggingConfig(log_level="WARNING")))  # ray.train's INFO lines: its log files only
 
 
 def run_training(cfg: EtcConfig, stage: str, parent_run_id: str | None = None, force: bool = False) -> dict:
@@ -121,7 +122,9 @@ def run_training(cfg: EtcConfig, stage: str, parent_run_id: str | None = None, f
     init_ref = ray.put(init) if init is not None else None
     digest = stage_hash(cfg, stage)
     with tracking.stage_run(cfg.mlflow, stage, run_name=f"{stage}-{spec.arch}", parent_run_id=parent_run_id,
-                            params=flatten(cfg), tags={"etc.config_hash": digest, "etc.arch": spec.arch}) as run:
+                            params=flatten(cfg), tags={"etc.config_hash": digest, "etc.arch": spec.arch},
+                            system_metrics=True) as run:
+        tracking.log_shards_input(cfg.shards.uri, manifest)
         trainer = make_trainer(cfg, stage, num_classes, teacher_ref, run.info.run_id,
                                name=f"{stage}-{spec.arch}-{digest}" + (time.strftime("-%Y%m%d-%H%M%S") if force else ""),
                                init=init_ref)
@@ -134,7 +137,7 @@ def run_training(cfg: EtcConfig, stage: str, parent_run_id: str | None = None, f
             state = load_checkpoint(d)
         best = best_metrics(metrics)
         tracking.log_metrics({f"best/{k}": v for k, v in best.items()}, step=int(state["step"]))
-        registered = register_state(cfg, stage, state, best, num_classes, run.info.run_id, example_shape(manifest),
+        registered = register_state(cfg, stage, state, best, num_classes, run.info.run_id, manifest,
                                     dedupe=not force)
     summary = {"stage": stage, "arch": spec.arch, "run_id": run.info.run_id, "step": int(state["step"]),
                "val_miou": best.get("val_miou"), "val_tc": best.get("val_tc"), "registered": registered,
@@ -151,20 +154,29 @@ def best_metrics(metrics: dict) -> dict[str, float]:
 
 
 def register_state(cfg: EtcConfig, stage: str, state: dict, metrics: dict[str, float], num_classes: int,
-                   run_id: str, example_hw: tuple[int, int], dedupe: bool = True) -> Registered:
-    """Rebuild the model from a checkpoint's state and register it into the active MLflow run (once per config)."""
+                   run_id: str, manifest: dict, dedupe: bool = True) -> Registered:
+    """Rebuild the model from a checkpoint's state and register it into the active MLflow run (once per config),
+    with its FPS, its metrics on its LoggedModel and a model card as the version's description."""
     from etc_core.models import create_model
+    from etc_core.tracking.registry import resolve_version
+    from etc_core.train.card import measure_fps, model_card
 
-    model = create_model(stage_spec(cfg, stage).arch, num_classes=num_classes)
+    spec = stage_spec(cfg, stage)
+    model = create_model(spec.arch, num_classes=num_classes)
     model.load_state_dict(state["model"])
     found = find_registered(cfg, stage) if dedupe else None
     if found is not None:
         log.info("%s version %s already holds this config; not registering again", found.name, found.version)
         return found
-    tags = {"etc.config_hash": stage_hash(cfg, stage), "etc.stage": stage, "etc.arch": stage_spec(cfg, stage).arch,
-            "etc.run_id": run_id, "etc.shards": cfg.shards.uri}
-    return log_and_register(model, registered_name(cfg, stage), stage_spec(cfg, stage).arch, num_classes, metrics,
-                            tags, cfg.registry, example_hw)
+    size = example_shape(manifest)
+    metrics = {**metrics, "fps": measure_fps(model, size)}
+    teacher = resolve_version(cfg.student.teacher_uri) if spec.loss.needs_teacher else None
+    tags = {"etc.config_hash": stage_hash(cfg, stage), "etc.stage": stage, "etc.arch": spec.arch,
+            "etc.run_id": run_id, "etc.shards": cfg.shards.uri, **({"etc.teacher": teacher} if teacher else {})}
+    name = registered_name(cfg, stage)
+    card = model_card(cfg, stage, spec, name, metrics, manifest, size, num_classes, run_id, teacher)
+    return log_and_register(model, name, spec.arch, num_classes, metrics, tags, cfg.registry, size,
+                            description=card, dataset=tracking.shards_dataset(cfg.shards.uri, manifest))
 
 
 def _finite(v) -> bool:

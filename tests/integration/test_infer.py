@@ -179,6 +179,70 @@ def test_bad_input_is_one_line_and_exit_2(registry, frames, tmp_path, capsys, ca
     assert not (tmp_path / "out" / "masks").exists() or case not in ("bad_uri", "bad_checkpoint")
 
 
+def test_pyfunc_takes_frames_and_returns_class_ids(registry, frames):
+    """The contract external checks use: uint8 [N,H,W,3] in, integer class ids [N,H,W] out, resized by the model."""
+    import mlflow
+
+    served = mlflow.pyfunc.load_model(registry.uri)
+    ids = served.predict(frames)
+    assert ids.dtype == np.uint8 and ids.shape == frames.shape[:3]
+    assert_same(ids, reference(registry.model, frames))  # what etc-pipeline predict writes
+    small = np.ascontiguousarray(frames[:2, ::2, ::2])  # 24x32: run at the trained 48x64, masks back at 24x32
+    assert_same(served.predict(small), reference(registry.model, small, size=(H, W)))
+    logits = served.predict(frames[:1], params={"logits": True})
+    assert logits.shape == (1, K, H, W) and logits.dtype == np.float32
+    with pytest.raises(Exception, match="uint8"):
+        served.predict(frames.astype(np.float32))
+
+
+def _register_first_layout(model, name: str, metrics: dict[str, float], files: bool = True) -> None:
+    """A champion as versions were logged before the pyfunc: an MLflow PyTorch model (pickle) with etc_model.json
+    and weights.pt under extra_files/, metrics as metric.* tags of the version."""
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run():
+        Path(tmp, "etc_model.json").write_text(json.dumps({"arch": ARCH, "num_classes": K, "metrics": metrics}))
+        torch.save(model.state_dict(), Path(tmp, "weights.pt"))
+        extra = [str(Path(tmp, "etc_model.json")), str(Path(tmp, "weights.pt"))] if files else None
+        info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", extra_files=extra,
+                                        pip_requirements=["torch"])
+    mv = mlflow.register_model(info.model_uri, name, tags={f"metric.{k}": f"{v:.4f}" for k, v in metrics.items()})
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion", mv.version)
+
+
+def test_first_layout_version_still_predicts_and_its_tags_feed_the_champion_rule(registry, frames, tmp_path):
+    import mlflow
+
+    _register_first_layout(registry.model, "etc-first-layout", {"val_miou": 60.0})
+    src = tmp_path / "frames"
+    src.mkdir()
+    for t, frame in enumerate(frames):
+        Image.fromarray(frame).save(src / f"{t:06d}.png")
+    out = tmp_path / "out"
+    assert cli("predict", "--model", "models:/etc-first-layout@champion", "--input", src, "--out", out,
+               "--overlay", "none") == 0
+    assert_same(read_masks(out), reference(registry.model, frames))
+    with mlflow.start_run():  # the old champion's metric.* tags are what the rule compares with
+        worse = log_and_register(registry.model, "etc-first-layout", ARCH, K, {"val_miou": 55.0}, {},
+                                 RegistryConfig(), (H, W))
+        better = log_and_register(registry.model, "etc-first-layout", ARCH, K, {"val_miou": 61.0}, {},
+                                  RegistryConfig(), (H, W))
+    assert (worse.alias, better.alias) == ("candidate", "champion")
+
+
+def test_foreign_version_is_refused_in_one_line_saying_how_to_reregister(registry, frames, tmp_path, capsys):
+    _register_first_layout(registry.model, "etc-no-files", {"val_miou": 1.0}, files=False)
+    write_video(tmp_path / "clip.mp4", frames[:2])
+    capsys.readouterr()
+    assert cli("predict", "--model", "models:/etc-no-files@champion", "--input", tmp_path / "clip.mp4",
+               "--out", tmp_path / "out") == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("InputError: models:/etc-no-files@champion: not an etc-pipeline"), err
+    assert "re-register" in err[0]
+
+
 def test_export_parity(registry, frames, tmp_path, capsys):
     import onnxruntime as ort
 

@@ -116,7 +116,8 @@ def test_full_pipeline_via_job_submit_with_s3_and_rerun_skips(ray_head, moto_s3,
             f"train.storage_path={tmp_path}/ray_results", *TINY_DATA, "teacher.arch=pspnet18_slim",
             "student.arch=lraspp_mobilenetv3", "train.max_steps=2", "train.steps_per_epoch=2", "train.batch_size=2",
             "train.crop=null", "pipeline.ptlflow_timing_pairs=0"]
-    runtime_env = {"env_vars": {**aws_env(moto_s3), "MLFLOW_DISABLE_TELEMETRY": "true"},
+    commit = "c0ffee42" * 5  # the job has no .git: infra/submit.sh passes the checkout's commit like this
+    runtime_env = {"env_vars": {**aws_env(moto_s3), "MLFLOW_DISABLE_TELEMETRY": "true", "ETC_GIT_COMMIT": commit},
                    "excludes": [".git", ".venv", "runs", "mlruns"]}
     logs = _wait(address, env, _submit(address, env, runtime_env, args))
     assert "joining Ray at" in logs  # it joined the cluster rather than starting its own
@@ -128,6 +129,8 @@ def test_full_pipeline_via_job_submit_with_s3_and_rerun_skips(ray_head, moto_s3,
     client = mlflow.MlflowClient(f"sqlite:///{db}")
     for name in ("etc-teacher", "etc-baseline-lraspp_mobilenetv3", "etc-student-lraspp_mobilenetv3"):
         assert client.get_model_version_by_alias(name, "champion").version in (1, "1")
+    runs = client.search_runs([client.get_experiment_by_name("etc-pipeline").experiment_id])
+    assert runs and {r.data.tags.get("mlflow.source.git.commit") for r in runs} == {commit}
 
     rerun = _wait(address, env, _submit(address, env, runtime_env, args))
     ran = next((line for line in rerun.splitlines() if line.startswith("stages run:")), rerun[-2000:])

@@ -8,11 +8,13 @@ import os
 import signal
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 
 from etc_core.config import load_config
-from etc_core.tracking.registry import load_model
+from etc_core.tracking.registry import load_model, logged_model_id
+from etc_core.train.augment import normalize
 from etc_core.train.run import run_training
 from tests.conftest import registered_checkpoints, run_dirs, run_python, wait_for
 
@@ -33,10 +35,17 @@ def test_teacher_then_student_train_log_register_and_load(tiny_shards, tmp_path)
     assert len(losses) == 12
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # the loss drops
     assert [m.step for m in client.get_metric_history(teacher["run_id"], "val/miou")] == [6, 12]
-    pictures = [a.path for a in client.list_artifacts(teacher["run_id"], "pictures")]
-    assert pictures == ["pictures/val_step0000006.png", "pictures/val_step0000012.png"]
+    pictures = sorted(a.path for a in client.list_artifacts(teacher["run_id"], "images") if a.path.endswith(".png"))
+    assert [p.split("+timestamp+")[0] for p in pictures] == ["images/val~pictures+step+12", "images/val~pictures+step+6"]
     champion = client.get_model_version_by_alias("etc-teacher", "champion")
     assert str(champion.version) == teacher["registered"].version and champion.tags["etc.config_hash"]
+    logged = client.get_logged_model(logged_model_id(champion))  # the chosen checkpoint's metrics live on its LoggedModel
+    on_model = {m.key: m for m in logged.metrics}
+    assert on_model["val_miou"].value == pytest.approx(teacher["val_miou"]) and on_model["fps"].value > 0
+    (shards_input,) = run.inputs.dataset_inputs  # the shards are the run's input dataset, linked to the metrics
+    assert shards_input.dataset.source and on_model["val_miou"].dataset_digest == shards_input.dataset.digest
+    assert len(run.data.tags["mlflow.source.git.commit"]) == 40
+    assert "pspnet18_slim" in champion.description and "val mIoU" in champion.description
 
     student_cfg = load_config(None, [*tiny_shards, *run_dirs(tmp_path), *FAST, "train.max_steps=4",
                                      "train.steps_per_epoch=2", "train.workers=1"])
@@ -45,14 +54,20 @@ def test_teacher_then_student_train_log_register_and_load(tiny_shards, tmp_path)
     kd = [m.value for m in client.get_metric_history(student["run_id"], "train/loss_kd_pixel")]
     assert kd and all(v > 0 for v in kd)  # distillation from the registered teacher was on
     assert s_run.data.params["student.teacher_uri"] == "models:/etc-teacher@champion"
-    uri = "models:/etc-student-lraspp_mobilenetv3@champion"
-    frames = torch.randn(2, 3, 32, 48)
-    loaded = mlflow.pytorch.load_model(uri)
-    out = loaded(frames)
-    assert out.logits.shape == (2, 6, 32, 48)  # data.num_classes defaults to 6
+    name = "etc-student-lraspp_mobilenetv3"
+    uri = f"models:/{name}@champion"
+    assert f"models:/etc-teacher/{teacher['registered'].version}" in \
+        client.get_model_version_by_alias(name, "champion").description  # the card names the teacher version
+    frames = np.random.default_rng(0).integers(0, 256, (2, 32, 48, 3), dtype=np.uint8)
+    served = mlflow.pyfunc.load_model(uri)
+    logits = served.predict(frames, params={"logits": True})
+    assert logits.shape == (2, 6, 32, 48)  # data.num_classes defaults to 6
+    assert served.predict(frames).shape == (2, 32, 48)
     rebuilt, meta = load_model(uri)  # weights-only path
     assert meta["arch"] == "lraspp_mobilenetv3"
-    torch.testing.assert_close(rebuilt(frames).logits, loaded.eval()(frames).logits)
+    with torch.inference_mode():
+        want = rebuilt(normalize(torch.from_numpy(frames).permute(0, 3, 1, 2))).logits
+    torch.testing.assert_close(torch.from_numpy(logits), want)
 
     # a rerun of the same config registers nothing new; a worse-by-rule version only becomes a candidate
     again = run_training(student_cfg, "student")
@@ -90,6 +105,10 @@ def test_killed_driver_resumes_from_checkpoint_step(tiny_shards, tmp_path, ray_l
     assert "resumed from checkpoint at step" in rerun.stderr
     resumed_at = int(rerun.stderr.split("resumed from checkpoint at step ")[1].split()[0])
     assert resumed_at >= 3
+    console = rerun.stdout + rerun.stderr  # our epoch lines, not Ray Train's per-report and set-up chatter
+    assert "teacher epoch" in console and "teacher done" in console
+    assert not [n for n in ("Reporting training result", "TrainingReport(", "Moving model to device",
+                            "Checkpoint successfully created") if n in console], console[-3000:]
 
 
 def test_missing_teacher_alias_is_one_clear_line(tiny_shards, tmp_path):

@@ -86,13 +86,13 @@ def test_test_s3_server_listens_only_on_loopback(moto_s3):
     assert mine and {c.laddr.ip for c in mine} <= LOOPBACK
 
 
-def test_every_printed_or_documented_mlflow_ui_command_binds_loopback():
+def test_every_printed_or_documented_mlflow_ui_or_serve_command_binds_loopback():
     files = [*REPO.glob("pipelines/*.py"), *REPO.glob("etc_core/**/*.py"), *REPO.glob("docs/*.md"), REPO / "README.md",
              REPO / "Makefile", *REPO.glob("infra/**/*.sh")]
     commands = [(f.name, line) for f in files for line in f.read_text().splitlines()
-                if re.search(r"mlflow\s+ui\b", line)]
-    assert commands, "full.py prints an `mlflow ui` command"
-    assert [c for c in commands if "--host 127.0.0.1" not in c[1]] == []
+                if re.search(r"mlflow\s+(ui\b|models\s+serve\s+-)", line)]  # a serve command, not prose
+    assert {"full.py", "quickstart.md"} <= {name for name, line in commands if "models serve" in line}
+    assert [c for c in commands if not re.search(r"(--host|-h) 127\.0\.0\.1\b", c[1])] == []
 
 
 # ------------------------------------------------------------------------------------------------ credentials

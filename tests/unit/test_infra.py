@@ -144,7 +144,8 @@ def test_submit_passes_env_and_excludes_but_not_credentials():
     words = shlex.split(done.stdout)
     assert words[1:4] == ["job", "submit", "--address"] and words[words.index("--working-dir") + 1] == "."
     runtime_env = json.loads(words[words.index("--runtime-env-json") + 1])
-    assert runtime_env["env_vars"] == {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert runtime_env["env_vars"] == {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "ETC_GIT_COMMIT": commit}
     assert {".git", ".venv", "runs", "mlruns"} <= set(runtime_env["excludes"])
     assert words[words.index("--"):] == ["--", "python", "pipelines/full.py", "--config", "configs/demo.yaml",
                                          "train.max_steps=2"]
