@@ -90,7 +90,7 @@ def _run_stages(cfg: EtcConfig, force: tuple[str, ...]) -> PipelineResult:
             _train(cfg, "baseline", "baseline" in force, parent.info.run_id, result)
         _train(cfg, "student", "student" in force, parent.info.run_id, result)
 
-        with _stage("evaluate", "mIoU, TC and speed of every model on the val shards"), \
+        with _stage("evaluate", "mIoU, TC, TC-noc, flicker and speed of every model on the test shards"), \
                 tracking.stage_run(cfg.mlflow, "evaluate"):
             result.evaluation, result.table = _evaluate(cfg, result.models)
             for row in result.evaluation["rows"]:

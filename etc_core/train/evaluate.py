@@ -40,14 +40,7 @@ def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device,
     model.train(was_training)
     metrics = {f"val_{k}": float("nan") if v is None else v for k, v in scores.result().items()}
     metrics["val_pairs"] = float(scores.pairs)
-    return metrics, _grid(rows) if rows else None
-
-
-def _grid(rows: list[list[np.ndarray]]) -> np.ndarray:
-    try:
-        return grid(rows, titles=list(PICTURE_COLUMNS))
-    except TypeError:  # a pictures module without column titles
-        return grid(rows)
+    return metrics, grid(rows, titles=list(PICTURE_COLUMNS)) if rows else None
 
 
 def _picture_row(img, label, pred0, pred1, flow, num_classes: int) -> list[np.ndarray]:
