@@ -1,7 +1,7 @@
 """Start or join Ray the same way in every entry point, test and demo.
 
 A local Ray keeps every port on 127.0.0.1: Ray binds all interfaces unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
-is set in the environment of the process that starts it (ECOSYSTEM.md, "Verified on this machine"). Ray reads
+is set in the environment of the process that starts it. Ray reads
 that variable once, when `ray` is first imported, so `init_ray` sets it before importing Ray and, when Ray was
 imported earlier, applies the same setting to the already-read constant.
 """

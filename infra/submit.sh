@@ -3,7 +3,7 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# Passed to the job when set in this shell (so every Ray process of the job sees them, ECOSYSTEM.md 0).
+# Passed to the job when set in this shell (so every Ray process of the job sees them).
 PASS_VARS=(MLFLOW_TRACKING_URI MLFLOW_S3_ENDPOINT_URL AWS_ENDPOINT_URL AWS_DEFAULT_REGION ETC_BUCKET
            CITYSCAPES_ROOT CAMVID_ROOT MLFLOW_DISABLE_TELEMETRY ETC_GIT_COMMIT)
 SECRET_VARS=(AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN)

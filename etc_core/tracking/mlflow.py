@@ -1,6 +1,6 @@
 """MLflow plumbing: experiment set-up, stage runs nested under the pipeline's run, params, metrics and pictures.
 
-Only the driver process logs (one writer per SQLite store, ECOSYSTEM.md 4). Values that look like credentials
+Only the driver process logs (one writer per SQLite store: concurrent writers race on its schema). Values that look like credentials
 never reach MLflow: `log_params` drops keys that name a secret and masks passwords inside URIs.
 
 Against an MLflow server, requests retry a bounded number of times (MLFLOW_HTTP_REQUEST_* defaults below, each
