@@ -15,7 +15,7 @@ import pytest
 from etc_core.config import load_config
 from etc_core.data import shards
 from etc_core.train.run import run_training
-from tests.conftest import REPO, end_processes, run_dirs, wait_for
+from tests.conftest import end_processes, run_dirs, wait_for
 from tests.integration.test_training import FAST
 
 pytestmark = pytest.mark.integration
