@@ -56,14 +56,14 @@ def _closure(requirements: list[str]) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
-        for text in md_requires(name):
+        for text in _requires(name):
             req = Requirement(text)
             if req.marker is None or req.marker.evaluate({"extra": ""}):
                 todo.append(req.name)
     return seen
 
 
-def md_requires(name: str) -> list[str]:
+def _requires(name: str) -> list[str]:
     import importlib.metadata as md
 
     try:
