@@ -1,7 +1,7 @@
 """Keep the console to our own lines: other libraries' chatter goes to debug level or is silenced at its source.
 
 `quiet_libraries()` runs in every entry point (etc_core.entry.setup_logging) and, through Ray's
-`worker_process_setup_hook`, in every worker of a Ray this project starts (etc_core.ray_utils.init_ray). What it
+`worker_process_setup_hook` (`quiet_worker`), in every worker of this project's Ray jobs (etc_core.ray_utils). What it
 quiets, and why each is noise rather than news:
 
 - timm's FutureWarning "Importing from timm.models.layers is deprecated" (ptlflow's imports, not ours);
@@ -45,6 +45,19 @@ def quiet_libraries() -> None:
         logging.getLogger(path).setLevel(logging.WARNING)
     if not any(isinstance(f, _SilentImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _SilentImport())
+
+
+def quiet_worker() -> None:
+    """Ray's worker_process_setup_hook: quiet_libraries(), and the worker's own Ray named in RAY_ADDRESS.
+
+    With several Rays on one machine (tests, a second pipeline), Ray Train's PlacementGroupCleaner asks the state
+    API for "the" local Ray, cannot choose, and prints a traceback per training run (its clean-up then stops).
+    """
+    quiet_libraries()
+    import ray
+
+    if ray.is_initialized():  # the hook runs once the worker is connected
+        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 
 class _SilentImport(importlib.abc.MetaPathFinder):

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # one machine has nothing to preempt; the watcher's actor only adds a C++ error line to the console at start
 LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-QUIET_HOOK = "etc_core.quiet.quiet_libraries"  # runs in every worker process of this driver's Ray job
+QUIET_HOOK = "etc_core.quiet.quiet_worker"  # runs in every worker process of this driver's Ray job
 
 
 def init_ray(cfg: RayConfig | None = None, runtime_env: dict | None = None) -> dict:

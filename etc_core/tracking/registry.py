@@ -37,8 +37,7 @@ SERVED_CODE = PACKAGE_DIR / "infer" / "served.py"  # the models-from-code file M
 LAYOUTS = ("artifacts", "extra_files")  # where etc_model.json and weights.pt lie: pyfunc layout, first layout
 # what importing etc_core.infer.served pulls in (tests/integration/test_serving.py checks the list is complete)
 SERVING_PACKAGES = ("mlflow", "torch", "torchvision", "timm", "numpy", "pillow", "pydantic", "pyyaml", "tqdm")
-REREGISTER = ("re-register it from its training checkpoint: etc_core.train.run.register_state, or rerun its stage "
-              "with --force")
+REREGISTER = "register it again: pipelines/full.py --force STAGE (teacher, baseline or student) retrains it"
 
 
 class RegistryError(EtcError):

@@ -240,7 +240,7 @@ def test_foreign_version_is_refused_in_one_line_saying_how_to_reregister(registr
                "--out", tmp_path / "out") == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("InputError: models:/etc-no-files@champion: not an etc-pipeline"), err
-    assert "re-register" in err[0]
+    assert "register it again: pipelines/full.py --force" in err[0]
 
 
 def test_export_parity(registry, frames, tmp_path, capsys):

@@ -15,7 +15,7 @@ import pytest
 from etc_core.config import load_config
 from etc_core.data import shards
 from etc_core.train.run import run_training
-from tests.conftest import REPO, end_processes, run_dirs, wait_for
+from tests.conftest import end_processes, run_dirs, wait_for
 from tests.integration.test_training import FAST
 
 pytestmark = pytest.mark.integration
@@ -56,14 +56,14 @@ def _closure(requirements: list[str]) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
-        for text in md_requires(name):
+        for text in _requires(name):
             req = Requirement(text)
             if req.marker is None or req.marker.evaluate({"extra": ""}):
                 todo.append(req.name)
     return seen
 
 
-def md_requires(name: str) -> list[str]:
+def _requires(name: str) -> list[str]:
     import importlib.metadata as md
 
     try:

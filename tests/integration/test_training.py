@@ -35,11 +35,12 @@ def test_teacher_then_student_train_log_register_and_load(tiny_shards, tmp_path)
     assert len(losses) == 12
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # the loss drops
     assert [m.step for m in client.get_metric_history(teacher["run_id"], "val/miou")] == [6, 12]
-    pictures = sorted(a.path for a in client.list_artifacts(teacher["run_id"], "images") if a.path.endswith(".png"))
-    assert [p.split("+timestamp+")[0] for p in pictures] == ["images/val~pictures+step+12", "images/val~pictures+step+6"]
+    pictures = sorted(a.path.split("+timestamp+")[0] for a in client.list_artifacts(teacher["run_id"], "images")
+                      if a.path.endswith(".png"))  # log_image(key, step): the UI's step slider
+    assert pictures == ["images/val~pictures+step+12", "images/val~pictures+step+6"]
     champion = client.get_model_version_by_alias("etc-teacher", "champion")
     assert str(champion.version) == teacher["registered"].version and champion.tags["etc.config_hash"]
-    logged = client.get_logged_model(logged_model_id(champion))  # the chosen checkpoint's metrics live on its LoggedModel
+    logged = client.get_logged_model(logged_model_id(champion))  # the chosen checkpoint's metrics are its model's
     on_model = {m.key: m for m in logged.metrics}
     assert on_model["val_miou"].value == pytest.approx(teacher["val_miou"]) and on_model["fps"].value > 0
     (shards_input,) = run.inputs.dataset_inputs  # the shards are the run's input dataset, linked to the metrics
