@@ -136,6 +136,8 @@ def figures(repro: dict | None, flow: dict | None, train: dict | None) -> None:
         plt.close(fig)
 
 
+NOT_MEASURED = {"reproduce": "5. Reproduction with controls (`python -m benchmarks.reproduce --sweep`, then "
+                              "`python -m benchmarks.reproduce`): not yet measured on the accepted data."}
 NAMES = ("train_overhead", "flow_stage", "inference", "data_acceptance", "reproduce", "soak")
 
 
@@ -152,7 +154,8 @@ def render(results: dict[str, dict | None]) -> str:
                 "data_acceptance": report_repro.acceptance_section, "reproduce": report_repro.reproduce_section,
                 "soak": soak_section}
     for name, section in sections.items():
-        lines += section(results[name]) if results.get(name) else [f"## {name}", "", "not yet measured.", ""]
+        lines += section(results[name]) if results.get(name) else [f"## {name}", "", NOT_MEASURED.get(name, "not yet "
+                                                                                                "measured."), ""]
     if READING.exists():
         lines += [READING.read_text().rstrip(), ""]
     return "\n".join(lines)

@@ -41,7 +41,7 @@ def acceptance_section(r: dict) -> list[str]:
     lines += ["", "| criterion (docs/data.md) | value | verdict |", "|---|---|---|"]
     lines += [f"| {c['criterion']} | {c['value']:.2f} | {'holds' if c['holds'] else '**fails**'} |"
               for c in r["criteria"]]
-    lines += ["", "Val mIoU of the baseline by training step (the plateau the checkpoint was chosen on):", ""]
+    lines += ["", "Val mIoU of the baseline by training step (the checkpoint kept is the best of these):", ""]
     for seed, curve in r["val_curves"].items():
         lines.append(f"- seed {seed}: " + ", ".join(f"{int(s)}: {v:.1f}" for s, v in curve))
     return lines + ["", "![val mIoU by step](figures/acceptance_val_curves.png)", ""]
