@@ -193,12 +193,13 @@ def _score_stream(scores: list[_Scores], batches: Iterator[np.ndarray], flow_of:
         if len(seq) > 1:
             flow = torch.as_tensor(np.asarray(flow_of(first, seq[:-1], seq[1:])))  # [P,2,H,W]
         seq_labels = None if labels is None else torch.as_tensor(labels[first:first + len(seq)])
+        frame_labels = None if labels is None else seq_labels[len(seq) - len(frames):]  # labels of `frames`
         for i, s in enumerate(scores):
-            preds = s.predict(frames, None if labels is None else torch.as_tensor(labels[t:t + len(frames)]))
+            preds = s.predict(frames, frame_labels)
             if preds is None:
                 continue
             if labels is not None:
-                s.scores.update_frames(preds, torch.as_tensor(labels[t:t + len(frames)]))
+                s.scores.update_frames(preds, frame_labels)
             else:
                 s.scores.frames += len(frames)
             seq_preds = preds if prev_preds[i] is None else torch.cat([prev_preds[i][None], preds])  # [P+1,H,W]

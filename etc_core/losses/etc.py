@@ -93,7 +93,7 @@ class EtcLoss(nn.Module):
                                                teacher_out_next.features)
         weights = {"ce": cfg.ce_weight, "tc": cfg.tc_weight * tc_scale, "kd_pixel": cfg.kd_pixel_weight,
                    "kd_temporal": cfg.kd_temporal_weight}
-        parts["total"] = sum(weights[name] * parts[name] for name in TERMS if weights[name] > 0) + zero
+        parts["total"] = sum(weights[name] * parts[name] for name in TERMS if weights[name] > 0)
         return parts
 
     def tc_scale(self, step: int, max_steps: int) -> float:

@@ -43,13 +43,14 @@ class Flicker:
         self.counts = torch.zeros(2, 2, dtype=torch.int64, device=device)  # [interior, boundary] x [pixels, flips]
 
     def update(self, pred_t: Tensor, pred_next: Tensor, label_t: Tensor, label_next: Tensor, flow: Tensor,
-               valid: Tensor | None = None) -> None:
-        """All [B,H,W] (flow [B,2,H,W]); counts pixels where label_t == warp(label_next), valid and in frame."""
+               valid: Tensor | None = None, warped_pred: Tensor | None = None) -> None:
+        """All [B,H,W] (flow [B,2,H,W]); counts pixels where label_t == warp(label_next), valid and in frame.
+        warped_pred: warp_labels(pred_next, flow) when the caller has it already."""
         warped_label = warp_labels(label_next, flow)
         stable = (label_t == warped_label) & (label_t != IGNORE_INDEX)  # warp_labels marks out-of-frame as ignore
         if valid is not None:
             stable &= valid.bool()
-        flips = warp_labels(pred_next, flow) != pred_t
+        flips = (warp_labels(pred_next, flow) if warped_pred is None else warped_pred) != pred_t
         interior = interior_mask(label_t)
         for row, where in enumerate((stable & interior, stable & ~interior)):
             self.counts[row, 0] += int(where.sum())
@@ -96,19 +97,20 @@ class SegScores:
         labels [B,H,W] of both frames (255 where unlabelled) and valid bool [B,H,W], each optional."""
         pred_t, pred_next = as_tensor(pred_t, self.device), as_tensor(pred_next, self.device)
         flow = torch.as_tensor(flow).to(self.device, torch.float32)
-        self.tc.update(pred_t, pred_next, flow)
+        warped = warp_labels(pred_next, flow)  # once, for tc, tc_noc and flicker
+        self.tc.update_warped(pred_t, warped)
         self.pairs += len(pred_t)
         if valid is not None:
             valid = as_tensor(valid, self.device).bool()
             self._seen["valid"] = True
-            self.tc_noc.update(pred_t, pred_next, flow, valid)
+            self.tc_noc.update_warped(pred_t, warped, valid)
         if label_t is not None and label_next is not None:
             label_t, label_next = as_tensor(label_t, self.device), as_tensor(label_next, self.device)
             both = ((label_t != IGNORE_INDEX).flatten(1).any(1) & (label_next != IGNORE_INDEX).flatten(1).any(1))
             if both.any():
                 self._seen["label_pairs"] = True
                 self.flicker.update(pred_t[both], pred_next[both], label_t[both], label_next[both], flow[both],
-                                    None if valid is None else valid[both])
+                                    None if valid is None else valid[both], warped[both])
 
     def update_batch(self, batch: dict, pred0: Tensor, pred1: Tensor) -> None:
         """A shard loader batch (etc_core.data.shards.collate) and the predictions of its two frames [B,H,W]:

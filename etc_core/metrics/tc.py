@@ -47,13 +47,15 @@ class TemporalConsistency:
         if pred_t.shape != pred_next.shape or flow.shape != (pred_t.shape[0], 2, *pred_t.shape[1:]):
             raise ValueError(f"TC: pred_t {list(pred_t.shape)}, pred_next {list(pred_next.shape)} and flow "
                              f"{list(flow.shape)} must be [B,H,W], [B,H,W], [B,2,H,W]")
+        self.update_warped(pred_t, warp_labels(pred_next, flow, self.cm.ignore_index), valid)
+
+    def update_warped(self, pred_t: Tensor, warped_next: Tensor, valid: np.ndarray | Tensor | None = None) -> None:
+        """`update` for a caller that has already warped pred_next (warp_labels): int [B,H,W] each."""
         ignore = self.cm.ignore_index
-        warped = warp_labels(pred_next, flow, ignore)
-        warped[pred_t == ignore] = ignore  # pixels ignored in pred_t do not count either
+        drop = pred_t == ignore  # pixels ignored in pred_t do not count either
         if valid is not None:
-            valid = as_tensor(valid, device).bool().reshape(pred_t.shape)
-            warped[~valid] = ignore
-        self.cm.update(pred_t, warped)
+            drop |= ~as_tensor(valid, self.cm.mat.device).bool().reshape(pred_t.shape)
+        self.cm.update(pred_t, torch.where(drop, torch.full_like(warped_next, ignore), warped_next))
 
     def value(self) -> float:
         """TC in percent over classes whose accumulated union is > 0."""
