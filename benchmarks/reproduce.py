@@ -143,8 +143,10 @@ def main() -> None:
         cfg = apply_values(base, {"train.seed": seed, "student.teacher_uri": teacher.model_uri})
         baseline, b_secs = common.train_or_reuse(cfg, "baseline")
         rows = common.score(cfg, baseline)
-        runs.append({"seed": seed, "variant": "baseline", "train_s": b_secs, **{k: rows[0][k] for k in METRICS}})
-        runs.append({"seed": seed, "variant": "teacher", "train_s": secs, **{k: teacher_row[0][k] for k in METRICS}})
+        runs.append({"seed": seed, "variant": "baseline", "train_s": b_secs, "model_uri": baseline.model_uri,
+                     **{k: rows[0][k] for k in METRICS}})
+        runs.append({"seed": seed, "variant": "teacher", "train_s": secs, "model_uri": teacher.model_uri,
+                     **{k: teacher_row[0][k] for k in METRICS}})
         if seed == args.seeds[0]:
             refs = [{"seed": None, "variant": r["model"], **{k: r[k] for k in METRICS}} for r in rows[1:]]
         curves[seed] = smoothing_curve(cfg, baseline)
@@ -152,7 +154,8 @@ def main() -> None:
             student_cfg = apply_values(cfg, {**tune, "student.init_from": baseline.model_uri, **overrides})
             registered, s_secs = common.train_or_reuse(student_cfg, "student")
             row = common.score(student_cfg, registered)[0]
-            runs.append({"seed": seed, "variant": name, "train_s": s_secs, **{k: row[k] for k in METRICS}})
+            runs.append({"seed": seed, "variant": name, "train_s": s_secs, "model_uri": registered.model_uri,
+                         **{k: row[k] for k in METRICS}})
             print(f"seed {seed} {name}: " + " ".join(f"{k} {row[k]:.2f}" for k in METRICS), flush=True)
     seeds = args.seeds
     by = {(r["seed"], r["variant"]): r for r in runs}
