@@ -5,7 +5,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from etc_core.data.synthetic import Look, Scene
 from etc_core.storage.paths import expand_path
+
+_SCENE, _LOOK = Scene(), Look()  # the generator's defaults are the config's
 
 
 class DataConfig(BaseModel):
@@ -28,18 +31,18 @@ class DataConfig(BaseModel):
     label_every: int = Field(1, ge=1)  # train split: keep only every n-th frame's label (Cityscapes keeps 1 in 30)
     label_offset: int = Field(0, ge=0)  # index of the first labelled frame inside a train clip
     # scene (changes labels and flow, exactly)
-    object_scale: tuple[float, float] = (0.1, 0.2)  # object radius, fraction of min(height, width)
-    thin_objects: int = Field(2, ge=0)  # thin bars per clip
-    lookalike: bool = True  # classes come in pairs that share colour and texture, differing in shape and size
-    pair_scale: float = Field(0.75, gt=0, le=2)  # look-alikes: size of the second class of a pair, relative
-    jitter: float = Field(1.0, ge=0)  # camera jitter, pixels (std per frame; carried by the flow)
+    object_scale: tuple[float, float] = _SCENE.object_scale  # object radius, fraction of min(height, width)
+    thin_objects: int = Field(_SCENE.thin_objects, ge=0)  # thin bars per clip
+    lookalike: bool = _SCENE.lookalike  # classes come in pairs that share colour and texture, differing in shape and size
+    pair_scale: float = Field(_SCENE.pair_scale, gt=0, le=2)  # look-alikes: size of the second class of a pair, relative
+    jitter: float = Field(_SCENE.jitter, ge=0)  # camera jitter, pixels (std per frame; carried by the flow)
     # per-frame nuisances (change pixels only); docs/data.md says why these strengths
-    noise: float = Field(0.02, ge=0, le=1)  # global gain / offset per frame
-    motion_blur: float = Field(0.5, ge=0, le=1)  # exposure, fraction of the frame interval
-    illumination: float = Field(0.25, ge=0, le=1)  # moving light gradient and shadow
-    shot_noise: float = Field(0.3, ge=0)  # sensor noise variance per grey level
-    read_noise: float = Field(2.0, ge=0)  # sensor noise std, grey levels
-    jpeg_quality: tuple[int, int] | None = (40, 90)  # JPEG quality range drawn per frame; null = no re-encoding
+    noise: float = Field(_LOOK.noise, ge=0, le=1)  # global gain / offset per frame
+    motion_blur: float = Field(_LOOK.motion_blur, ge=0, le=1)  # exposure, fraction of the frame interval
+    illumination: float = Field(_LOOK.illumination, ge=0, le=1)  # moving light gradient and shadow
+    shot_noise: float = Field(_LOOK.shot_noise, ge=0)  # sensor noise variance per grey level
+    read_noise: float = Field(_LOOK.read_noise, ge=0)  # sensor noise std, grey levels
+    jpeg_quality: tuple[int, int] | None = _LOOK.jpeg_quality  # JPEG quality range drawn per frame; null = no re-encoding
 
     @property
     def split_sizes(self) -> dict[str, int]:

@@ -43,12 +43,16 @@ def _spec(cfg: DataConfig) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(cfg, k)) for k in _SPEC_KEYS)}
 
 
+def _from_spec(cls, keys: tuple[str, ...], spec: dict):
+    return cls(**{k: tuple(spec[k]) if isinstance(spec[k], list) else spec[k] for k in keys})
+
+
 def scene_of(spec: dict) -> Scene:
-    return Scene(**{k: tuple(spec[k]) if isinstance(spec[k], list) else spec[k] for k in _SCENE_KEYS})
+    return _from_spec(Scene, _SCENE_KEYS, spec)
 
 
 def look_of(spec: dict) -> Look:
-    return Look(**{k: tuple(spec[k]) if isinstance(spec[k], list) else spec[k] for k in _LOOK_KEYS})
+    return _from_spec(Look, _LOOK_KEYS, spec)
 
 
 def clip_seed(seed: int, split: str, index: int) -> int:
