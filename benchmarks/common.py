@@ -14,7 +14,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 CONFIG = REPO / "configs" / "reproduce.yaml"
-ROOT = REPO / "runs" / "bench"  # everything a benchmark writes besides its result file
+# Everything a benchmark writes besides its result file. ETC_BENCH_ROOT points another checkout at the same runs
+# (the paths are part of every stage's cache key, so trained models are reused only under the same root).
+ROOT = Path(os.environ.get("ETC_BENCH_ROOT", REPO / "runs" / "bench"))
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

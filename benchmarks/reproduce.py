@@ -90,10 +90,11 @@ def above_curve(point: dict, curve: list[dict], key: str = "tc_noc") -> float | 
     return None
 
 
-def run_sweep(base, quick: bool) -> dict:
+def run_sweep(base, tune: dict, quick: bool) -> dict:
     """The project's sweep (etc_core.sweep, Ray Tune) of the temporal weight, once per form (each its own range),
-    every trial fine-tuning seed 0's baseline. The choice, on val only: the highest val tc_noc among the trials
-    whose val mIoU is at least the baseline's - 0.5 (else the highest val mIoU). Every trial is kept."""
+    every trial fine-tuning seed 0's baseline (trained on the full schedule of `base`) with the `tune` schedule.
+    The choice, on val only: the highest val tc_noc among the trials whose val mIoU is at least the baseline's - 0.5
+    (else the highest val mIoU). Every trial is kept."""
     from etc_core.config import ParamSpace
     from etc_core.sweep.run import run_sweep as sweep
     from etc_core.sweep.space import apply_values
@@ -103,7 +104,7 @@ def run_sweep(base, quick: bool) -> dict:
     ranges = {"logits": (0.01, 1.0), "probs": (0.1, 10.0)}
     trials = []
     for form, (low, high) in ranges.items():
-        cfg = apply_values(base, {**NO_KD, "train.seed": 0, "student.init_from": baseline.model_uri,
+        cfg = apply_values(base, {**tune, **NO_KD, "train.seed": 0, "student.init_from": baseline.model_uri,
                                   "student.loss.tc_on": form, "sweep.search": "random", "sweep.scheduler": "fifo",
                                   "sweep.num_samples": 1 if quick else 4, "sweep.max_concurrent_trials": 1})
         cfg = cfg.model_copy(update={"sweep": cfg.sweep.model_copy(update={"space": {
@@ -132,7 +133,7 @@ def main() -> None:
             "train.steps_per_epoch": 2 if args.quick else max(1, args.finetune_steps // 3)}
     suffix = "_quick" if args.quick else ""
     if args.sweep:
-        result = run_sweep(apply_values(base, tune), args.quick)
+        result = run_sweep(base, tune, args.quick)
         common.save("reproduce_sweep" + suffix, {"command": "python -m benchmarks.reproduce --sweep", **result},
                     started)
         return
