@@ -40,10 +40,11 @@ def stage_spec(cfg: EtcConfig, stage: str):
     cross-entropy only: the "without ETC" row every comparison needs)."""
     if stage == "teacher":
         return cfg.teacher
-    if stage == "baseline":  # from the student's own init, never from student.init_from
+    if stage == "baseline":  # from the student's own init, never from student.init_from; it reads no teacher
         per_frame = cfg.student.loss.model_copy(update={"tc_weight": 0.0, "kd_pixel_weight": 0.0,
                                                         "kd_temporal_weight": 0.0, "tc_ramp": 0.0})
-        return cfg.student.model_copy(update={"loss": per_frame, "init_from": None})
+        no_teacher = type(cfg.student).model_fields["teacher_uri"].default
+        return cfg.student.model_copy(update={"loss": per_frame, "init_from": None, "teacher_uri": no_teacher})
     if stage != "student":
         raise ValueError(f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
     return cfg.student

@@ -81,6 +81,19 @@ def test_the_baseline_never_inherits_the_students_warm_start_or_ramp():
     assert stage_spec(cfg, "student").init_from == "models:/etc-baseline-pspnet18/1"
 
 
+def test_the_baselines_cache_key_ignores_what_it_does_not_read():
+    """The per-frame baseline reads no teacher and no ETC weight: changing them must not retrain it (the
+    reproduction reuses the baselines of the data acceptance), while the student's own key does change."""
+    from etc_core.train.run import stage_hash
+
+    cfg = load_config(None)
+    changed = load_config(None, ["student.teacher_uri=models:/etc-teacher/7", "student.loss.tc_weight=0.5",
+                                 "student.init_from=models:/etc-baseline/1"])
+    assert stage_hash(changed, "baseline") == stage_hash(cfg, "baseline")
+    assert stage_hash(changed, "student") != stage_hash(cfg, "student")
+    assert stage_hash(load_config(None, ["student.arch=mobilenetv2"]), "baseline") != stage_hash(cfg, "baseline")
+
+
 def test_zero_flow_control_compares_frames_without_motion():
     """tc_flow=zero (a control of the reproduction) ignores the shards' flow; the default uses it."""
     from etc_core.models import SegOutput
