@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from etc_core.data.config import DataConfig
 from etc_core.errors import ConfigError
 from etc_core.losses.etc import LossConfig
-from etc_core.storage.paths import ENV_RE as _ENV_RE, expand_path as _expand_path
+from etc_core.storage.paths import ENV_RE as _ENV_RE, expand_path as _expand_path, is_relative
 from etc_core.train.config import StageTrain, TrainConfig
 
 
@@ -87,6 +87,9 @@ class RegistryConfig(_Section):
     score_tc_weight: float = Field(0.5, ge=0, le=1)  # val_score = (1 - w) * mIoU + w * TC
 
 
+DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
+
+
 class MlflowConfig(_Section):
     """Where runs, pictures and models go. tracking_uri: None = $MLFLOW_TRACKING_URI, else SQLite under runs/."""
 
@@ -97,7 +100,7 @@ class MlflowConfig(_Section):
     @field_validator("tracking_uri")
     @classmethod
     def _resolve_uri(cls, value: str | None) -> str:
-        value = value or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///runs/mlflow.db"
+        value = value or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
         if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
             return "sqlite:///" + _expand_path(value[len("sqlite:///"):])  # four slashes: absolute
         return _ENV_RE.sub(lambda m: os.environ.get(m.group(1), m.group(0)), value)
@@ -199,7 +202,7 @@ class SweepConfig(_Section):
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = Field(1, ge=1)  # epochs (reports) before ASHA may stop a trial
     reduction_factor: float = Field(2.0, gt=1)
-    cpus_per_trial: float = Field(1.0, gt=0)  # the trial's driver; its Ray Train workers ask train.cpus_per_worker
+    cpus_per_trial: float = Field(1.0, ge=0)  # the trial's driver; its Ray Train workers ask train.cpus_per_worker
     max_concurrent_trials: int | None = Field(None, ge=1)  # None: as many as the cluster's CPUs hold
     seed: int = 0  # of the search algorithm
     register_best: bool = False  # register the best trial's best checkpoint as etc-student-<arch>
@@ -230,6 +233,9 @@ class EtcConfig(_Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+    # (key, value as written) of the paths given relative: resolved against where the command started, they
+    # name another folder on another node (etc_core/cluster_check.py). Not a field: not hashed, not dumped.
+    _relative: tuple[tuple[str, str], ...] = PrivateAttr(default=())
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any, item: str) -> None:
@@ -291,11 +297,35 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         _set_dotted(tree, dotted, value, item)
         from_override[dotted] = item
     try:
-        return EtcConfig.model_validate(tree)
+        cfg = EtcConfig.model_validate(tree)
     except ValidationError as e:
         key, reason = _describe(e.errors()[0], EtcConfig)
         where = f"override {from_override[key]}" if key in from_override else source
         raise ConfigError(f"{where}: {key}: {reason}") from None
+    cfg._relative = _relative_paths(tree)
+    return cfg
+
+
+PATH_KEYS = ("data.root", "shards.uri", "train.storage_path", "mlflow.artifact_root")
+
+
+def _relative_paths(tree: dict) -> tuple[tuple[str, str], ...]:
+    """(key, value as written) of every local path in the config tree (or its default) that is relative."""
+    found = []
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        given = tree.get(section) if isinstance(tree.get(section), dict) else {}
+        default = EtcConfig.model_fields[section].annotation.model_fields[name].default
+        found.append((key, str(given.get(name, default))))
+    for stage in ("teacher", "student"):
+        given = (tree.get(stage) or {}).get("train") if isinstance(tree.get(stage), dict) else None
+        if isinstance(given, dict) and "storage_path" in given:
+            found.append((f"{stage}.train.storage_path", str(given["storage_path"])))
+    uri = (tree.get("mlflow") or {}).get("tracking_uri") if isinstance(tree.get("mlflow"), dict) else None
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        found.append(("mlflow.tracking_uri", uri))
+    return tuple((key, value) for key, value in found if key == "mlflow.tracking_uri" or is_relative(value))
 
 
 def config_hash(*sections: BaseModel) -> str:

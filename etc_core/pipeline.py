@@ -49,6 +49,12 @@ def _stage(name: str, what: str) -> Iterator[None]:
     log.info("== %s: finished in %.0f s", name, time.perf_counter() - start)
 
 
+def training_stages(cfg: EtcConfig) -> tuple[str, ...]:
+    """The training stages a pipeline run of cfg can start (for the resource check before any work)."""
+    baseline = cfg.pipeline.baseline or cfg.student.init_from == "baseline"
+    return ("teacher", *(["baseline"] if baseline else []), "student")
+
+
 def run_pipeline(cfg: EtcConfig, force: tuple[str, ...] = ()) -> PipelineResult:
     """Run every stage for cfg (Ray must be up); returns what ran, what was reused and the evaluation table.
 

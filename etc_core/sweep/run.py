@@ -149,7 +149,8 @@ def _concurrency(cfg: EtcConfig) -> int:
     import ray
 
     per_trial = cfg.sweep.cpus_per_trial + cfg.train.workers * cfg.train.cpus_per_worker
-    fits = max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
+    cpus = ray.cluster_resources().get("CPU", 1)
+    fits = max(1, int(cpus // per_trial) if per_trial else int(cpus))
     if cfg.sweep.max_concurrent_trials is None:
         return fits
     if cfg.sweep.max_concurrent_trials > fits:
