@@ -51,6 +51,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 def test_every_entry_point_refuses_bad_input_before_ray_with_exit_2(tmp_path):
     def one(name):
         root = tmp_path / name

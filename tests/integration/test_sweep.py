@@ -89,6 +89,7 @@ def _final_step(run: Path) -> int:
     return max((r["metrics"].get("step", 0) for r in results), default=0)
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_with_tuner_restore(ray_local, tiny_shards, tmp_path):
     overrides = [*tiny_shards, *run_dirs(tmp_path), *TINY_TRAIN, "sweep.num_samples=3", "sweep.search=optuna",
                  "sweep.scheduler=fifo", "sweep.metric=val_score",

@@ -86,6 +86,7 @@ def _train_cmd(tiny_shards, tmp_path, ray_address: str, *extra: str) -> list[str
             "train.workers=1", *extra]
 
 
+@pytest.mark.slow
 def test_killed_driver_resumes_from_checkpoint_step(tiny_shards, tmp_path, ray_local):
     import subprocess
     import sys

@@ -137,6 +137,7 @@ def test_corrupt_shard_is_one_line_naming_shard_and_member(kind, checkpoint, tmp
     assert not out.exists()  # no partial table
 
 
+@pytest.mark.slow
 def test_corrupt_shard_in_training_leaves_no_checkpoint_model_or_running_run(tmp_path):
     """Ray Train on a truncated shard: one line naming it, no checkpoint, nothing registered, the run FAILED."""
     uri = write_shard_set(str(tmp_path / "shards"))

@@ -42,6 +42,7 @@ def _teacher_history(tracking_uri: str) -> tuple[dict, list[int]]:
     return values, loss_steps
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_epoch_resumes_and_matches_an_uninterrupted_run(tiny_shards, tmp_path, ray_local):
     """SIGKILL the Ray Train worker inside an epoch: Ray restarts it from the last checkpoint the controller had
     registered, the run registers one version, and every logged value (val mIoU/TC per epoch, loss per step, the
@@ -115,6 +116,7 @@ def _read_new_tars(listed: list[str], verified: set[str], endpoint: str | None =
     return len(listed)
 
 
+@pytest.mark.slow
 def test_flow_driver_killed_rerun_writes_only_the_missing_shards(ray_local, flow_data, tmp_path):
     address = ray_local.get_runtime_context().gcs_address
     killed, clean = tmp_path / "killed", tmp_path / "clean"
@@ -149,6 +151,7 @@ def test_flow_driver_killed_rerun_writes_only_the_missing_shards(ray_local, flow
             assert (killed / shard["path"]).read_bytes() == (clean / shard["path"]).read_bytes()
 
 
+@pytest.mark.slow
 def test_flow_driver_killed_on_s3_lists_no_partial_object_and_rerun_aborts_its_uploads(ray_local, moto_s3, flow_data,
                                                                                       tmp_path, monkeypatch):
     bucket, uri = "etc-faults", "s3://etc-faults/shards"
@@ -196,6 +199,7 @@ def test_flow_driver_killed_on_s3_lists_no_partial_object_and_rerun_aborts_its_u
         assert shards.count_samples(url, moto_s3) == samples
 
 
+@pytest.mark.slow
 def test_full_pipeline_killed_between_stages_reruns_only_the_rest(ray_local, tmp_path):
     args = full_args(tmp_path, ray_local.get_runtime_context().gcs_address)
     proc = popen(args)
