@@ -49,7 +49,7 @@ def check_training(cfg: EtcConfig, stage: str) -> None:
         spec = stage_spec(cfg, stage)
         if stage == "student" and spec.loss.needs_teacher:
             _model_uri("student.teacher_uri", cfg.student.teacher_uri, cfg)
-        if stage == "student" and cfg.student.init_from not in (None, "baseline"):
+        if stage == "student" and cfg.student.init_from:
             _model_uri("student.init_from", cfg.student.init_from, cfg)
 
 
@@ -62,7 +62,7 @@ def check_sweep(cfg: EtcConfig) -> None:
         _stores(cfg, need_shards=True)
         if may_need_teacher(cfg):
             _model_uri("student.teacher_uri", cfg.student.teacher_uri, cfg)
-        if cfg.student.init_from not in (None, "baseline"):
+        if cfg.student.init_from:
             _model_uri("student.init_from", cfg.student.init_from, cfg)
 
 
@@ -158,6 +158,9 @@ def _model_uri(key: str, uri: str, cfg: EtcConfig) -> None:
     from etc_core.infer import InputError
     from etc_core.infer.load import load_any
 
+    if uri == "baseline":
+        raise ConfigError(f"{key}: `baseline` names the baseline of a pipelines/full.py run; for this stage alone "
+                          "give its URI (models:/etc-baseline-<arch>/<version>) or student.init_from=null")
     try:
         load_any(uri, cfg.mlflow.tracking_uri)
     except InputError as e:
