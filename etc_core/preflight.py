@@ -132,9 +132,14 @@ def _stores(cfg: EtcConfig, need_shards: bool = False) -> None:
     """Credentials present for every s3:// location, then the shard store and MLflow answer (under the store lock:
     two runs must not create a fresh SQLite store's tables at once)."""
     from etc_core import locks
+    from etc_core.data import shards
     from etc_core.entry import check_stores
+    from etc_core.errors import ShardError
 
     _credentials(cfg)
+    if need_shards and shards.read_manifest(cfg.shards.uri, cfg.s3.endpoint_url, cfg.s3.region) is None:
+        # before the lock: a refusal leaves nothing behind, not even the lock file
+        raise ShardError(f"{cfg.shards.uri}/manifest.json: not found (run pipelines/precompute_flow.py first)")
     with locks.hold(locks.store_lock(cfg.mlflow.tracking_uri), cfg.pipeline.lock_wait_s):
         check_stores(cfg, need_shards=need_shards)
 

@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     from etc_core.ray_utils import init_ray
     from etc_core.tracking.mlflow import redact
 
+    check_full(cfg, tuple(args.force))  # bad input of any kind: one line, exit 2, before Ray and any run
     # one pipeline at a time per SQLite MLflow store, from its first use (a fresh store's tables are made there)
     with locks.hold(locks.store_lock(cfg.mlflow.tracking_uri), cfg.pipeline.lock_wait_s):
-        check_full(cfg, tuple(args.force))  # bad input of any kind: one line, exit 2, before Ray and any run
         init_ray(cfg.ray)
         check_cluster(cfg, training_stages(cfg), sweep=cfg.pipeline.sweep)  # a request this cluster can never hold
         result = run_pipeline(cfg, force=tuple(args.force))
