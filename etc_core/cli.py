@@ -13,9 +13,12 @@ from etc_core.entry import run_entry
 
 def make_dataset(argv: list[str] | None = None) -> int:
     """Write the generated video dataset of the config's `data` section and print its summary."""
-    from etc_core.data.generated import write_dataset
+    from etc_core.data.generated import check_existing, write_dataset
+    from etc_core.preflight import bad_input
 
     cfg, _ = parse_args("Write the generated video dataset (frames, labels, flow) to data.root.", argv)
+    with bad_input():  # data.root holding another dataset: exit 2 before any clip is written
+        check_existing(cfg.data)
     print(write_dataset(cfg.data).summary())
     return 0
 
@@ -95,6 +98,8 @@ def evaluate(argv: list[str] | None = None) -> int:
     from etc_core.infer.evaluate import evaluate_models, format_table, write_json
     from etc_core.infer.load import load_any, pick_device
     from etc_core.infer.predict import parse_size
+    from etc_core.preflight import bad_input
+    from etc_core.errors import ShardError
 
     def add(parser) -> None:
         _model_args(parser, repeat=True)
@@ -111,7 +116,13 @@ def evaluate(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(evaluate.__doc__.splitlines()[0], argv, add)
     size = parse_size(args.size)
     flow_model = args.flow_model or (cfg.flow.model if args.input else None)
-    models = [(spec, *load_any(spec, cfg.mlflow.tracking_uri)) for spec in args.model]
+    with bad_input():  # the models, and a shard set that is missing or refuses the credentials: exit 2
+        models = [(spec, *load_any(spec, cfg.mlflow.tracking_uri)) for spec in args.model]
+        if args.shards:
+            from etc_core.data import shards
+
+            if shards.read_manifest(args.shards) is None:
+                raise ShardError(f"{args.shards}/manifest.json: not found (--shards: a flow-stage shard set)")
     result = evaluate_models(models, shards=args.shards, data=args.data, video=args.input, split=args.split,
                              flow_model=flow_model, flow_weights=args.flow_weights or cfg.flow.weights,
                              device=pick_device(args.device), half=args.half, size=size, batch_size=args.batch_size)

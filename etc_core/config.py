@@ -11,15 +11,17 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from etc_core.data.config import DataConfig
 from etc_core.errors import ConfigError
 from etc_core.losses.etc import LossConfig
-from etc_core.storage.paths import ENV_RE as _ENV_RE, expand_path as _expand_path
+from etc_core.storage.paths import ENV_RE as _ENV_RE, expand_path as _expand_path, is_relative
+from etc_core.train.config import StageTrain, TrainConfig
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
@@ -30,41 +32,6 @@ class RayConfig(_Section):
 
     address: str | None = None
     num_cpus: int | None = Field(None, ge=1)
-
-
-class TrainConfig(_Section):
-    """What teacher and student training share: Ray Train scaling, optimiser, schedule, augmentation, checkpoints."""
-
-    max_steps: int = Field(300, ge=1)  # optimizer steps in all
-    steps_per_epoch: int = Field(50, ge=1)  # validation, checkpoint and MLflow cadence
-    workers: int = Field(1, ge=0)  # Ray Train workers; 0 = Ray's local mode (the loop runs in the driver)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
-    loader_workers: int = Field(0, ge=0)  # DataLoader processes per Ray Train worker
-    batch_size: int = Field(8, ge=1)  # per worker
-    val_batch_size: int = Field(8, ge=1)
-    crop: tuple[int, int] | None = None  # (height, width); None = the whole frame
-    scale: tuple[float, float] = (0.5, 2.0)
-    flip: bool = True
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.01, gt=0)  # backbone; heads get lr * head_lr_mult (docs/method.md)
-    head_lr_mult: float = Field(10.0, gt=0)  # only when the backbone starts from ImageNet weights
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
-    poly_power: float = Field(0.9, ge=0)
-    amp: bool = True  # mixed precision, on GPU only
-    grad_clip: float | None = Field(None, gt=0)
-    seed: int = 0
-    log_every: int = Field(10, ge=1)
-    num_to_keep: int = Field(2, ge=1)  # best checkpoints kept, by val mIoU
-    max_failures: int = Field(2, ge=-1)  # worker-group restarts from the last checkpoint (-1 = forever)
-    storage_path: str = "runs/ray_results"  # local path or s3://bucket/prefix
-    pictures: int = Field(4, ge=0)  # val pairs drawn in the per-epoch picture grid
-
-    @field_validator("storage_path")
-    @classmethod
-    def _absolute_storage(cls, value: str) -> str:
-        return _expand_path(value)
 
 
 def _registered_arch(value: str) -> str:
@@ -84,8 +51,11 @@ class TeacherConfig(_Section):
     """The large teacher: trained with CE + the temporal loss (docs/method.md)."""
 
     arch: Arch = "pspnet50"
+    HASH_OMIT_EMPTY: ClassVar[tuple[str, ...]] = ("train",)  # unset: not in the cache key (config_hash)
+
     pretrained: Literal["none", "imagenet"] = "none"  # backbone init; train.head_lr_mult applies only with imagenet
     loss: LossConfig = Field(default_factory=LossConfig)
+    train: StageTrain = Field(default_factory=dict)  # train.* keys for the teacher only (teacher.train.max_steps=...)
 
 
 class StudentLossConfig(LossConfig):
@@ -100,7 +70,10 @@ class StudentConfig(_Section):
 
     arch: Arch = "pspnet18"
     pretrained: Literal["none", "imagenet"] = "none"  # backbone init; train.head_lr_mult applies only with imagenet
+    HASH_OMIT_EMPTY: ClassVar[tuple[str, ...]] = ("train",)  # unset: not in the cache key (config_hash)
+
     loss: StudentLossConfig = Field(default_factory=StudentLossConfig)
+    train: StageTrain = Field(default_factory=dict)  # train.* keys for the student only, not its baseline
     teacher_uri: str = "models:/etc-teacher@champion"
     init_from: str | None = None  # fine-tune from: models:/name/3, runs:/<id>, a checkpoint, or `baseline` (full.py:
     # the per-frame baseline that the same pipeline run trained or reused)
@@ -114,6 +87,9 @@ class RegistryConfig(_Section):
     score_tc_weight: float = Field(0.5, ge=0, le=1)  # val_score = (1 - w) * mIoU + w * TC
 
 
+DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
+
+
 class MlflowConfig(_Section):
     """Where runs, pictures and models go. tracking_uri: None = $MLFLOW_TRACKING_URI, else SQLite under runs/."""
 
@@ -124,7 +100,7 @@ class MlflowConfig(_Section):
     @field_validator("tracking_uri")
     @classmethod
     def _resolve_uri(cls, value: str | None) -> str:
-        value = value or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///runs/mlflow.db"
+        value = value or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
         if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
             return "sqlite:///" + _expand_path(value[len("sqlite:///"):])  # four slashes: absolute
         return _ENV_RE.sub(lambda m: os.environ.get(m.group(1), m.group(0)), value)
@@ -226,7 +202,7 @@ class SweepConfig(_Section):
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = Field(1, ge=1)  # epochs (reports) before ASHA may stop a trial
     reduction_factor: float = Field(2.0, gt=1)
-    cpus_per_trial: float = Field(1.0, gt=0)  # the trial's driver; its Ray Train workers ask train.cpus_per_worker
+    cpus_per_trial: float = Field(1.0, ge=0)  # the trial's driver; its Ray Train workers ask train.cpus_per_worker
     max_concurrent_trials: int | None = Field(None, ge=1)  # None: as many as the cluster's CPUs hold
     seed: int = 0  # of the search algorithm
     register_best: bool = False  # register the best trial's best checkpoint as etc-student-<arch>
@@ -257,6 +233,9 @@ class EtcConfig(_Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+    # (key, value as written) of the paths given relative: resolved against where the command started, they
+    # name another folder on another node (etc_core/cluster_check.py). Not a field: not hashed, not dumped.
+    _relative: tuple[tuple[str, str], ...] = PrivateAttr(default=())
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any, item: str) -> None:
@@ -318,11 +297,35 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         _set_dotted(tree, dotted, value, item)
         from_override[dotted] = item
     try:
-        return EtcConfig.model_validate(tree)
+        cfg = EtcConfig.model_validate(tree)
     except ValidationError as e:
         key, reason = _describe(e.errors()[0], EtcConfig)
         where = f"override {from_override[key]}" if key in from_override else source
         raise ConfigError(f"{where}: {key}: {reason}") from None
+    cfg._relative = _relative_paths(tree)
+    return cfg
+
+
+PATH_KEYS = ("data.root", "shards.uri", "train.storage_path", "mlflow.artifact_root")
+
+
+def _relative_paths(tree: dict) -> tuple[tuple[str, str], ...]:
+    """(key, value as written) of every local path in the config tree (or its default) that is relative."""
+    found = []
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        given = tree.get(section) if isinstance(tree.get(section), dict) else {}
+        default = EtcConfig.model_fields[section].annotation.model_fields[name].default
+        found.append((key, str(given.get(name, default))))
+    for stage in ("teacher", "student"):
+        given = (tree.get(stage) or {}).get("train") if isinstance(tree.get(stage), dict) else None
+        if isinstance(given, dict) and "storage_path" in given:
+            found.append((f"{stage}.train.storage_path", str(given["storage_path"])))
+    uri = (tree.get("mlflow") or {}).get("tracking_uri") if isinstance(tree.get("mlflow"), dict) else None
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        found.append(("mlflow.tracking_uri", uri))
+    return tuple((key, value) for key, value in found if key == "mlflow.tracking_uri" or is_relative(value))
 
 
 def config_hash(*sections: BaseModel) -> str:
@@ -330,9 +333,18 @@ def config_hash(*sections: BaseModel) -> str:
     import hashlib
     import json
 
-    payload = json.dumps([type(s).__name__ for s in sections] + [s.model_dump(mode="json") for s in sections],
-                         sort_keys=True)
+    payload = json.dumps([type(s).__name__ for s in sections] + [_hash_dump(s) for s in sections], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def _hash_dump(section: BaseModel) -> dict:
+    """section.model_dump without its HASH_OMIT_EMPTY fields while they are empty: a key added later, unset, leaves
+    the hashes (and so the cached stages) of existing configs as they were."""
+    dump = section.model_dump(mode="json")
+    for name in getattr(section, "HASH_OMIT_EMPTY", ()):
+        if not dump.get(name):
+            dump.pop(name, None)
+    return dump
 
 
 def flatten(cfg: BaseModel, prefix: str = "") -> dict[str, Any]:

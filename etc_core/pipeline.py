@@ -49,6 +49,12 @@ def _stage(name: str, what: str) -> Iterator[None]:
     log.info("== %s: finished in %.0f s", name, time.perf_counter() - start)
 
 
+def training_stages(cfg: EtcConfig) -> tuple[str, ...]:
+    """The training stages a pipeline run of cfg can start (for the resource check before any work)."""
+    baseline = cfg.pipeline.baseline or cfg.student.init_from == "baseline"
+    return ("teacher", *(["baseline"] if baseline else []), "student")
+
+
 def run_pipeline(cfg: EtcConfig, force: tuple[str, ...] = ()) -> PipelineResult:
     """Run every stage for cfg (Ray must be up); returns what ran, what was reused and the evaluation table.
 
@@ -85,7 +91,7 @@ def _run_stages(cfg: EtcConfig, force: tuple[str, ...]) -> PipelineResult:
             baseline = _train(cfg, "baseline", "baseline" in force, parent.info.run_id, result)
             cfg = apply_values(cfg, {"student.init_from": baseline.model_uri})
         if cfg.pipeline.sweep:  # a finished sweep of the same config is restored, not rerun
-            cfg = _sweep(cfg, parent.info.run_id, result)
+            cfg = _sweep(cfg, parent.info.run_id, result, force="sweep" in force)
         if cfg.pipeline.baseline and "baseline" not in result.models:
             _train(cfg, "baseline", "baseline" in force, parent.info.run_id, result)
         _train(cfg, "student", "student" in force, parent.info.run_id, result)
@@ -111,23 +117,24 @@ def _train(cfg: EtcConfig, stage: str, force: bool, parent_run_id: str, result: 
         result.skipped.append(stage)
         result.models[stage] = found
         return found
-    from etc_core.train.loop import stage_spec
+    from etc_core.train.config import stage_config, stage_spec
 
-    with _stage(stage, f"training {stage_spec(cfg, stage).arch} for {cfg.train.max_steps} steps on "
-                       f"{cfg.train.workers} Ray Train worker(s)"):
+    train = stage_config(cfg, stage).train
+    with _stage(stage, f"training {stage_spec(cfg, stage).arch} for {train.max_steps} steps on "
+                       f"{train.workers} Ray Train worker(s)"):
         summary = run_training(cfg, stage, parent_run_id=parent_run_id, force=force)
     result.ran.append(stage)
     result.models[stage] = summary["registered"]
     return summary["registered"]
 
 
-def _sweep(cfg: EtcConfig, parent_run_id: str, result: PipelineResult) -> EtcConfig:
-    """Run (or resume) the loss-weight sweep; continue with its best trial's config (written as best.yaml)."""
+def _sweep(cfg: EtcConfig, parent_run_id: str, result: PipelineResult, force: bool = False) -> EtcConfig:
+    """Run (or resume; with force, redo) the loss-weight sweep; continue with its best trial's config (best.yaml)."""
     from etc_core.config import load_config
     from etc_core.sweep.run import run_sweep
 
     with _stage("sweep", f"{cfg.sweep.num_samples} trials over {', '.join(cfg.sweep.space)}"):
-        summary = run_sweep(cfg, parent_run_id=parent_run_id)
+        summary = run_sweep(cfg, parent_run_id=parent_run_id, force=force)
     result.ran.append("sweep")
     return load_config(summary["best_yaml"])
 

@@ -5,7 +5,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Passed to the job when set in this shell (so every Ray process of the job sees them).
 PASS_VARS=(MLFLOW_TRACKING_URI MLFLOW_S3_ENDPOINT_URL AWS_ENDPOINT_URL AWS_DEFAULT_REGION ETC_BUCKET
-           CITYSCAPES_ROOT CAMVID_ROOT MLFLOW_DISABLE_TELEMETRY ETC_GIT_COMMIT)
+           CITYSCAPES_ROOT CAMVID_ROOT MLFLOW_DISABLE_TELEMETRY ETC_GIT_COMMIT ETC_BASE_DIR)
 SECRET_VARS=(AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN)
 EXCLUDES='[".git", ".venv", "runs", "mlruns", "**/__pycache__", "*.egg-info"]'
 
@@ -31,7 +31,10 @@ Uploads this checkout (without ${EXCLUDES//\"/};
 
 Passed to the job when set here: ${PASS_VARS[*]:0:4}
     ${PASS_VARS[*]:4}
-    (ETC_GIT_COMMIT defaults to this checkout's commit: the job's MLflow runs are tagged with it).
+    (ETC_GIT_COMMIT defaults to this checkout's commit: the job's MLflow runs are tagged with it;
+    ETC_BASE_DIR to the directory you run this from: the job resolves relative config paths against it, as a
+    local run would, instead of inside Ray's unpacked copy; a cluster of several nodes, or with an autoscaler,
+    refuses relative paths instead: give absolute shared paths or s3://. --config is read in the uploaded copy).
 RAY_AUTH_MODE defaults to token (the client reads ~/.ray/auth_token or RAY_AUTH_TOKEN).
 EOF
 }
@@ -58,6 +61,9 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
+# relative config paths mean the same as in a local run: against where this command was started (etc_core/storage/paths.py)
+ETC_BASE_DIR="${ETC_BASE_DIR:-$PWD}"
+export ETC_BASE_DIR
 cd "$REPO"
 [[ -f "$entry" ]] || die "--entry: $entry not found in $REPO"
 # the job gets no .git (excluded above): it tags its MLflow runs with the commit this checkout is at

@@ -17,9 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from etc_core.config import parse_args  # noqa: E402
-from etc_core.entry import check_stores, run_entry  # noqa: E402
+from etc_core.entry import run_entry  # noqa: E402
 
-FORCEABLE = ("flow", "teacher", "baseline", "student")
+FORCEABLE = ("flow", "teacher", "sweep", "baseline", "student")  # every stage with an output to redo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,17 +29,17 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg, args = parse_args(__doc__.splitlines()[0], argv, add)
     from etc_core import locks
-    from etc_core.flow.estimate import check_ptlflow
-    from etc_core.pipeline import run_pipeline
+    from etc_core.cluster_check import check_cluster
+    from etc_core.pipeline import run_pipeline, training_stages
+    from etc_core.preflight import check_full
     from etc_core.ray_utils import init_ray
     from etc_core.tracking.mlflow import redact
 
-    if cfg.flow.source == "ptlflow" or cfg.pipeline.ptlflow_timing_pairs:  # a bad flow.model: one line, exit 2
-        check_ptlflow(cfg.flow.model, cfg.flow.weights if cfg.flow.source == "ptlflow" else "none")
+    check_full(cfg, tuple(args.force))  # bad input of any kind: one line, exit 2, before Ray and any run
     # one pipeline at a time per SQLite MLflow store, from its first use (a fresh store's tables are made there)
     with locks.hold(locks.store_lock(cfg.mlflow.tracking_uri), cfg.pipeline.lock_wait_s):
-        check_stores(cfg)  # a dead endpoint, refused credentials or MLflow: one line, before Ray and any run
         init_ray(cfg.ray)
+        check_cluster(cfg, training_stages(cfg), sweep=cfg.pipeline.sweep)  # a request this cluster can never hold
         result = run_pipeline(cfg, force=tuple(args.force))
     print()
     print(f"stages run: {', '.join(result.ran) or '-'}; reused: {', '.join(result.skipped) or '-'}")

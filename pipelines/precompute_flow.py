@@ -20,31 +20,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from etc_core.config import flatten, parse_args  # noqa: E402
-from etc_core.entry import check_stores, run_entry  # noqa: E402
+from etc_core.entry import run_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_args(__doc__.splitlines()[0], argv)
-    from etc_core import locks
     from etc_core.tracking import mlflow as tracking
     from etc_core.data import shards
+    from etc_core.cluster_check import check_cluster
     from etc_core.data.registry import open_dataset
-    from etc_core.flow.estimate import check_ptlflow
     from etc_core.flow.stage import pair_picture, run_flow_stage
+    from etc_core.preflight import check_flow
     from etc_core.ray_utils import init_ray
 
-    if cfg.flow.source == "ptlflow":  # a bad model name or unreachable weights: one line before Ray starts
-        check_ptlflow(cfg.flow.model, cfg.flow.weights)
     if cfg.s3.endpoint_url:  # readers (and Ray workers started here) find the endpoint where boto3 looks
         os.environ.setdefault("AWS_ENDPOINT_URL", cfg.s3.endpoint_url)
-    # a missing or broken Cityscapes/CamVid tree, an unreachable store or refused credentials: one line, before
-    # Ray starts and before any MLflow run exists
-    dataset = None if cfg.data.kind == "synthetic" else open_dataset(cfg.data)  # real: validated here
-    with locks.hold(locks.store_lock(cfg.mlflow.tracking_uri), cfg.pipeline.lock_wait_s):
-        check_stores(cfg)  # two runs must not create a fresh SQLite store's tables at once
+    # a bad flow model, a missing or broken dataset tree, shards of another config, an unreachable store or
+    # refused credentials: one line, exit 2, before Ray starts and before any MLflow run exists
+    check_flow(cfg)
     init_ray(cfg.ray)
-    if dataset is None:
-        dataset = open_dataset(cfg.data, generate=True)  # synthetic: generated (on Ray) when missing
+    check_cluster(cfg)  # relative paths on a multi-node cluster
+    dataset = open_dataset(cfg.data, generate=True)  # synthetic: generated (on Ray) when missing
     with tracking.stage_run(cfg.mlflow, "flow", params=flatten(cfg)):
         result = run_flow_stage(cfg, dataset)
         counts = {f"flow/{split}_{what}": (len(v["shards"]) if what == "shards" else v["samples"])

@@ -4,7 +4,7 @@
     python pipelines/sweep.py --config configs/demo.yaml sweep.num_samples=4 train.max_steps=20 sweep.search=random
     python pipelines/sweep.py --config configs/demo.yaml \
         'sweep.space={student.loss.tc_weight: {type: loguniform, low: 0.01, high: 1}}' sweep.metric=val_score
-    ray job submit --working-dir . -- python pipelines/sweep.py --config configs/cluster.yaml
+    infra/submit.sh --entry pipelines/sweep.py --config configs/cityscapes.yaml   # a cluster
 
 Needs the shards of pipelines/precompute_flow.py and, when distillation can be on, a registered teacher
 (student.teacher_uri). The sweep lives at <train.storage_path>/sweep-<hash>: rerunning the same command after an
@@ -20,18 +20,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from etc_core.config import parse_args  # noqa: E402
-from etc_core.entry import check_stores, run_entry  # noqa: E402
+from etc_core.entry import run_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_args(__doc__.splitlines()[0], argv)
+    from etc_core.cluster_check import check_cluster
+    from etc_core.preflight import check_sweep
     from etc_core.ray_utils import init_ray
     from etc_core.sweep.run import run_sweep
-    from etc_core.sweep.space import check_space
 
-    check_space(cfg)  # a bad search-space entry is one line before Ray starts
-    check_stores(cfg, need_shards=True)  # so are missing shards, a dead endpoint or MLflow
+    check_sweep(cfg)  # a bad search space, missing shards, a dead store: one line, exit 2, before Ray starts
     init_ray(cfg.ray)
+    check_cluster(cfg, sweep=True)  # one trial (its driver and its Ray Train workers) must fit the cluster
     summary = run_sweep(cfg)
     metric = cfg.sweep.metric
     print(f"sweep {summary['name']} ({'resumed' if summary['restored'] else 'new'}): "

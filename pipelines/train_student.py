@@ -3,7 +3,7 @@
     python pipelines/train_student.py --config configs/demo.yaml                     # local Ray on 127.0.0.1
     python pipelines/train_student.py --config configs/demo.yaml student.arch=mobilenetv2 \
         student.teacher_uri=models:/etc-teacher/3
-    ray job submit --working-dir . -- python pipelines/train_student.py --config configs/cluster.yaml
+    infra/submit.sh --entry pipelines/train_student.py --config configs/cityscapes.yaml   # a cluster
 
 Same loop as the teacher (etc_core/train/loop.py); the teacher comes from student.teacher_uri (default
 models:/etc-teacher@champion). Registers `etc-student-<arch>`.

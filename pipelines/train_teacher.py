@@ -2,11 +2,11 @@
 
     python pipelines/train_teacher.py --config configs/demo.yaml                     # local Ray on 127.0.0.1
     python pipelines/train_teacher.py --config configs/demo.yaml train.workers=2 train.max_steps=50
-    ray job submit --working-dir . -- python pipelines/train_teacher.py --config configs/cluster.yaml
+    infra/submit.sh --entry pipelines/train_teacher.py --config configs/cityscapes.yaml   # a cluster
 
 Needs the shards of pipelines/precompute_flow.py at shards.uri. Rerunning the same config resumes the Ray Train
-run from its last checkpoint (same storage_path and run name). The new version becomes `champion` when it beats
-the current one on registry.champion_metric, else `candidate`.
+run from its last checkpoint (same storage_path and run name). The new version takes the `champion` alias when it
+beats the current champion on registry.champion_metric, else `candidate` (an alias names one version at a time).
 """
 from __future__ import annotations
 
@@ -16,18 +16,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from etc_core.config import parse_args  # noqa: E402
-from etc_core.entry import check_stores, run_entry  # noqa: E402
+from etc_core.entry import run_entry  # noqa: E402
 
 STAGE = "teacher"
 
 
 def main(argv: list[str] | None = None, stage: str = STAGE) -> int:
     cfg, _ = parse_args(__doc__.splitlines()[0], argv)
+    from etc_core.cluster_check import check_cluster
+    from etc_core.preflight import check_training
     from etc_core.ray_utils import init_ray
     from etc_core.train.run import run_training
 
-    check_stores(cfg, need_shards=True)  # missing shards, a dead endpoint or MLflow: one line, before Ray starts
+    check_training(cfg, stage)  # missing shards, a dead store, a bad teacher URI: one line, exit 2, before Ray
     init_ray(cfg.ray)
+    check_cluster(cfg, (stage,))
     summary = run_training(cfg, stage)
     reg = summary["registered"]
     print(f"{stage} {summary['arch']}: step {summary['step']}, val mIoU {summary['val_miou']:.2f}, "

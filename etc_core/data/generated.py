@@ -95,6 +95,28 @@ def _write_clip(root: str, split: str, index: int, spec: dict) -> str:
     return clip_id
 
 
+def check_existing(cfg: DataConfig) -> bool:
+    """True when cfg.root holds a complete generated dataset of this config, False when it holds none; DatasetError
+    (naming the first differing key) when it holds one made with other settings."""
+    manifest_path = Path(cfg.root) / "dataset.json"
+    if not manifest_path.is_file():
+        return False
+    spec, counts = _spec(cfg), cfg.split_sizes
+    try:
+        old = json.loads(manifest_path.read_text())
+    except ValueError as e:
+        raise DatasetError(f"{manifest_path}: not valid JSON ({e})") from None
+    if old.get("spec") == spec and {s: len(ids) for s, ids in old.get("splits", {}).items()} == counts:
+        return True
+    want = {**spec, "num_videos": sum(counts.values()), "val_videos": counts["val"], "test_videos": counts["test"]}
+    have = {**old.get("spec", {}), "num_videos": sum(map(len, old.get("splits", {}).values())),
+            "val_videos": len(old.get("splits", {}).get("val", [])),
+            "test_videos": len(old.get("splits", {}).get("test", []))}
+    key = next(k for k in want if have.get(k) != want[k])
+    raise DatasetError(f"{manifest_path}: generated with data.{key}={have.get(key)!r}, config asks for "
+                       f"{want[key]!r}; choose another data.root or delete it")
+
+
 def write_dataset(cfg: DataConfig, progress: bool = True) -> GeneratedDataset:
     """Write cfg.num_videos generated clips (train and val) under cfg.root; return the reader.
 
@@ -105,19 +127,9 @@ def write_dataset(cfg: DataConfig, progress: bool = True) -> GeneratedDataset:
     spec = _spec(cfg)
     counts = cfg.split_sizes
     manifest_path = root / "dataset.json"
-    if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        if old.get("spec") == spec and {s: len(ids) for s, ids in old.get("splits", {}).items()} == counts:
-            log.info("dataset at %s already complete, reusing it", root)
-            return GeneratedDataset(root)
-        want = {**spec, "num_videos": sum(counts.values()), "val_videos": counts["val"],
-                "test_videos": counts["test"]}
-        have = {**old.get("spec", {}), "num_videos": sum(map(len, old.get("splits", {}).values())),
-                "val_videos": len(old.get("splits", {}).get("val", [])),
-                "test_videos": len(old.get("splits", {}).get("test", []))}
-        key = next(k for k in want if have.get(k) != want[k])
-        raise DatasetError(f"{manifest_path}: generated with data.{key}={have.get(key)!r}, config asks for "
-                           f"{want[key]!r}; choose another data.root or delete it")
+    if check_existing(cfg):
+        log.info("dataset at %s already complete, reusing it", root)
+        return GeneratedDataset(root)
     jobs = [(split, i) for split in SPLITS for i in range(counts[split])]
     bar = tqdm(total=len(jobs), desc="generate clips", unit="clip", disable=not progress)
     ids = _run_jobs(str(root), jobs, spec, bar)

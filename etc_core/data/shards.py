@@ -18,7 +18,6 @@ import logging
 import os
 import random
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterator
 from functools import partial
 from urllib.parse import urlparse
@@ -31,6 +30,7 @@ from PIL import Image
 from etc_core.data.base import IGNORE_INDEX
 from etc_core.errors import ShardError, StorageError
 from etc_core.storage import uri as storage
+from etc_core.storage.tmp import owned_temp
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,7 @@ def encode_sample(key: str, img0: np.ndarray, img1: np.ndarray, flow: np.ndarray
 def write_shard(samples: list[dict], url: str, endpoint_url: str | None = None, region: str | None = None) -> int:
     """Write samples as one tar and make it visible at url only when complete; return its size in bytes."""
     if storage.is_s3(url):
-        fd, tmp = tempfile.mkstemp(prefix="etc-shard-", suffix=".tar.tmp")
-        os.close(fd)
+        tmp = owned_temp("etc-shard-", ".tar.tmp")  # a killed writer's is removed by the next writer
     else:
         os.makedirs(os.path.dirname(url), exist_ok=True)
         tmp = f"{url}.tmp.{os.getpid()}"

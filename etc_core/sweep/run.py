@@ -23,6 +23,7 @@ from etc_core.config import EtcConfig, config_hash
 from etc_core.errors import EtcError
 from etc_core.sweep.space import apply_values, check_space, may_need_teacher, pareto_front, score, tune_space
 from etc_core.tracking import mlflow as tracking
+from etc_core.train.config import stage_config
 from etc_core.train.run import make_trainer, read_manifest, resolve_init, resolve_teacher
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class Trial:
 
 def sweep_name(cfg: EtcConfig) -> str:
     """`sweep-<hash>` of everything that decides the trials; the same config resumes the same sweep."""
+    cfg = stage_config(cfg, "student")  # the trials train the student: train.* with student.train applied
     sweep = cfg.sweep.model_copy(update={"register_best": False})
     return "sweep-" + config_hash(cfg.data, cfg.shards, cfg.train, cfg.student, sweep)
 
@@ -147,7 +149,8 @@ def _concurrency(cfg: EtcConfig) -> int:
     import ray
 
     per_trial = cfg.sweep.cpus_per_trial + cfg.train.workers * cfg.train.cpus_per_worker
-    fits = max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
+    cpus = ray.cluster_resources().get("CPU", 1)
+    fits = max(1, int(cpus // per_trial) if per_trial else int(cpus))
     if cfg.sweep.max_concurrent_trials is None:
         return fits
     if cfg.sweep.max_concurrent_trials > fits:
@@ -214,20 +217,21 @@ def _kept(v) -> bool:
     return isinstance(v, (numbers.Number, str))
 
 
-def run_sweep(cfg: EtcConfig, parent_run_id: str | None = None) -> dict:
+def run_sweep(cfg: EtcConfig, parent_run_id: str | None = None, force: bool = False) -> dict:
     """Run (or resume) the sweep in cfg.sweep, log it to MLflow (under parent_run_id, if any), write the best
-    config; return a summary."""
+    config; return a summary. `force` starts a fresh sweep even when this config's sweep exists."""
     from ray import tune
 
     from etc_core.sweep.report import log_sweep
 
     check_space(cfg)
+    name = sweep_name(cfg) + (time.strftime("-%Y%m%d-%H%M%S") if force else "")
+    cfg = stage_config(cfg, "student")  # every trial trains the student
     manifest = read_manifest(cfg)
     num_classes = int(manifest["num_classes"])
     tracking.setup(cfg.mlflow)  # before resolving models:/ URIs
     teacher = resolve_teacher(cfg, "student", may_need_teacher(cfg))
     init = resolve_init(cfg, "student", num_classes)  # every trial fine-tunes from the same weights
-    name = sweep_name(cfg)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, base=cfg.model_dump(mode="json"), num_classes=num_classes,
                              teacher=teacher, storage_path=f"{cfg.train.storage_path.rstrip('/')}/{name}-train",

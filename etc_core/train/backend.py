@@ -11,8 +11,6 @@ Built on ray.train.torch.config's private `_TorchBackend` and `_setup_torch_proc
 from __future__ import annotations
 
 import os
-import tempfile
-import uuid
 from dataclasses import dataclass
 
 import ray
@@ -24,7 +22,9 @@ def _node_id() -> str:
 
 
 def _store_path() -> str:
-    return os.path.join(tempfile.gettempdir(), f"etc-torch-store-{uuid.uuid4().hex}")
+    from etc_core.storage.tmp import owned_temp
+
+    return owned_temp("etc-torch-store-")  # a killed run's store is removed by the next run on the node
 
 
 def _loopback_gloo() -> None:

@@ -25,29 +25,12 @@ from etc_core.models import SegOutput, create_model, paired_dropout
 from etc_core.tracking.mlflow import RunLogger
 from etc_core.train.augment import PairAugment, normalize
 from etc_core.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from etc_core.train.config import STAGES, stage_config, stage_spec  # noqa: F401 (re-exported)
 from etc_core.train.evaluate import evaluate
 
 log = logging.getLogger(__name__)
 
 HEAD_PREFIXES = ("ppm.", "head.", "aux_head.", "classifier.", "decoder.")
-
-
-STAGES = ("teacher", "student", "baseline")
-
-
-def stage_spec(cfg: EtcConfig, stage: str):
-    """The config section a stage trains: `teacher`, `student`, or `baseline` (the student trained per frame with
-    cross-entropy only: the "without ETC" row every comparison needs)."""
-    if stage == "teacher":
-        return cfg.teacher
-    if stage == "baseline":  # from the student's own init, never from student.init_from; it reads no teacher
-        per_frame = cfg.student.loss.model_copy(update={"tc_weight": 0.0, "kd_pixel_weight": 0.0,
-                                                        "kd_temporal_weight": 0.0, "tc_ramp": 0.0})
-        no_teacher = type(cfg.student).model_fields["teacher_uri"].default
-        return cfg.student.model_copy(update={"loss": per_frame, "init_from": None, "teacher_uri": no_teacher})
-    if stage != "student":
-        raise ValueError(f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
-    return cfg.student
 
 
 def param_groups(model: torch.nn.Module, lr: float, head_lr_mult: float) -> list[dict]:

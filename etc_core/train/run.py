@@ -14,7 +14,8 @@ from etc_core.errors import ConfigError, EtcError, ShardError
 from etc_core.tracking import mlflow as tracking
 from etc_core.tracking.registry import Registered, load_weights, log_and_register
 from etc_core.train.checkpoint import load_checkpoint
-from etc_core.train.loop import stage_spec, train_loop_per_worker
+from etc_core.train.config import stage_config, stage_spec
+from etc_core.train.loop import train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,9 @@ def registered_name(cfg: EtcConfig, stage: str) -> str:
 
 
 def stage_hash(cfg: EtcConfig, stage: str) -> str:
-    """Hash of everything that determines this stage's model (data, shards, training, the stage's section)."""
+    """Hash of everything that determines this stage's model: data, shards, the stage's training (train with its
+    teacher.train / student.train overrides) and the stage's section; another stage's settings leave it alone."""
+    cfg = stage_config(cfg, stage)
     return config_hash(cfg.data, cfg.shards, cfg.train, stage_spec(cfg, stage))
 
 
@@ -112,6 +115,7 @@ def run_training(cfg: EtcConfig, stage: str, parent_run_id: str | None = None, f
     """
     import ray
 
+    cfg = stage_config(cfg, stage)  # train.* with this stage's own overrides
     spec = stage_spec(cfg, stage)
     manifest = read_manifest(cfg)
     num_classes = int(manifest["num_classes"])

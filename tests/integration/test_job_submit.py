@@ -1,7 +1,6 @@
 """`ray job submit -- python pipelines/full.py` against a `ray start --head` cluster on 127.0.0.1, S3 on moto."""
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -78,11 +77,12 @@ def _jobs(address: str, env: dict, *args: str, timeout: int = 60) -> subprocess.
                           text=True, timeout=timeout, cwd=REPO)
 
 
-def _submit(address: str, env: dict, runtime_env: dict, args: list[str]) -> str:
+def _submit(address: str, env: dict, args: list[str], cwd) -> str:
+    """infra/submit.sh --no-wait from cwd (the directory relative config paths mean); returns the job id."""
+    env = {**env, "RAY_ADDRESS": address, "PYTHON": sys.executable, "RAY": str(BIN / "ray")}
     for _ in range(20):  # the job agent may come up a little after the dashboard answers
-        proc = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--no-wait", "--working-dir",
-                               ".", "--runtime-env-json", json.dumps(runtime_env), "--", "python", "pipelines/full.py",
-                               *args], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+        proc = subprocess.run([str(REPO / "infra" / "submit.sh"), "--no-wait", "--pass-credentials", *args], env=env,
+                              capture_output=True, text=True, timeout=120, cwd=cwd)
         if "No available agent" not in proc.stderr:
             break
         time.sleep(3)
@@ -105,24 +105,27 @@ def _wait(address: str, env: dict, job_id: str, timeout: int = 600) -> str:
     raise AssertionError(f"job {job_id} did not finish in {timeout} s; its log ends:\n{logs[-3000:]}")
 
 
-def test_full_pipeline_via_job_submit_with_s3_and_rerun_skips(ray_head, moto_s3, tmp_path):
+@pytest.mark.slow
+def test_full_pipeline_via_job_submit_with_s3_relative_paths_and_rerun_skips(ray_head, moto_s3, tmp_path):
     import boto3
 
     address, env = ray_head
     boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1").create_bucket(Bucket="etc-jobs")
     db = tmp_path / "mlflow.db"
-    args = ["--config", "configs/demo.yaml", f"data.root={tmp_path}/data", "shards.uri=s3://etc-jobs/shards",
-            f"mlflow.tracking_uri=sqlite:///{db}", f"mlflow.artifact_root={tmp_path}/artifacts",
-            f"train.storage_path={tmp_path}/ray_results", *TINY_DATA, "teacher.arch=pspnet18_slim",
+    # relative local paths: infra/submit.sh carries where it was started (tmp_path) to the job, so they land here
+    # and not inside Ray's unpacked working directory (gone with the job)
+    args = ["--config", "configs/demo.yaml", "data.root=data", "shards.uri=s3://etc-jobs/shards",
+            "mlflow.tracking_uri=sqlite:///mlflow.db", "mlflow.artifact_root=artifacts",
+            "train.storage_path=ray_results", *TINY_DATA, "teacher.arch=pspnet18_slim",
             "student.arch=lraspp_mobilenetv3", "train.max_steps=2", "train.steps_per_epoch=2", "train.batch_size=2",
             "train.crop=null", "pipeline.ptlflow_timing_pairs=0"]
     commit = "c0ffee42" * 5  # the job has no .git: infra/submit.sh passes the checkout's commit like this
-    runtime_env = {"env_vars": {**aws_env(moto_s3), "MLFLOW_DISABLE_TELEMETRY": "true", "ETC_GIT_COMMIT": commit},
-                   "excludes": [".git", ".venv", "runs", "mlruns"]}
-    logs = _wait(address, env, _submit(address, env, runtime_env, args))
+    env = {**env, **aws_env(moto_s3), "MLFLOW_DISABLE_TELEMETRY": "true", "ETC_GIT_COMMIT": commit}
+    logs = _wait(address, env, _submit(address, env, args, cwd=tmp_path))
     assert "joining Ray at" in logs  # it joined the cluster rather than starting its own
     assert "stages run: flow, teacher, baseline, student, evaluate; reused: -" in logs
     assert "student:etc-student-lraspp_mobilenetv3/1" in logs and "mIoU" in logs  # the evaluation table
+    assert (tmp_path / "data" / "dataset.json").is_file() and db.is_file() and (tmp_path / "ray_results").is_dir()
     s3 = boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="etc-jobs", Prefix="shards/")["Contents"]]
     assert "shards/manifest.json" in keys and any(k.startswith("shards/train/shard-") for k in keys)
@@ -132,7 +135,7 @@ def test_full_pipeline_via_job_submit_with_s3_and_rerun_skips(ray_head, moto_s3,
     runs = client.search_runs([client.get_experiment_by_name("etc-pipeline").experiment_id])
     assert runs and {r.data.tags.get("mlflow.source.git.commit") for r in runs} == {commit}
 
-    rerun = _wait(address, env, _submit(address, env, runtime_env, args))
+    rerun = _wait(address, env, _submit(address, env, args, cwd=tmp_path))
     ran = next((line for line in rerun.splitlines() if line.startswith("stages run:")), rerun[-2000:])
     assert ran == "stages run: evaluate; reused: flow, teacher, baseline, student", ran
     assert len(client.search_model_versions("name='etc-student-lraspp_mobilenetv3'")) == 1

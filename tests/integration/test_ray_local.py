@@ -64,6 +64,7 @@ def test_dataset_written_by_ray_tasks_matches_in_process(ray_local, tmp_path):
             assert np.array_equal(a.frames, b.frames) and np.array_equal(a.flows, b.flows)
 
 
+@pytest.mark.slow
 def test_full_pipeline_starts_its_own_local_ray(tmp_path):
     """`python pipelines/full.py` without a cluster: starts Ray on 127.0.0.1, runs every stage, prints the table."""
     proc = run_python("pipelines/full.py", "--config", "configs/demo.yaml", f"data.root={tmp_path}/data",

@@ -28,7 +28,9 @@ def test_asha_sweep_logs_parent_children_pictures_and_best_yaml(tiny_shards, tmp
     # so ASHA (grace period 1 epoch of 2) stops them at the first rung
     space = ("{train.lr: {type: grid, values: [0.05, 0.000001, 0.0000001]}, "
              "student.loss.tc_weight: {type: loguniform, low: 0.01, high: 1.0}}")
-    cfg = load_config(None, [*tiny_shards, *run_dirs(tmp_path), *TINY_TRAIN, "sweep.num_samples=1",
+    # the demo's resource shape (configs/demo.yaml): a 2-CPU Train worker and a trial driver of 0 CPUs fit 2 cores
+    cfg = load_config(None, [*tiny_shards, *run_dirs(tmp_path), *TINY_TRAIN, "train.cpus_per_worker=2",
+                             "sweep.cpus_per_trial=0", "sweep.num_samples=1",
                              "sweep.search=random", "sweep.scheduler=asha", "sweep.grace_period=1",
                              f"sweep.space={space}", "sweep.metric=val_miou", "sweep.register_best=true"])
     summary = run_sweep(cfg)
@@ -87,6 +89,7 @@ def _final_step(run: Path) -> int:
     return max((r["metrics"].get("step", 0) for r in results), default=0)
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_with_tuner_restore(ray_local, tiny_shards, tmp_path):
     overrides = [*tiny_shards, *run_dirs(tmp_path), *TINY_TRAIN, "sweep.num_samples=3", "sweep.search=optuna",
                  "sweep.scheduler=fifo", "sweep.metric=val_score",

@@ -1,7 +1,8 @@
 """Bad input through the real entry points: a wrong config, a missing dataset or shard set, corrupt shards.
 
 Each gives one line naming the key, path, shard or member (the last stderr line, `<ErrorClass>: <message>`), exit
-code 2 for a bad config or argument and 1 otherwise, and leaves nothing behind: no shards, manifest, checkpoint,
+code 2 (bad input: every one here is found before any work starts, docs/failure_modes.md "Exit codes"; a corrupt shard
+met during the work is 1), and leaves nothing behind: no shards, manifest, checkpoint,
 registered model, and no MLflow run left RUNNING.
 """
 from __future__ import annotations
@@ -69,14 +70,14 @@ def test_missing_real_dataset_dir_fails_before_ray_and_mlflow(tmp_path):
     missing = tmp_path / "no-cityscapes-here"
     proc = run([PY, "pipelines/precompute_flow.py", "data.kind=cityscapes", f"data.root={missing}",
                 f"shards.uri={tmp_path}/out/shards", *run_dirs(tmp_path / "out")])
-    assert_one_line_error(proc, "DatasetError", str(missing))
+    assert_one_line_error(proc, "DatasetError", str(missing), code=2)
     assert "started a local Ray" not in proc.stderr
     assert outputs_under(tmp_path) == []  # no shards, no stage stamp, no MLflow store
 
 
 def test_missing_shard_set_fails_training_before_ray(tmp_path):
     proc = run([PY, "pipelines/train_teacher.py", f"shards.uri={tmp_path}/never-made", *run_dirs(tmp_path / "out")])
-    assert_one_line_error(proc, "ShardError", f"{tmp_path}/never-made/manifest.json: not found")
+    assert_one_line_error(proc, "ShardError", f"{tmp_path}/never-made/manifest.json: not found", code=2)
     assert "started a local Ray" not in proc.stderr
     assert outputs_under(tmp_path) == []
 
@@ -136,6 +137,7 @@ def test_corrupt_shard_is_one_line_naming_shard_and_member(kind, checkpoint, tmp
     assert not out.exists()  # no partial table
 
 
+@pytest.mark.slow
 def test_corrupt_shard_in_training_leaves_no_checkpoint_model_or_running_run(tmp_path):
     """Ray Train on a truncated shard: one line naming it, no checkpoint, nothing registered, the run FAILED."""
     uri = write_shard_set(str(tmp_path / "shards"))

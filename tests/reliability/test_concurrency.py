@@ -110,6 +110,7 @@ def test_s3_lock_is_exclusive_and_a_dead_or_silent_holder_is_stale(moto_s3, monk
         assert json.loads(storage.read_bytes(lock, moto_s3))["host"] != "elsewhere"
 
 
+@pytest.mark.slow
 def test_two_pipelines_on_one_store_and_prefix_take_turns(ray_local, tmp_path):
     address = ray_local.get_runtime_context().gcs_address
     env = {**os.environ, "PYTHONPATH": str(REPO)}

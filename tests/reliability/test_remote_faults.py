@@ -1,7 +1,7 @@
 """Remote stores that fail: an unreachable S3 endpoint, refused S3 credentials, an unreachable MLflow server.
 
-Each gives one line naming the endpoint (the last stderr line, `<ErrorClass>: <message>`), exit code 1, and leaves
-nothing behind: no shards, no dataset, no MLflow store or run. Transient faults are retried a bounded number of
+Each gives one line naming the endpoint (the last stderr line, `<ErrorClass>: <message>`), exit code 2 (found before
+any work starts), and leaves nothing behind: no shards, no dataset, no MLflow store or run. Transient faults are retried a bounded number of
 times with backoff. Real boto3 against a real moto_server process (with its IAM auth switched on) and real MLflow
 clients; nothing is mocked.
 """
@@ -58,7 +58,7 @@ def test_unreachable_s3_endpoint_is_one_line_before_anything_starts(tmp_path):
     proc = run(_precompute(tmp_path, "shards.uri=s3://etc-unreachable/shards", f"s3.endpoint_url={endpoint}"),
                env=AWS, drop=("AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"))
     line = assert_one_line_error(proc, "StorageError", "s3://etc-unreachable/shards/manifest.json",
-                                 f'Could not connect to the endpoint URL: "{endpoint}/')
+                                 f'Could not connect to the endpoint URL: "{endpoint}/', code=2)
     assert time.perf_counter() - start < 60, line
     assert outputs_under(tmp_path / "out") == []  # no dataset, no MLflow store, no run: it failed before them
 
@@ -121,7 +121,7 @@ def test_wrong_secret_key_is_refused_in_one_line_and_writes_nothing(moto_auth, t
     proc = run(_precompute(tmp_path, "shards.uri=s3://etc-auth/shards-new", f"s3.endpoint_url={endpoint}"),
                env=env, drop=("AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"))
     assert_one_line_error(proc, "StorageError", "s3://etc-auth/shards-new/manifest.json",
-                          "403: check the AWS credentials")
+                          "403: check the AWS credentials", code=2)
     assert secret not in proc.stdout + proc.stderr
     assert _objects(endpoint, key_id, secret) == before  # nothing written to the bucket
     assert outputs_under(tmp_path / "out") == []
@@ -134,7 +134,8 @@ def test_unknown_access_key_is_refused_when_reading_shards(moto_auth, tmp_path):
     env = {**AWS, "AWS_ACCESS_KEY_ID": "AKIANOSUCHKEY0000000", "AWS_ENDPOINT_URL": endpoint}
     proc = run([*ETC, "evaluate", "--model", str(ckpt), "--shards", "s3://etc-auth/shards", "--json", str(out)],
                env=env, drop=("AWS_SESSION_TOKEN",))
-    assert_one_line_error(proc, "StorageError", "s3://etc-auth/shards/manifest.json", "403: check the AWS credentials")
+    assert_one_line_error(proc, "StorageError", "s3://etc-auth/shards/manifest.json", "403: check the AWS credentials",
+                          code=2)
     assert not out.exists()
 
 
@@ -177,7 +178,7 @@ def test_unreachable_mlflow_server_is_one_line_naming_it_without_its_password(tm
     proc = run(_precompute(tmp_path, f"mlflow.tracking_uri={uri}"),
                drop=tuple(f"MLFLOW_HTTP_REQUEST_{k}" for k in ("MAX_RETRIES", "BACKOFF_FACTOR", "TIMEOUT")))
     assert_one_line_error(proc, "TrackingError", f"mlflow.tracking_uri http://etc:***@127.0.0.1:{port}",
-                          "after 3 retries", "Connection refused")
+                          "after 3 retries", "Connection refused", code=2)
     assert time.perf_counter() - start < 90
     assert "mlflow-pass-0042" not in proc.stdout + proc.stderr
     assert outputs_under(tmp_path / "out") == []  # no dataset, no shards: it failed before Ray and the flow stage

@@ -107,6 +107,7 @@ def _found(secrets: list[str], blobs: dict[str, bytes]) -> list[tuple[str, str]]
     return [(secret, where) for where, blob in blobs.items() for secret in secrets if secret.encode() in blob]
 
 
+@pytest.mark.slow
 def test_training_keeps_credentials_out_of_mlflow_logs_and_artifacts_and_ray_stays_on_loopback(
         mlflow_server, moto_s3, tmp_path):
     """A real training run with S3 shards and an MLflow server, fake AWS secrets and secret-looking variables in

@@ -61,3 +61,16 @@ def test_normalize_matches_imagenet_stats():
     x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
     y = normalize(x)
     assert torch.allclose(y[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]))
+
+
+@pytest.mark.parametrize("s", [0.625, 1.0, 1.5])
+def test_scaling_multiplies_flow_vectors_exactly_by_the_resize_ratio(s):
+    """A constant flow (3, -2) resized by s is (3 s, -2 s) everywhere the crop sees frame (bilinear keeps a
+    constant, up to float rounding): without the rescale it would stay (3, -2)."""
+    np.random.seed(2)
+    sample = _sample(1)
+    sample["flow"] = np.stack([np.full((48, 64), 3.0), np.full((48, 64), -2.0)]).astype(np.float32)
+    out = PairAugment(crop=(24, 40), scale=(s, s), flip=False)(sample)
+    sy, sx = round(48 * s) / 48, round(64 * s) / 64  # the resize ratio of each axis (sizes are whole pixels)
+    assert np.allclose(out["flow"][0], 3 * sx, rtol=0, atol=1e-5)
+    assert np.allclose(out["flow"][1], -2 * sy, rtol=0, atol=1e-5)

@@ -114,9 +114,9 @@ def test_shell_scripts_parse_and_have_help(script):
     assert done.returncode == 0 and done.stdout.startswith("Usage:"), done.stderr
 
 
-def _print(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def _print(script: str, *args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([str(INFRA / script), "--print", *args], capture_output=True, text=True, timeout=30,
-                          env={"PATH": "/usr/bin:/bin", **(env or {})})
+                          env={"PATH": "/usr/bin:/bin", **(env or {})}, cwd=cwd)
 
 
 def test_mlflow_server_defaults_to_loopback_and_absolute_sqlite():
@@ -137,15 +137,17 @@ def test_mlflow_server_warns_when_binding_elsewhere_and_passes_s3_and_postgres()
     assert words[words.index("--artifacts-destination") + 1] == "s3://bucket/prefix"
 
 
-def test_submit_passes_env_and_excludes_but_not_credentials():
+def test_submit_passes_env_and_excludes_but_not_credentials(tmp_path):
     env = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "AWS_SECRET_ACCESS_KEY": "not-a-real-secret"}
-    done = _print("submit.sh", "--config", "configs/demo.yaml", "train.max_steps=2", env=env)
+    done = _print("submit.sh", "--config", "configs/demo.yaml", "train.max_steps=2", env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     words = shlex.split(done.stdout)
     assert words[1:4] == ["job", "submit", "--address"] and words[words.index("--working-dir") + 1] == "."
     runtime_env = json.loads(words[words.index("--runtime-env-json") + 1])
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    assert runtime_env["env_vars"] == {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "ETC_GIT_COMMIT": commit}
+    # ETC_BASE_DIR: where it was started, so that the job resolves relative config paths there (not in Ray's copy)
+    assert runtime_env["env_vars"] == {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "ETC_GIT_COMMIT": commit,
+                                       "ETC_BASE_DIR": str(tmp_path)}
     assert {".git", ".venv", "runs", "mlruns"} <= set(runtime_env["excludes"])
     assert words[words.index("--"):] == ["--", "python", "pipelines/full.py", "--config", "configs/demo.yaml",
                                          "train.max_steps=2"]

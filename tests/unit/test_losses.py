@@ -1,7 +1,6 @@
 """ETC losses against direct numpy / loop computations, gradient routing, and the combined objective."""
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest
@@ -375,9 +374,16 @@ def test_zero_inference_overhead():
     assert sum(p.numel() for p in student.parameters()) == sum(p.numel() for p in plain.parameters())
     assert student.state_dict().keys() == plain.state_dict().keys()
     assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in student.modules())
-    plain.load_state_dict(copy.deepcopy(student.state_dict()))
+    # the same operations at inference: the traced graphs of the ETC-trained student and of an untrained plain
+    # network have the same op kinds in the same order (a wrapper, an extra head or a flow branch would add some);
+    # the weights differ (training changed them), so this is not a model compared with its own copy
     images = make_batch(seed=99)["img_t"]
+    assert any(not torch.equal(a, b) for a, b in zip(student.state_dict().values(), plain.state_dict().values()))
+
+    def ops(model) -> list[str]:
+        traced = torch.jit.trace(lambda x: model(x).logits, images, check_trace=False)
+        return [node.kind() for node in traced.inlined_graph.nodes()]
+
     with torch.no_grad():
-        trained, reference = student.eval()(images), plain.eval()(images)
-    torch.testing.assert_close(trained.logits, reference.logits, rtol=0, atol=0)
-    assert trained.aux is None and reference.aux is None
+        assert ops(student.eval()) == ops(plain.eval())
+        assert student(images).aux is None and plain(images).aux is None

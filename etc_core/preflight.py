@@ -1,0 +1,172 @@
+"""Checks each entry point runs before any work: one function per entry point, called before init_ray.
+
+Whatever they find is bad input (a config, a dataset tree, a store, a model URI, missing credentials): one line
+and exit code 2, before Ray starts and before any MLflow run opens (docs/failure_modes.md, "Exit codes"). A check
+that belongs to one entry point goes into its function here; one that needs Ray up goes into
+etc_core/cluster_check.py (run right after init_ray, still before any work).
+
+    check_flow(cfg)                      pipelines/precompute_flow.py
+    check_training(cfg, stage)           pipelines/train_teacher.py, train_student.py
+    check_sweep(cfg)                     pipelines/sweep.py
+    check_full(cfg, force)               pipelines/full.py
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from etc_core.config import EtcConfig
+from etc_core.errors import ConfigError, EtcError, StorageError
+
+
+@contextmanager
+def bad_input() -> Iterator[None]:
+    """An EtcError raised inside is about the input: its exit code becomes 2 (a LockError keeps its 75)."""
+    try:
+        yield
+    except EtcError as e:
+        if e.exit_code == 1:
+            e.exit_code = 2
+        raise
+
+
+def check_flow(cfg: EtcConfig, force: bool = False) -> None:
+    """Flow stage: ptlflow model, dataset tree, shard set made with this config (unless forced), stores."""
+    with bad_input():
+        _flow_model(cfg, cfg.flow.source == "ptlflow")
+        _dataset(cfg)
+        if not force:
+            _shards_match(cfg)
+        _stores(cfg)
+
+
+def check_training(cfg: EtcConfig, stage: str) -> None:
+    """A training stage: shards there, stores usable, the teacher and init_from URIs it needs resolvable."""
+    from etc_core.train.config import stage_spec
+
+    with bad_input():
+        _stores(cfg, need_shards=True)
+        spec = stage_spec(cfg, stage)
+        if stage == "student" and spec.loss.needs_teacher:
+            _model_uri("student.teacher_uri", cfg.student.teacher_uri, cfg)
+        if stage == "student" and cfg.student.init_from:
+            _model_uri("student.init_from", cfg.student.init_from, cfg)
+
+
+def check_sweep(cfg: EtcConfig) -> None:
+    """The sweep: its search space, then what training the student needs."""
+    from etc_core.sweep.space import check_space, may_need_teacher
+
+    with bad_input():
+        check_space(cfg)
+        _stores(cfg, need_shards=True)
+        if may_need_teacher(cfg):
+            _model_uri("student.teacher_uri", cfg.student.teacher_uri, cfg)
+        if cfg.student.init_from:
+            _model_uri("student.init_from", cfg.student.init_from, cfg)
+
+
+def check_full(cfg: EtcConfig, force: tuple[str, ...] = ()) -> None:
+    """The whole pipeline: what the flow stage checks, the sweep's space, the --force stages, init_from."""
+    from etc_core.sweep.space import check_space
+
+    with bad_input():
+        if "sweep" in force and not cfg.pipeline.sweep:
+            raise ConfigError("--force sweep: pipeline.sweep is false, so there is no sweep to redo "
+                              "(add pipeline.sweep=true)")
+        if "baseline" in force and not (cfg.pipeline.baseline or cfg.student.init_from == "baseline"):
+            raise ConfigError("--force baseline: pipeline.baseline is false and student.init_from is not baseline")
+        if cfg.pipeline.sweep:
+            check_space(cfg)
+        _flow_model(cfg, cfg.flow.source == "ptlflow" or bool(cfg.pipeline.ptlflow_timing_pairs))
+        _dataset(cfg)
+        if "flow" not in force:
+            _shards_match(cfg)
+        _stores(cfg)
+        if cfg.student.init_from not in (None, "baseline"):  # a models:/ URI resolves against the store
+            _model_uri("student.init_from", cfg.student.init_from, cfg)
+
+
+def _flow_model(cfg: EtcConfig, needed: bool) -> None:
+    if needed:  # a bad model name or unreachable weights
+        from etc_core.flow.estimate import check_ptlflow
+
+        check_ptlflow(cfg.flow.model, cfg.flow.weights if cfg.flow.source == "ptlflow" else "none")
+
+
+def _dataset(cfg: EtcConfig) -> None:
+    """A real dataset's tree is complete; a generated one at data.root was made with these settings (or is absent)."""
+    from etc_core.data.registry import open_dataset
+
+    if cfg.data.kind == "synthetic":
+        from etc_core.data.generated import check_existing
+
+        check_existing(cfg.data)
+    else:
+        open_dataset(cfg.data)
+
+
+def _shards_match(cfg: EtcConfig) -> None:
+    """shards.uri holds no shards of another config (the flow stage would refuse them after the runs opened)."""
+    from etc_core.data import shards
+    from etc_core.flow.stage import config_hash, stage_identity
+
+    manifest = shards.read_manifest(cfg.shards.uri, cfg.s3.endpoint_url, cfg.s3.region)
+    identity = stage_identity(cfg)
+    if manifest is None or manifest.get("config_hash") == config_hash(identity):
+        return
+    old, new = _flat(manifest.get("config", {})), _flat(identity)
+    key = next((k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)), "?")
+    raise ConfigError(f"shards.uri: {cfg.shards.uri} holds shards made with {key}={old.get(key)!r}, this config has "
+                      f"{new.get(key)!r}; choose another shards.uri (and data.root) or delete it, or --force flow")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def _stores(cfg: EtcConfig, need_shards: bool = False) -> None:
+    """Credentials present for every s3:// location, then the shard store and MLflow answer (under the store lock:
+    two runs must not create a fresh SQLite store's tables at once)."""
+    from etc_core import locks
+    from etc_core.data import shards
+    from etc_core.entry import check_stores
+    from etc_core.errors import ShardError
+
+    _credentials(cfg)
+    if need_shards and shards.read_manifest(cfg.shards.uri, cfg.s3.endpoint_url, cfg.s3.region) is None:
+        # before the lock: a refusal leaves nothing behind, not even the lock file
+        raise ShardError(f"{cfg.shards.uri}/manifest.json: not found (run pipelines/precompute_flow.py first)")
+    with locks.hold(locks.store_lock(cfg.mlflow.tracking_uri), cfg.pipeline.lock_wait_s):
+        check_stores(cfg, need_shards=need_shards)
+
+
+def _credentials(cfg: EtcConfig) -> None:
+    """Some AWS credentials exist when a location is on S3 (whether they are accepted, the store says next)."""
+    on_s3 = [(key, value) for key, value in (("shards.uri", cfg.shards.uri), ("train.storage_path", cfg.train.storage_path),
+                                            ("data.root", cfg.data.root)) if value.startswith("s3://")]
+    if not on_s3:
+        return
+    import boto3
+
+    if boto3.Session().get_credentials() is None:
+        key, value = on_s3[0]
+        raise StorageError(f"{key}: {value} is on S3 but no AWS credentials were found (AWS_ACCESS_KEY_ID / "
+                           "AWS_SECRET_ACCESS_KEY, ~/.aws/credentials or an instance profile; docs/cluster.md)")
+
+
+def _model_uri(key: str, uri: str, cfg: EtcConfig) -> None:
+    """uri names a model that loads (registry URIs against mlflow.tracking_uri)."""
+    from etc_core.infer import InputError
+    from etc_core.infer.load import load_any
+
+    if uri == "baseline":
+        raise ConfigError(f"{key}: `baseline` names the baseline of a pipelines/full.py run; for this stage alone "
+                          "give its URI (models:/etc-baseline-<arch>/<version>) or student.init_from=null")
+    try:
+        load_any(uri, cfg.mlflow.tracking_uri)
+    except InputError as e:
+        raise ConfigError(f"{key}: {e}") from None

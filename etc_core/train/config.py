@@ -1,0 +1,103 @@
+"""The `train` config section, and the per-stage `teacher.train` / `student.train` overrides on top of it."""
+from __future__ import annotations
+
+import difflib
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from etc_core.storage.paths import expand_path
+
+if TYPE_CHECKING:  # etc_core.config imports this module
+    from etc_core.config import EtcConfig
+
+
+class TrainConfig(BaseModel):
+    """What teacher and student training share: Ray Train scaling, optimiser, schedule, augmentation, checkpoints."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    max_steps: int = Field(300, ge=1)  # optimizer steps in all
+    steps_per_epoch: int = Field(50, ge=1)  # validation, checkpoint and MLflow cadence
+    workers: int = Field(1, ge=0)  # Ray Train workers; 0 = Ray's local mode (the loop runs in the driver)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    loader_workers: int = Field(0, ge=0)  # DataLoader processes per Ray Train worker
+    batch_size: int = Field(8, ge=1)  # per worker
+    val_batch_size: int = Field(8, ge=1)
+    crop: tuple[int, int] | None = None  # (height, width); None = the whole frame
+    scale: tuple[float, float] = (0.5, 2.0)
+    flip: bool = True
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0)  # backbone; heads get lr * head_lr_mult (docs/method.md)
+    head_lr_mult: float = Field(10.0, gt=0)  # only when the backbone starts from ImageNet weights
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    poly_power: float = Field(0.9, ge=0)
+    amp: bool = True  # mixed precision, on GPU only
+    grad_clip: float | None = Field(None, gt=0)
+    seed: int = 0
+    log_every: int = Field(10, ge=1)
+    num_to_keep: int = Field(2, ge=1)  # best checkpoints kept, by val mIoU
+    max_failures: int = Field(2, ge=-1)  # worker-group restarts from the last checkpoint (-1 = forever)
+    storage_path: str = "runs/ray_results"  # local path or s3://bucket/prefix
+    pictures: int = Field(4, ge=0)  # val pairs drawn in the per-epoch picture grid
+
+    @field_validator("storage_path")
+    @classmethod
+    def _absolute_storage(cls, value: str) -> str:
+        return expand_path(value)
+
+
+def _train_override(value: dict[str, Any]) -> dict[str, Any]:
+    """Check a per-stage override of `train` keys: known keys, valid values; returns them validated."""
+    known = sorted(TrainConfig.model_fields)
+    for key in value:
+        if key not in TrainConfig.model_fields:
+            close = difflib.get_close_matches(key, known, n=1)
+            raise ValueError(f"unknown train key {key!r}" + (f" (did you mean {close[0]}?)" if close else ""))
+    try:
+        checked = TrainConfig.model_validate(value)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ValueError(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}, got {err.get('input')!r}") from None
+    return {key: getattr(checked, key) for key in value}
+
+
+STAGES = ("teacher", "student", "baseline")
+
+# `teacher.train` / `student.train`: train.* keys that differ for that stage only (e.g. student.train.max_steps=100).
+# Empty (the default), it is left out of the stage's cache key, so configs without it keep their hashes.
+StageTrain = Annotated[dict[str, Any], AfterValidator(_train_override)]
+
+
+def merged_train(train: TrainConfig, override: dict[str, Any]) -> TrainConfig:
+    """`train` with a stage's overrides applied (the section that stage trains with)."""
+    return train.model_copy(update=override) if override else train
+
+
+def stage_spec(cfg: EtcConfig, stage: str):
+    """The config section a stage trains: `teacher`, `student`, or `baseline` (the student trained per frame with
+    cross-entropy only: the "without ETC" row every comparison needs)."""
+    if stage == "teacher":
+        return cfg.teacher
+    if stage == "baseline":  # from the student's own init, never from student.init_from; it reads no teacher
+        per_frame = cfg.student.loss.model_copy(update={"tc_weight": 0.0, "kd_pixel_weight": 0.0,
+                                                        "kd_temporal_weight": 0.0, "tc_ramp": 0.0})
+        no_teacher = type(cfg.student).model_fields["teacher_uri"].default
+        return cfg.student.model_copy(update={"loss": per_frame, "init_from": None, "teacher_uri": no_teacher,
+                                              "train": {}})
+    if stage != "student":
+        raise ValueError(f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
+    return cfg.student
+
+
+def stage_config(cfg: EtcConfig, stage: str) -> EtcConfig:
+    """cfg as `stage` trains with it: `train` with the stage's own overrides (teacher.train / student.train; the
+    baseline has none) applied, and those overrides emptied (so applying it twice changes nothing)."""
+    override = stage_spec(cfg, stage).train
+    if not override:
+        return cfg
+    section = "teacher" if stage == "teacher" else "student"
+    return cfg.model_copy(update={"train": merged_train(cfg.train, override),
+                                  section: getattr(cfg, section).model_copy(update={"train": {}})})

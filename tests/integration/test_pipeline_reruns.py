@@ -1,0 +1,37 @@
+"""pipelines/full.py's stages on a rerun: a student-only change retrains the student alone, --force redoes a stage
+(and what depends on it), --force sweep starts a fresh sweep instead of restoring the finished one."""
+import glob
+
+import pytest
+
+from etc_core.config import load_config
+from etc_core.pipeline import run_pipeline
+from tests.conftest import TINY_DATA, run_dirs
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TINY = [*TINY_DATA, "teacher.arch=pspnet18_slim", "student.arch=lraspp_mobilenetv3", "train.max_steps=2",
+        "train.steps_per_epoch=2", "train.batch_size=2", "train.crop=null", "train.pictures=0",
+        "pipeline.ptlflow_timing_pairs=0", "pipeline.baseline=false", "student.loss.kd_pixel_weight=0",
+        "student.loss.kd_temporal_weight=0"]
+
+
+def test_reruns_retrain_only_what_changed_or_was_forced(ray_local, tmp_path):
+    base = [f"data.root={tmp_path}/data", f"shards.uri={tmp_path}/shards", *run_dirs(tmp_path), *TINY]
+    first = run_pipeline(load_config(None, base))
+    assert first.ran == ["flow", "teacher", "student", "evaluate"]
+
+    changed = run_pipeline(load_config(None, [*base, "student.train.max_steps=3"]))
+    assert (changed.ran, changed.skipped) == (["student", "evaluate"], ["flow", "teacher"])
+    assert changed.models["student"].version == "2" and changed.models["teacher"].version == "1"
+
+    forced = run_pipeline(load_config(None, base), force=("teacher",))  # the student learns from the new teacher
+    assert (forced.ran, forced.skipped) == (["teacher", "student", "evaluate"], ["flow"])
+
+    sweep = [*base, "pipeline.sweep=true", "sweep.num_samples=1", "sweep.search=random", "sweep.scheduler=fifo",
+             "sweep.space={student.loss.tc_weight: {type: loguniform, low: 0.01, high: 1.0}}"]
+    run_pipeline(load_config(None, sweep))
+    run_pipeline(load_config(None, sweep))  # restored: no second sweep folder
+    assert len(glob.glob(f"{tmp_path}/ray_results/sweep-*-best.yaml")) == 1
+    run_pipeline(load_config(None, sweep), force=("sweep",))
+    assert len(glob.glob(f"{tmp_path}/ray_results/sweep-*-best.yaml")) == 2
