@@ -313,15 +313,7 @@ def _compute_shards(cfg: EtcConfig, dataset, todo: list[ShardJob], progress: boo
             raise e.cause from None
         raise
     return {"sizes": sizes, "startup_s": max(startup.values(), default=0.0),
-            "steady_pairs_per_s": _steady_rate(done_at), "profile": profile}
-
-
-def _steady_rate(done_at: list[tuple[float, int]]) -> float:
-    """Pairs/s after the first shard was written (start-up and pipeline fill excluded): (seconds, pairs) per
-    shard in the order they were written."""
-    if len(done_at) < 2 or done_at[-1][0] <= done_at[0][0]:
-        return 0.0
-    return sum(n for _, n in done_at[1:]) / (done_at[-1][0] - done_at[0][0])
+            "steady_pairs_per_s": work.steady_rate(done_at), "profile": profile}
 
 
 def pair_picture(img0: np.ndarray, img1: np.ndarray, flow: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:

@@ -136,6 +136,14 @@ def write_shards_sequentially(cfg, dataset, jobs: list[ShardJob], estimator: Flo
     return sizes
 
 
+def steady_rate(done_at: list[tuple[float, int]]) -> float:
+    """Pairs/s after the first shard was written (start-up and pipeline fill left out), from (seconds since the
+    start, pairs) of each shard in the order they were written."""
+    if len(done_at) < 2 or done_at[-1][0] <= done_at[0][0]:
+        return 0.0
+    return sum(n for _, n in done_at[1:]) / (done_at[-1][0] - done_at[0][0])
+
+
 # ------------------------------------------------------------------------------ Ray Data steps (one row per shard)
 
 def _jobs(batch: dict) -> list[ShardJob]:
