@@ -59,10 +59,11 @@ def _flow_rows(rows: dict) -> list[str]:
     lines = ["| run | pairs | pairs/s end to end | steady pairs/s | start-up | driver CPU / wall | worker s: read, flow, "
              "write |", "|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
-        p = row["profile"]
-        work = f"{p['read_s']:.0f}, {p['flow_s']:.0f}, {p['write_s']:.0f}" if p else "(one process)"
+        p = row["profile"]  # empty for the sequential loop: all its work is the driver's
+        work = f"{p['read_s']:.1f}, {p['flow_s']:.1f}, {p['write_s']:.1f}" if p else "(all in one process)"
+        driver = f"{100 * row['driver_cpu_fraction']:.0f} %" if p else "-"
         lines.append(f"| {name} | {row['pairs']} | {row['pairs_per_s']:.2f} | {row['steady_pairs_per_s']:.2f} "
-                     f"| {row['startup_s']:.1f} s | {100 * row['driver_cpu_fraction']:.0f} % | {work} |")
+                     f"| {row['startup_s']:.1f} s | {driver} | {work} |")
     return lines
 
 

@@ -182,6 +182,7 @@ def run_flow_stage(cfg: EtcConfig, dataset=None, progress: bool = True, force: b
     uri, ep, region = cfg.shards.uri, cfg.s3.endpoint_url, cfg.s3.region
     if cfg.flow.source == "ptlflow":
         check_ptlflow(cfg.flow.model, cfg.flow.weights)
+        _flow_resources(cfg)  # actors that cannot all start: refused before anything is written
     if dataset is None:
         from etc_core.data.registry import open_dataset
 

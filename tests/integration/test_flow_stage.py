@@ -153,6 +153,14 @@ def test_ptlflow_random_init_through_the_stage(ray_local, tmp_path):
     assert sample["meta"]["source"] == "ptlflow" and sample["meta"]["flow_model"] == "rapidflow_it1"
 
 
+def test_flow_actors_that_leave_no_cpu_for_reading_and_writing_are_refused(ray_local, tiny_data, tmp_path):
+    cfg = _cfg(tiny_data, "flow.source=ptlflow", "flow.num_actors=2", uri=str(tmp_path / "full"))  # Ray has 2 CPUs
+    with pytest.raises(ConfigError, match=r"^flow.num_actors: 2 flow actor\(s\) x flow.cpus_per_actor 1 leave none "
+                                          r"of the 2 CPUs") as err:
+        run_flow_stage(cfg, progress=False)
+    assert "\n" not in str(err.value) and not (tmp_path / "full").exists()  # refused before anything is written
+
+
 def test_s3_round_trip_on_moto(ray_local, moto_s3, tiny_data):
     from etc_core.storage import uri as storage
 
