@@ -117,9 +117,12 @@ class FlowConfig(_Section):
     source: Literal["ptlflow", "ground_truth"] = "ground_truth"  # ground_truth: the generated data's exact flow
     model: str = "rapidflow_it1"  # any ptlflow.get_model_names() entry
     weights: str = "none"  # ptlflow checkpoint name (things, sintel, ...), a local checkpoint path, or none = random
-    num_actors: int | None = Field(None, ge=1)  # None: one per GPU, else 1
-    cpus_per_actor: int = Field(1, ge=1)
-    batch_size: int = Field(4, ge=1)  # pairs per actor call
+    num_actors: int | None = Field(None, ge=1)  # flow-model actors; None: one per gpus_per_actor of the GPUs, else 1
+    cpus_per_actor: int = Field(1, ge=1)  # CPUs each flow actor reserves (its torch threads on CPU)
+    gpus_per_actor: float = Field(1.0, gt=0, le=1)  # on GPU nodes; 0.5 puts two flow actors on each GPU
+    batch_size: int = Field(4, ge=1)  # pairs per flow-model forward pass (what fits in GPU memory)
+    half: bool = False  # fp16 autocast for the flow model on CUDA (float32 on CPU)
+    max_cpus: int | None = Field(None, ge=1)  # CPUs the stage's Ray Data pipeline may hold at once; None: the cluster's
 
 
 class ShardsConfig(_Section):

@@ -5,9 +5,12 @@
     AWS_ENDPOINT_URL=http://127.0.0.1:5555 python pipelines/precompute_flow.py --config configs/demo.yaml \
         shards.uri=s3://etc-demo/shards                                            # S3 (credentials from env)
     ray job submit --working-dir . -- python pipelines/precompute_flow.py ...      # joins the cluster
+    python pipelines/precompute_flow.py --config configs/demo.yaml --verify        # re-read every shard in full
 
-Writes {shards.uri}/{train,val}/shard-{i:06d}.tar and {shards.uri}/manifest.json (last). A rerun with the same
-config skips complete shards (a no-op when all are there); a different config at the same shards.uri is refused.
+Writes {shards.uri}/{train,val}/shard-{i:06d}.tar (each with a .tar.json sidecar) and {shards.uri}/manifest.json
+(last), on Ray Data: this process only plans and commits, Ray workers read, estimate, encode and write. A rerun
+with the same config skips complete shards, known from their sidecars without reading them (--verify reads them;
+a no-op when all are there); a different config at the same shards.uri is refused.
 The generated dataset is written to data.root first when it is not there yet; Cityscapes and CamVid
 (data.kind, configs/cityscapes.yaml, configs/camvid.yaml) are read in place after a check of the tree.
 """
@@ -24,7 +27,8 @@ from etc_core.entry import run_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, _ = parse_args(__doc__.splitlines()[0], argv)
+    cfg, args = parse_args(__doc__.splitlines()[0], argv, lambda p: p.add_argument(
+        "--verify", action="store_true", help="read every existing shard in full instead of trusting its sidecar"))
     from etc_core.tracking import mlflow as tracking
     from etc_core.data import shards
     from etc_core.cluster_check import check_cluster
@@ -42,11 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     check_cluster(cfg)  # relative paths on a multi-node cluster
     dataset = open_dataset(cfg.data, generate=True)  # synthetic: generated (on Ray) when missing
     with tracking.stage_run(cfg.mlflow, "flow", params=flatten(cfg)):
-        result = run_flow_stage(cfg, dataset)
+        result = run_flow_stage(cfg, dataset, verify=args.verify)
         counts = {f"flow/{split}_{what}": (len(v["shards"]) if what == "shards" else v["samples"])
                   for split, v in result.manifest["splits"].items() for what in ("shards", "samples")}
         tracking.log_metrics({**counts, "flow/pairs_computed": result.pairs_computed,
                               "flow/pairs_per_s": result.pairs_per_s, "flow/shards_written": result.shards_written,
+                              "flow/steady_pairs_per_s": result.steady_pairs_per_s, "flow/startup_s": result.startup_s,
                               "flow/shards_skipped": result.shards_skipped})
         sample = next(shards.iter_samples(cfg.shards.uri, "train"))
         meta = sample["meta"]

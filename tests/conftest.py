@@ -14,15 +14,31 @@ os.environ.pop("RAY_ADDRESS", None)  # tests start their own local Ray, never jo
 REPO = Path(__file__).resolve().parents[1]
 
 
+# what Ray's own processes start with: the flow stage's workers write shards to moto (the endpoint comes from
+# s3.endpoint_url) with these fake keys; a call without an endpoint goes to a closed loopback port, never to AWS
+RAY_AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+
+
 @pytest.fixture(scope="session")
 def ray_local():
-    """A real local Ray with 2 CPUs on 127.0.0.1, shared by the session's integration tests."""
+    """A real local Ray with 2 CPUs on 127.0.0.1, shared by the session's integration tests; its workers get
+    RAY_AWS_ENV (this process's environment is left as it was)."""
     import ray
 
     from etc_core.config import RayConfig
     from etc_core.ray_utils import init_ray
 
-    init_ray(RayConfig(num_cpus=2))
+    saved = {k: os.environ.get(k) for k in RAY_AWS_ENV}
+    os.environ.update(RAY_AWS_ENV)
+    try:
+        init_ray(RayConfig(num_cpus=2))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     yield ray
     ray.shutdown()
 

@@ -4,6 +4,7 @@ Layout under a shard URI (local folder or s3://bucket/prefix):
 
     {uri}/manifest.json               written last: shards, sample counts, config hash, versions
     {uri}/{train,val}/shard-{i:06d}.tar
+    {uri}/{train,val}/shard-{i:06d}.tar.json    its sidecar, written after it: {"samples", "bytes"} (resume)
     sample `{video}_{t:06d}_{k}`: img0.png (frame t, RGB), img1.png (frame t+k), flow.npy (float16 [2,H,W],
     project convention), label.png (uint8, 255 = ignore; only when frame t is labelled), meta.json
 
@@ -79,12 +80,30 @@ def write_shard(samples: list[dict], url: str, endpoint_url: str | None = None, 
                 sink.write(sample)
         nbytes = os.path.getsize(tmp)
         storage.put_file(tmp, url, endpoint_url, region)
+        # after the shard: a sidecar is only ever trusted beside a shard of the size it states
+        storage.put_bytes(json.dumps({"samples": len(samples), "bytes": nbytes}).encode(), sidecar_url(url),
+                          endpoint_url, region)
     except storage.UriError as e:
         raise StorageError(str(e)) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return nbytes
+
+
+def sidecar_url(url: str) -> str:
+    """Where write_shard records a shard's sample count and size: `{url}.json`."""
+    return f"{url}.json"
+
+
+def finished_shard(url: str, endpoint_url: str | None = None, region: str | None = None) -> dict | None:
+    """{"samples", "bytes"} of a shard that write_shard finished (its sidecar, and a shard of the size it states),
+    else None. Reads the small sidecar and one stat / HEAD, never the shard itself."""
+    try:
+        info = json.loads(storage.read_bytes(sidecar_url(url), endpoint_url, region))
+        return info if storage.size(url, endpoint_url, region) == info["bytes"] else None
+    except (storage.UriError, ValueError, KeyError, TypeError):
+        return None
 
 
 def count_samples(url: str, endpoint_url: str | None = None, region: str | None = None) -> int | None:

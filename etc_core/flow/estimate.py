@@ -93,19 +93,21 @@ def check_ptlflow(model: str, weights: str, download_timeout: float = 5.0) -> No
 
 
 class PtlflowEstimator:
-    """A ptlflow model held in memory (one per actor), on CUDA when this process sees a GPU."""
+    """A ptlflow model held in memory (one per actor), on CUDA when this process sees a GPU; `half` runs it under
+    fp16 autocast there (flow.half; on CPU it runs in float32)."""
 
-    def __init__(self, model: str, weights: str = "none", device: str | None = None):
+    def __init__(self, model: str, weights: str = "none", device: str | None = None, half: bool = False):
         import ptlflow
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.half = half and self.device.type == "cuda"
         self.model = ptlflow.get_model(model, ckpt_path=_weights_arg(weights)).eval().to(self.device)
 
     def estimate(self, img0: np.ndarray, img1: np.ndarray, refs: list[PairRef]) -> np.ndarray:
         images = to_ptlflow_input(img0, img1).to(self.device)  # [B,2,3,H,W] BGR [0,1]
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(self.device.type, torch.float16, enabled=self.half):
             out = self.model({"images": images})
-        return from_ptlflow_output(out["flows"])  # [B,2,H,W]
+        return from_ptlflow_output(out["flows"])  # [B,2,H,W] float32
 
 
 class GroundTruthEstimator:

@@ -1,11 +1,16 @@
-"""The flow stage: estimate flow for every training/validation pair on Ray actors and write WebDataset shards.
+"""The flow stage: estimate flow for every training/validation pair and write WebDataset shards, on Ray Data.
+
+The driver only plans and commits: it lists the shards (a pure function of the config), skips those already
+complete (their sidecars, not their bodies), runs one Ray Data pipeline with a row per missing shard, and writes
+the manifest last. Reading and decoding clips, the flow model (an actor pool) and encoding and the atomic write
+of each shard all run in Ray workers (etc_core/flow/work.py), with Ray Data's backpressure and progress.
 
 Samples (docs/shards.md): train = for each labelled frame t of each train video, the pairs (t, t+k) for every k
 in shards.k with 0 <= t+k < T; val and test = every consecutive pair (t, t+1) of each video (TC uses them all,
 mIoU those that carry a label; they also carry the next frame's label and, for generated data, the validity
-mask, which tc_noc and the flicker rate need). Videos are assigned to shards in a seed-shuffled order, shards hold at most
-shards.max_samples_per_shard samples and about shards.max_shard_bytes bytes, so the plan is a pure function of
-the config and a rerun (or a resumed, killed run) writes exactly the same shards.
+mask, which tc_noc and the flicker rate need). Videos are assigned to shards in a seed-shuffled order, shards
+hold at most shards.max_samples_per_shard samples and about shards.max_shard_bytes bytes, so the plan is a pure
+function of the config and a rerun (or a resumed, killed run) writes exactly the same shards.
 """
 from __future__ import annotations
 
@@ -14,21 +19,20 @@ import json
 import logging
 import random
 import time
-from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from etc_core.config import EtcConfig
 from etc_core.data import shards
-from etc_core.errors import ConfigError, DatasetError, StorageError
-from etc_core.flow.estimate import PairRef, check_ptlflow, make_estimator
+from etc_core.errors import ConfigError, EtcError, StorageError
+from etc_core.flow import work
+from etc_core.flow.estimate import check_ptlflow
+from etc_core.flow.work import Sample, ShardJob
 from etc_core.storage import uri as storage
 
 log = logging.getLogger(__name__)
-
-Sample = tuple[str, int, int, bool]  # (clip_id, t, k, frame t labelled)
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,10 @@ class FlowStageResult:
     seconds: float  # wall time spent computing and writing
     shards_written: int
     shards_skipped: int
+    startup_s: float = 0.0  # the slowest flow actor's start-up (ptlflow import, model build), paid once per actor
+    steady_pairs_per_s: float = 0.0  # after the first shard was written: start-up and pipeline fill left out
+    driver_cpu_s: float = 0.0  # CPU time of this (the driver's) process while the shards were computed
+    profile: dict = field(default_factory=dict)  # seconds summed over shards: read_s, flow_s, write_s (in workers)
 
     @property
     def pairs_per_s(self) -> float:
@@ -51,6 +59,8 @@ def stage_identity(cfg: EtcConfig) -> dict:
     flow = {"source": cfg.flow.source}
     if cfg.flow.source == "ptlflow":
         flow.update(model=cfg.flow.model, weights=cfg.flow.weights)
+        if cfg.flow.half:  # only when on: shard sets made in float32 keep their hash
+            flow["half"] = True
     keep = ("k", "max_samples_per_shard", "max_shard_bytes", "seed")
     return {"data": data, "flow": flow, "shards": {k: getattr(cfg.shards, k) for k in keep}}
 
@@ -147,10 +157,11 @@ def _versions() -> dict:
 
 
 def _remove_leftovers(uri: str, cfg: EtcConfig) -> None:
-    """What a killed run leaves and no reader ever trusts: local `shard-*.tar.tmp.<pid>` files, unfinished S3
-    multipart uploads (invisible to listings, yet kept and billed). Only called while holding the prefix lock."""
+    """What a killed run leaves and no reader ever trusts: local `shard-*.tmp.<pid>` files (shards and sidecars),
+    unfinished S3 multipart uploads (invisible to listings, yet kept and billed). Only called while holding the
+    prefix lock."""
     if not storage.is_s3(uri):
-        for tmp in Path(uri).glob("*/shard-*.tar.tmp.*"):
+        for tmp in Path(uri).glob("*/shard-*.tmp.*"):
             tmp.unlink(missing_ok=True)
         return
     try:
@@ -161,14 +172,17 @@ def _remove_leftovers(uri: str, cfg: EtcConfig) -> None:
         log.info("aborted %d unfinished multipart upload(s) under %s left by an earlier run", aborted, uri)
 
 
-def run_flow_stage(cfg: EtcConfig, dataset=None, progress: bool = True, force: bool = False) -> FlowStageResult:
+def run_flow_stage(cfg: EtcConfig, dataset=None, progress: bool = True, force: bool = False,
+                   verify: bool = False) -> FlowStageResult:
     """Write the shards and manifest for cfg at cfg.shards.uri (skipping complete shards; `force` deletes the shard
-    set first); Ray must be up. Holds the prefix's lock (etc_core.locks) throughout: a second run waits for it."""
+    set first; `verify` reads every existing shard in full instead of trusting its sidecar); Ray must be up. Holds
+    the prefix's lock (etc_core.locks) throughout: a second run waits for it."""
     from etc_core import locks
 
     uri, ep, region = cfg.shards.uri, cfg.s3.endpoint_url, cfg.s3.region
     if cfg.flow.source == "ptlflow":
         check_ptlflow(cfg.flow.model, cfg.flow.weights)
+        _flow_resources(cfg)  # actors that cannot all start: refused before anything is written
     if dataset is None:
         from etc_core.data.registry import open_dataset
 
@@ -176,14 +190,24 @@ def run_flow_stage(cfg: EtcConfig, dataset=None, progress: bool = True, force: b
     with locks.hold(locks.shards_lock(uri), cfg.pipeline.lock_wait_s, ep, region):
         if force:
             shards.remove_shards(uri, ep, region)
-        return _write_shards(cfg, dataset, progress)
+        return _write_shards(cfg, dataset, progress, verify)
 
 
-def _write_shards(cfg: EtcConfig, dataset, progress: bool) -> FlowStageResult:
+def _finished_bytes(url: str, samples: int, cfg: EtcConfig, verify: bool) -> int | None:
+    """Size of the shard at url when it is complete with `samples` samples, else None. Reads its sidecar and one
+    stat/HEAD; with `verify` the whole shard instead."""
+    ep, region = cfg.s3.endpoint_url, cfg.s3.region
+    if verify:
+        return storage.size(url, ep, region) if shards.count_samples(url, ep, region) == samples else None
+    info = shards.finished_shard(url, ep, region)
+    return info["bytes"] if info is not None and info["samples"] == samples else None
+
+
+def _write_shards(cfg: EtcConfig, dataset, progress: bool, verify: bool) -> FlowStageResult:
     uri, ep, region = cfg.shards.uri, cfg.s3.endpoint_url, cfg.s3.region
     identity = stage_identity(cfg)
     manifest = _claim(uri, identity, cfg)
-    if manifest is not None and _manifest_complete(manifest, uri, cfg):
+    if manifest is not None and not verify and _manifest_complete(manifest, uri, cfg):
         log.info("shards at %s are complete for this config; nothing to do", uri)
         return FlowStageResult(manifest, 0, 0.0, 0, sum(len(s["shards"]) for s in manifest["splits"].values()))
     _remove_leftovers(uri, cfg)
@@ -191,17 +215,16 @@ def _write_shards(cfg: EtcConfig, dataset, progress: bool) -> FlowStageResult:
     todo, sizes = [], {}
     for split, shard_list in plan.items():
         for index, samples in enumerate(shard_list):
-            url = storage.join(uri, shards.shard_name(split, index))
-            if shards.count_samples(url, ep, region) == len(samples):
-                sizes[(split, index)] = storage.size(url, ep, region)
+            done = _finished_bytes(storage.join(uri, shards.shard_name(split, index)), len(samples), cfg, verify)
+            if done is None:
+                todo.append(ShardJob(split, index, samples))
             else:
-                todo.append((split, index, samples))
+                sizes[(split, index)] = done
     skipped = len(sizes)
     log.info("flow stage: %d shards to write, %d already complete, at %s", len(todo), skipped, uri)
-    start = time.perf_counter()
-    pairs = sum(len(s) for _, _, s in todo)
-    if todo:
-        sizes.update(_compute_shards(cfg, dataset, todo, progress))
+    start, cpu_start = time.perf_counter(), time.process_time()
+    run = _compute_shards(cfg, dataset, todo, progress) if todo else {"sizes": {}}
+    sizes.update(run.pop("sizes"))
     seconds = time.perf_counter() - start
     manifest = {"format": shards.FORMAT, "config_hash": config_hash(identity), "config": identity,
                 "num_classes": dataset.num_classes, "class_names": list(dataset.class_names),
@@ -211,109 +234,87 @@ def _write_shards(cfg: EtcConfig, dataset, progress: bool) -> FlowStageResult:
                    for i, s in enumerate(shard_list)]
         manifest["splits"][split] = {"samples": sum(e["samples"] for e in entries), "shards": entries}
     shards.write_manifest(uri, manifest, ep, region)  # last: readers trust only complete manifests
-    return FlowStageResult(manifest, pairs, seconds, len(todo), skipped)
+    return FlowStageResult(manifest, sum(len(j.samples) for j in todo), seconds, len(todo), skipped,
+                           driver_cpu_s=time.process_time() - cpu_start, **run)
 
 
-def _num_actors(cfg: EtcConfig) -> tuple[int, int]:
-    """(actors, GPUs per actor): flow.num_actors or one per GPU, else one CPU actor."""
+def _flow_resources(cfg: EtcConfig) -> tuple[int, float]:
+    """(flow actors, GPUs per actor) for flow.source=ptlflow: flow.num_actors, or one per flow.gpus_per_actor of
+    the cluster's GPUs, else one CPU actor. ConfigError when they cannot all start and leave a CPU for the
+    stage's read and write tasks (the pipeline would wait for ever)."""
     import ray
 
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    return (cfg.flow.num_actors or max(gpus, 1)), (1 if gpus else 0)
+    resources = ray.cluster_resources()
+    gpus, cpus = resources.get("GPU", 0), int(resources.get("CPU", 0))
+    per_actor = cfg.flow.gpus_per_actor if gpus else 0.0
+    actors = cfg.flow.num_actors or (max(int(gpus / per_actor), 1) if gpus else 1)
+    if gpus and actors * per_actor > gpus + 1e-9:
+        raise ConfigError(f"flow.num_actors: {actors} actors x flow.gpus_per_actor {per_actor} need more than the "
+                          f"cluster's {gpus:g} GPUs")
+    limit = min(cpus, cfg.flow.max_cpus or cpus)
+    if actors * cfg.flow.cpus_per_actor >= limit:
+        raise ConfigError(f"flow.num_actors: {actors} flow actor(s) x flow.cpus_per_actor {cfg.flow.cpus_per_actor} "
+                          f"leave none of the {limit} CPUs the stage may use (the cluster's, flow.max_cpus) for "
+                          f"reading and writing shards; use fewer actors or give Ray more CPUs (ray.num_cpus)")
+    return actors, per_actor
 
 
-def _batches(dataset, todo, batch_size: int):
-    """Yield (shard position, split, batch of (sample, img0, img1, label, extra)) reading one clip at a time;
-    extra holds label1 (the label of t+k) and valid (the pair's validity mask) where the dataset has them."""
-    cached: tuple[str, str, object] | None = None
-    for position, (split, _, samples) in enumerate(todo):
-        for start in range(0, len(samples), batch_size):
-            batch = []
-            for clip_id, t, k, labelled in samples[start:start + batch_size]:
-                if cached is None or cached[:2] != (split, clip_id):
-                    cached = (split, clip_id, dataset.read_clip(split, clip_id))
-                clip = cached[2]
-                if not 0 <= t + k < clip.num_frames:
-                    raise DatasetError(f"{split}/{clip_id}: frame {t + k} out of range ({clip.num_frames} frames)")
-                extra = {}
-                if split != "train":  # evaluation pairs: the next frame's label and the validity mask
-                    if (clip.labels[t + k] != 255).any():
-                        extra["label1"] = clip.labels[t + k]
-                    if k == 1 and clip.valid is not None:
-                        extra["valid"] = clip.valid[t]
-                batch.append(((clip_id, t, k), clip.frames[t], clip.frames[t + k],
-                              clip.labels[t] if labelled else None, extra))
-            yield position, split, batch
-
-
-def _compute_shards(cfg: EtcConfig, dataset, todo: list, progress: bool) -> dict:
-    """Run the pairs of `todo` shards through a pool of flow actors; write each shard as soon as it is whole."""
+def _pipeline(cfg: EtcConfig, dataset, todo: list[ShardJob]):
+    """The Ray Data dataset that writes the shards of `todo`: one row per shard through read (tasks), flow (an
+    actor pool of flow models, or tasks for the ground truth), encode and write (tasks); rows out are small."""
     import ray
-    from ray.util import ActorPool
-    from tqdm.auto import tqdm
+    from ray.data import ActorPoolStrategy
 
-    num_actors, gpus = _num_actors(cfg)
-    actor_cls = ray.remote(_FlowActor).options(num_cpus=cfg.flow.cpus_per_actor, num_gpus=gpus,
-                                                max_restarts=1, max_task_retries=1)
-    actors = [actor_cls.remote(cfg.flow.source, cfg.flow.model, cfg.flow.weights, dataset) for _ in range(num_actors)]
-    log.info("flow stage: %d actor(s) (%s, %d CPU, %d GPU each)", num_actors,
-             cfg.flow.model if cfg.flow.source == "ptlflow" else "ground truth", cfg.flow.cpus_per_actor, gpus)
-    pool = ActorPool(actors)
-    window = 2 * num_actors  # bounded in-flight batches keep driver memory bounded
-    waiting: deque = deque()
-    buffers: dict[int, list[dict]] = {}
-    sizes = {}
-    meta_base = {"source": cfg.flow.source, "flow_model": cfg.flow.model if cfg.flow.source == "ptlflow" else None,
-                 "flow_weights": cfg.flow.weights if cfg.flow.source == "ptlflow" else None}
-    bar = tqdm(total=sum(len(s) for _, _, s in todo), desc="flow pairs", unit="pair", disable=not progress)
+    ds = ray.data.from_items(work.job_rows(todo), override_num_blocks=len(todo))
+    ds = ds.map_batches(work.read_batch, batch_size=1, fn_kwargs={"dataset": dataset})
+    if cfg.flow.source == "ptlflow":
+        actors, gpus = _flow_resources(cfg)
+        log.info("flow stage: %d flow actor(s) of %s (%d CPU, %g GPU each), %d pairs per forward pass%s", actors,
+                 cfg.flow.model, cfg.flow.cpus_per_actor, gpus, cfg.flow.batch_size,
+                 ", fp16 autocast" if cfg.flow.half and gpus else "")
+        ds = ds.map_batches(work.FlowPredictor, batch_size=1, num_cpus=cfg.flow.cpus_per_actor, num_gpus=gpus,
+                            compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=2),
+                            fn_constructor_kwargs={"model": cfg.flow.model, "weights": cfg.flow.weights,
+                                                   "batch_size": cfg.flow.batch_size, "half": cfg.flow.half})
+    else:
+        ds = ds.map_batches(work.ground_truth_batch, batch_size=1,
+                            fn_kwargs={"dataset": dataset, "batch_size": cfg.flow.batch_size})
+    return ds.map_batches(work.write_batch, batch_size=1,
+                          fn_kwargs={"uri": cfg.shards.uri, "meta": work.flow_meta(cfg),
+                                     "endpoint_url": cfg.s3.endpoint_url, "region": cfg.s3.region})
 
-    def collect() -> None:
-        position, split, batch = waiting.popleft()
-        flows = pool.get_next()  # ordered: matches the oldest submitted batch
-        if not np.isfinite(flows).all():  # never write garbage flow silently (e.g. random weights on tiny frames)
-            (clip_id, t, k), *_ = batch[0]
-            raise ConfigError(f"flow.model: {cfg.flow.model} (weights {cfg.flow.weights}) gave non-finite flow "
-                              f"for {split}/{clip_id} t={t} k={k}; try other weights or larger frames")
-        for ((clip_id, t, k), img0, img1, label, extra), flow in zip(batch, flows):
-            meta = {"video": clip_id, "t": t, "k": k, "split": split, **meta_base}
-            buffers.setdefault(position, []).append(
-                shards.encode_sample(shards.sample_key(clip_id, t, k), img0, img1, flow, label, meta, **extra))
-        bar.update(len(batch))
-        split_, index, samples = todo[position]
-        if len(buffers[position]) == len(samples):
-            url = storage.join(cfg.shards.uri, shards.shard_name(split_, index))
-            sizes[(split_, index)] = shards.write_shard(buffers.pop(position), url, cfg.s3.endpoint_url, cfg.s3.region)
 
+def _compute_shards(cfg: EtcConfig, dataset, todo: list[ShardJob], progress: bool) -> dict:
+    """Run the Ray Data pipeline over `todo`; the driver only collects one small row per written shard. Returns
+    {"sizes": {(split, index): bytes}, "startup_s", "steady_pairs_per_s", "profile"}."""
+    import ray
+    from ray.data import DataContext, ExecutionResources
+
+    ctx = DataContext.get_current().copy()
+    ctx.enable_progress_bars = progress  # Ray Data's bar per operator
+    ctx.raise_original_map_exception = True  # a worker's DatasetError / ConfigError reaches us as itself
+    if cfg.flow.max_cpus:
+        ctx.execution_options.resource_limits = ExecutionResources(cpu=cfg.flow.max_cpus)
+    sizes, startup, done_at, profile = {}, {}, [], {"read_s": 0.0, "flow_s": 0.0, "write_s": 0.0}
+    start = time.perf_counter()
     try:
-        for position, split, batch in _batches(dataset, todo, cfg.flow.batch_size):
-            while len(waiting) >= window:
-                collect()
-            refs = [PairRef(split, clip_id, t, k) for (clip_id, t, k), *_ in batch]
-            img0 = np.stack([b[1] for b in batch])  # [B,H,W,3]
-            img1 = np.stack([b[2] for b in batch])
-            pool.submit(lambda actor, args: actor.estimate.remote(*args), (img0, img1, refs))
-            waiting.append((position, split, batch))
-        while waiting:
-            collect()
-    finally:
-        bar.close()
-        for actor in actors:
-            ray.kill(actor)
-    return sizes
-
-
-class _FlowActor:
-    """Holds one flow estimator (a ptlflow model or the ground truth) and turns batches of pairs into flow."""
-
-    def __init__(self, source: str, model: str, weights: str, dataset):
-        import logging as _logging
-
-        _logging.getLogger("ptlflow").setLevel(_logging.WARNING)
-        self.estimator = make_estimator(source, model, weights, dataset)
-
-    def estimate(self, img0: np.ndarray, img1: np.ndarray, refs: list[PairRef]) -> np.ndarray:
-        """img0, img1 uint8 [B,H,W,3] RGB -> flow float32 [B,2,H,W] (project convention)."""
-        return self.estimator.estimate(img0, img1, refs)
+        with DataContext.current(ctx):
+            for row in _pipeline(cfg, dataset, todo).iter_rows():
+                sizes[(str(row["split"]), int(row["index"]))] = int(row["bytes"])
+                done_at.append((time.perf_counter() - start, int(row["samples"])))
+                for key in profile:
+                    profile[key] += float(row[key])
+                actor = int(row["actor"])
+                if actor >= 0 and actor not in startup:
+                    startup[actor] = float(row["startup_s"])
+                    log.info("flow actor pid %d: %s imported and built in %.1f s (once per actor)", actor,
+                             cfg.flow.model, startup[actor])
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, EtcError):
+            raise e.cause from None
+        raise
+    return {"sizes": sizes, "startup_s": max(startup.values(), default=0.0),
+            "steady_pairs_per_s": work.steady_rate(done_at), "profile": profile}
 
 
 def pair_picture(img0: np.ndarray, img1: np.ndarray, flow: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:

@@ -1,10 +1,13 @@
-"""The flow stage on a real local Ray: ground truth and ptlflow, local and S3 (moto), rerun, failures.
+"""The flow stage on a real local Ray (Ray Data): ground truth and ptlflow, local and S3 (moto), the same shards as
+the stage before it and as the plain loop, resume from sidecars, failures.
 
 A killed stage and its resume: tests/reliability/test_faults.py.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import tarfile
 
 import numpy as np
@@ -16,12 +19,21 @@ from etc_core.config import load_config
 from etc_core.data import shards
 from etc_core.data.generated import GeneratedDataset, write_dataset
 from etc_core.errors import ConfigError, DatasetError
-from etc_core.flow.stage import run_flow_stage
+from etc_core.flow.estimate import GroundTruthEstimator
+from etc_core.flow.stage import plan_shards, run_flow_stage
+from etc_core.flow.work import ShardJob, write_shards_sequentially
 from tests.conftest import run_python
 
 pytestmark = pytest.mark.integration
 
 TINY = ["data.num_videos=3", "data.num_frames=5", "data.height=32", "data.width=48", "data.label_every=2"]
+# the shards of _cfg(tiny_data) as the ActorPool stage before Ray Data wrote them (main at f5063c7): config hash and
+# sha256 of every tar. Same config, same bytes.
+BEFORE_HASH = "82b79d8b94007c4d"
+BEFORE_TARS = {"test/shard-000000.tar": "e24335bffa2b6df5ecf95eb3fac649b4f05dbee01adf6d98b603ae555860030f",
+               "train/shard-000000.tar": "7e50ae0365a4161d4a267d9b5b3fb10e22d2bcdd43b237629ba7c3044349f0b2",
+               "train/shard-000001.tar": "ae05136ad8f1adca7849c2fb815ff4145c9e71d2ba0ded6383d9a2f9b6890d8b",
+               "val/shard-000000.tar": "24fa1127515b8d9a821ae30827d746720c12d7c1a489b2b3d9a71f100b3d9655"}
 
 
 def _cfg(tmp_path, *extra: str, uri: str | None = None):
@@ -37,15 +49,26 @@ def tiny_data(tmp_path_factory):
     return root
 
 
+def _tar_digests(root) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.glob("*/*.tar"))}
+
+
 def test_ground_truth_round_trip_rerun_and_refusal(ray_local, tiny_data, tmp_path):
     cfg = _cfg(tiny_data, uri=str(tmp_path / "gt"))
     dataset = GeneratedDataset(cfg.data.root)
     result = run_flow_stage(cfg, progress=False)
     manifest = json.loads((tmp_path / "gt" / "manifest.json").read_text())
-    assert manifest == result.manifest and manifest["config_hash"]
+    assert manifest == result.manifest and manifest["config_hash"] == BEFORE_HASH
+    assert _tar_digests(tmp_path / "gt") == BEFORE_TARS  # byte for byte what the stage before Ray Data wrote
     for split in ("train", "val", "test"):
         files = sorted(p.name for p in (tmp_path / "gt" / split).iterdir())
-        assert files == [f"shard-{i:06d}.tar" for i in range(len(manifest["splits"][split]["shards"]))]
+        count = len(manifest["splits"][split]["shards"])
+        assert files == sorted([f"shard-{i:06d}.tar" for i in range(count)] +
+                               [f"shard-{i:06d}.tar.json" for i in range(count)])  # each shard and its sidecar
+        for shard in manifest["splits"][split]["shards"]:
+            sidecar = json.loads((tmp_path / "gt" / f"{shard['path']}.json").read_text())
+            assert sidecar == {"samples": shard["samples"], "bytes": shard["bytes"]}
     train = list(shards.iter_samples(cfg.shards.uri, "train"))
     assert {s["meta"]["k"] for s in train} == {-2, -1, 1, 2} and len(train) == manifest["splits"]["train"]["samples"]
     for sample in train:
@@ -81,6 +104,43 @@ def test_ground_truth_round_trip_rerun_and_refusal(ray_local, tiny_data, tmp_pat
         run_flow_stage(_cfg(tiny_data, "shards.k=[1]", uri=str(tmp_path / "gt")), progress=False)
 
 
+def test_the_plain_loop_writes_the_same_shards(tiny_data, tmp_path):
+    # the benchmark's sequential baseline: the same steps in one process, no Ray, the same bytes
+    cfg = _cfg(tiny_data, uri=str(tmp_path / "loop"))
+    dataset = GeneratedDataset(cfg.data.root)
+    jobs = [ShardJob(split, i, s) for split, plan in plan_shards(dataset, cfg).items() for i, s in enumerate(plan)]
+    write_shards_sequentially(cfg, dataset, jobs, GroundTruthEstimator(dataset))
+    assert _tar_digests(tmp_path / "loop") == BEFORE_TARS
+
+
+def test_resume_trusts_sidecars_without_reading_shards_and_verify_reads_them(ray_local, tiny_data, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="etc_core.flow.stage")
+    root = tmp_path / "gt"
+    cfg = _cfg(tiny_data, uri=str(root))
+    run_flow_stage(cfg, progress=False)
+    # what a killed run leaves: no manifest, a shard never written, one written without its sidecar; and a shard
+    # whose body no longer reads (same size): only a run that reads bodies can tell
+    (root / "manifest.json").unlink()
+    (root / "train" / "shard-000001.tar").unlink()
+    (root / "train" / "shard-000001.tar.json").unlink()
+    (root / "test" / "shard-000000.tar.json").unlink()
+    garbage = b"\0" * (root / "val" / "shard-000000.tar").stat().st_size
+    (root / "val" / "shard-000000.tar").write_bytes(garbage)
+    result = run_flow_stage(cfg, progress=False)
+    assert "flow stage: 2 shards to write, 2 already complete" in caplog.text
+    assert result.shards_written == 2 and result.pairs_computed == 8
+    assert (root / "val" / "shard-000000.tar").read_bytes() == garbage  # trusted from its sidecar: never read
+    assert {k: v for k, v in _tar_digests(root).items() if not k.startswith("val")} == \
+        {k: v for k, v in BEFORE_TARS.items() if not k.startswith("val")}
+
+    caplog.clear()
+    (root / "manifest.json").unlink()
+    run_flow_stage(cfg, progress=False, verify=True)
+    assert "flow stage: 1 shards to write, 3 already complete" in caplog.text
+    assert _tar_digests(root) == BEFORE_TARS
+    assert json.loads((root / "manifest.json").read_text())["config_hash"] == BEFORE_HASH
+
+
 def test_ptlflow_random_init_through_the_stage(ray_local, tmp_path):
     # random-init rapidflow_it1 gives NaN below 64x96, so these frames are a little larger
     cfg = _cfg(tmp_path, "flow.source=ptlflow", "flow.model=rapidflow_it1", "flow.weights=none", "shards.k=[1]",
@@ -91,6 +151,14 @@ def test_ptlflow_random_init_through_the_stage(ray_local, tmp_path):
     sample = next(shards.iter_samples(cfg.shards.uri, "train"))
     assert sample["flow"].shape == (2, 64, 96) and np.isfinite(sample["flow"]).all()
     assert sample["meta"]["source"] == "ptlflow" and sample["meta"]["flow_model"] == "rapidflow_it1"
+
+
+def test_flow_actors_that_leave_no_cpu_for_reading_and_writing_are_refused(ray_local, tiny_data, tmp_path):
+    cfg = _cfg(tiny_data, "flow.source=ptlflow", "flow.num_actors=2", uri=str(tmp_path / "full"))  # Ray has 2 CPUs
+    with pytest.raises(ConfigError, match=r"^flow.num_actors: 2 flow actor\(s\) x flow.cpus_per_actor 1 leave none "
+                                          r"of the 2 CPUs") as err:
+        run_flow_stage(cfg, progress=False)
+    assert "\n" not in str(err.value) and not (tmp_path / "full").exists()  # refused before anything is written
 
 
 def test_s3_round_trip_on_moto(ray_local, moto_s3, tiny_data):
@@ -107,6 +175,21 @@ def test_s3_round_trip_on_moto(ray_local, moto_s3, tiny_data):
     batches = list(shards.make_loader(cfg.shards.uri, "val", 2, shuffle=False))
     assert sum(len(b["key"]) for b in batches) == result.manifest["splits"]["val"]["samples"]
     assert run_flow_stage(cfg, progress=False).shards_written == 0
+
+    # resume on S3: sidecars and HEADs, no shard downloaded (a same-size garbage object stays), --verify reads them
+    uri = "s3://etc-flow/run1/shards"
+    train0, val0 = f"{uri}/train/shard-000000.tar", f"{uri}/val/shard-000000.tar"
+    assert storage.exists(f"{train0}.json", moto_s3) and storage.exists(f"{val0}.json", moto_s3)
+    garbage = b"\0" * storage.size(train0, moto_s3)
+    storage.put_bytes(garbage, train0, moto_s3)
+    for path in (f"{uri}/manifest.json", val0):
+        storage.remove(path, moto_s3)
+    assert run_flow_stage(cfg, progress=False).shards_written == 1
+    assert storage.read_bytes(train0, moto_s3) == garbage and storage.exists(val0, moto_s3)
+    storage.remove(f"{uri}/manifest.json", moto_s3)
+    assert run_flow_stage(cfg, progress=False, verify=True).shards_written == 1
+    assert storage.read_bytes(train0, moto_s3) != garbage
+    assert len(list(shards.iter_samples(cfg.shards.uri, "train"))) == result.manifest["splits"]["train"]["samples"]
 
 
 def test_missing_or_broken_dataset_is_one_line(ray_local, tiny_data, tmp_path):

@@ -84,6 +84,28 @@ def test_shard_round_trip_and_plain_readers(tmp_path):
         assert "clip_000000_000000_1.flow.npy" in tar.getnames()
 
 
+def test_sidecar_says_a_shard_is_finished_only_beside_a_shard_of_its_size(tmp_path):
+    _write_local(tmp_path, samples_per_shard=(3,))
+    url = str(tmp_path / "train" / "shard-000000.tar")
+    size = (tmp_path / "train" / "shard-000000.tar").stat().st_size
+    assert shards.finished_shard(url) == {"samples": 3, "bytes": size}
+    with open(url, "ab") as f:  # another size than the sidecar states: not finished
+        f.write(b"\0" * 512)
+    assert shards.finished_shard(url) is None
+    (tmp_path / "train" / "shard-000000.tar.json").unlink()
+    assert shards.finished_shard(url) is None and shards.finished_shard(str(tmp_path / "none.tar")) is None
+
+
+def test_stage_identity_keeps_its_hash_unless_half_is_on(tmp_path):
+    from etc_core.flow.stage import config_hash, stage_identity
+
+    base = [f"shards.uri={tmp_path}", "flow.source=ptlflow"]
+    plain = config_hash(stage_identity(load_config(None, base)))
+    speed = ["flow.batch_size=16", "flow.num_actors=3", "flow.max_cpus=8", "flow.gpus_per_actor=0.5"]
+    assert config_hash(stage_identity(load_config(None, [*base, *speed]))) == plain  # how fast, not what
+    assert config_hash(stage_identity(load_config(None, [*base, "flow.half=true"]))) != plain
+
+
 def test_truncated_shard_names_the_shard(tmp_path):
     _write_local(tmp_path)
     bad = tmp_path / "train" / "shard-000001.tar"
