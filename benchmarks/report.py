@@ -138,7 +138,7 @@ def figures(repro: dict | None, flow: dict | None, train: dict | None) -> None:
 
 NOT_MEASURED = {"reproduce": "5. Reproduction with controls (`python -m benchmarks.reproduce --sweep`, then "
                               "`python -m benchmarks.reproduce`): not yet measured on the accepted data."}
-NAMES = ("train_overhead", "flow_stage", "inference", "data_acceptance", "reproduce", "soak")
+NAMES = ("train_overhead", "flow_stage", "inference", "data_acceptance", "reproduce_sweep", "reproduce", "soak")
 
 
 def render(results: dict[str, dict | None]) -> str:
@@ -151,7 +151,8 @@ def render(results: dict[str, dict | None]) -> str:
              "figure here was measured by those scripts; ratios compare against a baseline measured in the same run.",
              "", *machine_section(present)]
     sections = {"train_overhead": train_section, "flow_stage": flow_section, "inference": inference_section,
-                "data_acceptance": report_repro.acceptance_section, "reproduce": report_repro.reproduce_section,
+                "data_acceptance": report_repro.acceptance_section, "reproduce_sweep": report_repro.sweep_section,
+                "reproduce": report_repro.reproduce_section,
                 "soak": soak_section}
     for name, section in sections.items():
         lines += section(results[name]) if results.get(name) else [f"## {name}", "", NOT_MEASURED.get(name, "not yet "

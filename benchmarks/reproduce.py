@@ -8,7 +8,8 @@ its mIoU-TC curve is what blur alone buys, and TL must lie above it. The tempora
 beforehand by the project's own sweep on val (`--sweep`, results kept in benchmarks/results/reproduce_sweep.json)
 and fixed in configs/reproduce.yaml. Every row is scored on test; differences are paired by seed, with 95 % CIs.
 
-    python -m benchmarks.reproduce --sweep          # once: the Ray Tune sweep of lambda and form, on val
+    python -m benchmarks.reproduce --sweep ray.num_cpus=3   # once: the sweep of lambda and form, on val (a trial's
+                                                            # driver holds a logical CPU beside its 2-CPU worker)
     python -m benchmarks.reproduce                  # seeds 0-4
 """
 from __future__ import annotations
