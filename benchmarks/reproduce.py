@@ -136,11 +136,12 @@ def main() -> None:
     tune = {"train.max_steps": 4 if args.quick else args.finetune_steps,
             "train.steps_per_epoch": 2 if args.quick else max(1, args.finetune_steps // 3)}
     suffix = "_quick" if args.quick else ""
+    # the command line as run, defaults spelled out (the sweep's fine-tune schedule included)
+    flags = [*(["--quick"] if args.quick else []), "--finetune-steps", str(args.finetune_steps), *args.overrides]
     if args.sweep:
         result = run_sweep(base, tune, args.quick)
-        common.save("reproduce_sweep" + suffix, {"command": " ".join(
-            ["python -m benchmarks.reproduce --sweep", *(["--quick"] if args.quick else []), *args.overrides]), **result},
-                    started)
+        command = " ".join(["python -m benchmarks.reproduce --sweep", *flags])
+        common.save("reproduce_sweep" + suffix, {"command": command, **result}, started)
         return
     runs, curves = [], {}
     teacher, secs = common.train_or_reuse(apply_values(base, {"train.seed": 0}), "teacher")
@@ -174,9 +175,7 @@ def main() -> None:
     config = {k: v for k, v in base.model_dump(mode="json").items() if k in ("data", "shards", "train", "teacher",
                                                                                 "student")}
     common.save("reproduce" + suffix, {
-        "command": "python -m benchmarks.reproduce " + " ".join(
-            [*(["--quick"] if args.quick else []), "--seeds", *map(str, seeds),
-             "--finetune-steps", str(args.finetune_steps), *args.overrides]),
+        "command": " ".join(["python -m benchmarks.reproduce --seeds", *map(str, seeds), *flags]),
         "seeds": seeds, "split": "test", "finetune_steps": tune["train.max_steps"], "runs": runs + refs,
         "smoothing": {str(s): c for s, c in curves.items()}, "paired": diffs, "kd_gap_closure": gap,
         "tc_noc_above_smoothing_curve": above, "config": config}, started)
