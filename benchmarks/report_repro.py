@@ -74,7 +74,7 @@ def _ci(d: dict) -> str:
 
 
 def sweep_section(r: dict) -> list[str]:
-    """The sweep of the temporal weight and form (benchmarks/reproduce.py --sweep), on val: every trial and the choice."""
+    """The sweep of the temporal weight and form (benchmarks/reproduce.py --sweep) on val: every trial, the choice."""
     c = r["chosen"]
     lines = ["## 5a. Sweep of the temporal weight and form, on val (issue 17)", "",
              f"Each trial fine-tunes seed 0's baseline (val mIoU {r['baseline_val_miou']:.2f}) without KD; rule: "
