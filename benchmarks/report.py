@@ -165,7 +165,11 @@ NOT_MEASURED = {"flow_stage": "3. Flow stage (`python -m benchmarks.flow_stage`)
                                "history).",
                 "reproduce": "5. Reproduction with controls (`python -m benchmarks.reproduce --sweep`, then "
                               "`python -m benchmarks.reproduce`): not yet measured on the accepted data."}
-NAMES = ("train_overhead", "flow_stage", "inference", "data_acceptance", "reproduce", "soak")
+# Each result file (benchmarks/results/NAME.json) and its section of the page, in page order.
+SECTIONS = {"train_overhead": train_section, "flow_stage": flow_section, "inference": inference_section,
+            "data_acceptance": report_repro.acceptance_section, "reproduce_sweep": report_repro.sweep_section,
+            "reproduce": report_repro.reproduce_section, "soak": soak_section}
+NAMES = tuple(SECTIONS)
 
 
 def render(results: dict[str, dict | None]) -> str:
@@ -177,12 +181,9 @@ def render(results: dict[str, dict | None]) -> str:
              "`make bench` reruns every script and this report (about 30 minutes on the machine below). Every "
              "figure here was measured by those scripts; ratios compare against a baseline measured in the same run.",
              "", *machine_section(present)]
-    sections = {"train_overhead": train_section, "flow_stage": flow_section, "inference": inference_section,
-                "data_acceptance": report_repro.acceptance_section, "reproduce": report_repro.reproduce_section,
-                "soak": soak_section}
-    for name, section in sections.items():
-        lines += section(results[name]) if results.get(name) else [f"## {name}", "", NOT_MEASURED.get(name, "not yet "
-                                                                                                "measured."), ""]
+    for name, section in SECTIONS.items():
+        missing = [f"## {name}", "", NOT_MEASURED.get(name, "not yet measured."), ""]
+        lines += section(results[name]) if results.get(name) else missing
     if READING.exists():
         lines += [READING.read_text().rstrip(), ""]
     return "\n".join(lines)

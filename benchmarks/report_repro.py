@@ -73,6 +73,20 @@ def _ci(d: dict) -> str:
     return f"{d['mean']:+.2f} ± {d['ci95']:.2f}"
 
 
+def sweep_section(r: dict) -> list[str]:
+    """The sweep of the temporal weight and form (benchmarks/reproduce.py --sweep) on val: every trial, the choice."""
+    c = r["chosen"]
+    lines = ["## 5a. Sweep of the temporal weight and form, on val (issue 17)", "",
+             f"Each trial fine-tunes seed 0's baseline (val mIoU {r['baseline_val_miou']:.2f}) without KD; rule: "
+             f"{r['rule']}. Chosen: **{c['tc_on']}, λ = {c['tc_weight']:g}**"
+             + ("" if c["within_rule"] else " (no trial met the rule: the best val mIoU)") + ".", "",
+             "| form | λ | " + " | ".join(TITLES) + " |", "|---|---|" + "---|" * len(METRICS)]
+    for t in r["trials"]:
+        cells = " | ".join("error" if t["error"] else f"{t[k]:.2f}" for k in METRICS)
+        lines.append(f"| {t['tc_on']} | {t['tc_weight']:g} | {cells} |")
+    return lines + [""]
+
+
 def reproduce_section(r: dict) -> list[str]:
     """Section 5 from benchmarks/reproduce.py's result (issue 17 format)."""
     s = r["config"]["student"]["loss"]

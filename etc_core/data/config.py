@@ -33,8 +33,8 @@ class DataConfig(BaseModel):
     # scene (changes labels and flow, exactly)
     object_scale: tuple[float, float] = _SCENE.object_scale  # object radius, fraction of min(height, width)
     thin_objects: int = Field(_SCENE.thin_objects, ge=0)  # thin bars per clip
-    lookalike: bool = _SCENE.lookalike  # classes come in pairs that share colour and texture, differing in shape and size
-    pair_scale: float = Field(_SCENE.pair_scale, gt=0, le=2)  # look-alikes: size of the second class of a pair, relative
+    lookalike: bool = _SCENE.lookalike  # class pairs share colour and texture, differ in shape and size
+    pair_scale: float = Field(_SCENE.pair_scale, gt=0, le=2)  # look-alikes: relative size of a pair's second class
     jitter: float = Field(_SCENE.jitter, ge=0)  # camera jitter, pixels (std per frame; carried by the flow)
     # per-frame nuisances (change pixels only); docs/data.md says why these strengths
     noise: float = Field(_LOOK.noise, ge=0, le=1)  # global gain / offset per frame
@@ -42,7 +42,7 @@ class DataConfig(BaseModel):
     illumination: float = Field(_LOOK.illumination, ge=0, le=1)  # moving light gradient and shadow
     shot_noise: float = Field(_LOOK.shot_noise, ge=0)  # sensor noise variance per grey level
     read_noise: float = Field(_LOOK.read_noise, ge=0)  # sensor noise std, grey levels
-    jpeg_quality: tuple[int, int] | None = _LOOK.jpeg_quality  # JPEG quality range drawn per frame; null = no re-encoding
+    jpeg_quality: tuple[int, int] | None = _LOOK.jpeg_quality  # JPEG quality range per frame; null: no re-encoding
 
     @property
     def split_sizes(self) -> dict[str, int]:
