@@ -11,8 +11,8 @@ from tests.conftest import REPO
 STAGES = ("teacher", "baseline", "student")
 # As loaded from a checkout at /work/main (paths are absolute in the key): runs already registered under these
 # keys, and the benchmark resuming them, depend on them staying put.
-# reproduce: the benchmark's run of 2026-12-01, configs/reproduce.yaml at 4000 steps.
-PINNED = {"reproduce": ([], ("45b9a64c9538", "4cb571e8e65b", "db24c19f479f")),
+# reproduce: configs/reproduce.yaml at 4000 steps, with the swept temporal weight (logits, 0.3) of 2026-12-01.
+PINNED = {"reproduce": ([], ("45b9a64c9538", "4cb571e8e65b", "98fba6a43229")),
           "demo": ([], ("0d0fe5103970", "dc6378985302", "49506e1dd503"))}
 
 
