@@ -20,6 +20,7 @@ from etc_core.data.config import DataConfig
 from etc_core.errors import ConfigError
 from etc_core.losses.etc import LossConfig
 from etc_core.storage.paths import ENV_RE as _ENV_RE, expand_path as _expand_path
+from etc_core.storage.uri import S3Access
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
@@ -179,6 +180,11 @@ class S3Config(_Section):
 
     endpoint_url: str | None = None  # None: $AWS_ENDPOINT_URL, else real AWS
     region: str | None = None  # None: $AWS_DEFAULT_REGION / boto3's default
+
+    @property
+    def access(self) -> S3Access:
+        """The S3 access every stage hands to shards, locks, checkpoints and Ray storage (etc_core.storage.uri)."""
+        return S3Access(self.endpoint_url, self.region)
 
 
 class ParamSpace(_Section):

@@ -2,8 +2,8 @@
 
     python pipelines/precompute_flow.py --config configs/demo.yaml                 # local Ray on 127.0.0.1
     python pipelines/precompute_flow.py --config configs/demo.yaml flow.source=ptlflow flow.model=rapidflow_it1
-    AWS_ENDPOINT_URL=http://127.0.0.1:5555 python pipelines/precompute_flow.py --config configs/demo.yaml \
-        shards.uri=s3://etc-demo/shards                                            # S3 (credentials from env)
+    python pipelines/precompute_flow.py --config configs/demo.yaml shards.uri=s3://etc-demo/shards \
+        s3.endpoint_url=http://127.0.0.1:5555                                      # S3 (credentials from env)
     ray job submit --working-dir . -- python pipelines/precompute_flow.py ...      # joins the cluster
 
 Writes {shards.uri}/{train,val}/shard-{i:06d}.tar and {shards.uri}/manifest.json (last). A rerun with the same
@@ -13,7 +13,6 @@ The generated dataset is written to data.root first when it is not there yet; Ci
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -35,8 +34,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if cfg.flow.source == "ptlflow":  # a bad model name or unreachable weights: one line before Ray starts
         check_ptlflow(cfg.flow.model, cfg.flow.weights)
-    if cfg.s3.endpoint_url:  # readers (and Ray workers started here) find the endpoint where boto3 looks
-        os.environ.setdefault("AWS_ENDPOINT_URL", cfg.s3.endpoint_url)
     # a missing or broken Cityscapes/CamVid tree, an unreachable store or refused credentials: one line, before
     # Ray starts and before any MLflow run exists
     dataset = None if cfg.data.kind == "synthetic" else open_dataset(cfg.data)  # real: validated here
@@ -52,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         tracking.log_metrics({**counts, "flow/pairs_computed": result.pairs_computed,
                               "flow/pairs_per_s": result.pairs_per_s, "flow/shards_written": result.shards_written,
                               "flow/shards_skipped": result.shards_skipped})
-        sample = next(shards.iter_samples(cfg.shards.uri, "train"))
+        sample = next(shards.iter_samples(cfg.shards.uri, "train", cfg.s3.access))
         meta = sample["meta"]
         valid = None
         if cfg.flow.source == "ground_truth":

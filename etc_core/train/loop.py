@@ -179,7 +179,8 @@ def train_loop_per_worker(config: dict) -> None:
         val = {f"val_{k}": float("nan") for k in METRICS} | {"val_pairs": 0.0}
         picture = None
         if rank == 0:
-            val_loader = shards.make_loader(cfg.shards.uri, "val", t.val_batch_size, shuffle=False)
+            val_loader = shards.make_loader(cfg.shards.uri, "val", t.val_batch_size, shuffle=False,
+                                            s3=cfg.s3.access)
             # the bare module: a DDP forward broadcasts buffers, a collective the other ranks never join
             val, picture = evaluate(raw, val_loader, num_classes, device, pictures=t.pictures)
             log.info("%s epoch %d step %d/%d: val mIoU %.2f TC %.2f TC-noc %.2f flicker %.2f%% (%d pairs)", stage,
@@ -218,7 +219,7 @@ def train_epoch(model, teacher, loss_fn, opt, sched, scaler, cfg: EtcConfig, epo
     t = cfg.train
     loader = shards.make_loader(cfg.shards.uri, "train", t.batch_size, rank=rank, world_size=world,
                                 num_workers=t.loader_workers, shuffle=True, seed=t.seed + 7919 * epoch,
-                                transform=augment, steps_per_epoch=steps)
+                                transform=augment, steps_per_epoch=steps, s3=cfg.s3.access)
     model.train()
     sums: dict[str, float] = {}
     samples, start = 0, time.perf_counter()

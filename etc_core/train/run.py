@@ -35,7 +35,7 @@ def stage_hash(cfg: EtcConfig, stage: str) -> str:
 
 def read_manifest(cfg: EtcConfig) -> dict:
     """The shards manifest at cfg.shards.uri (num_classes, frame size); ShardError when the flow stage has not run."""
-    manifest = shards.read_manifest(cfg.shards.uri, cfg.s3.endpoint_url, cfg.s3.region)
+    manifest = shards.read_manifest(cfg.shards.uri, *cfg.s3.access)
     if manifest is None:
         raise ShardError(f"{cfg.shards.uri}/manifest.json: not found (run pipelines/precompute_flow.py first)")
     return manifest
@@ -88,7 +88,10 @@ def make_trainer(cfg: EtcConfig, stage: str, num_classes: int, teacher, run_id: 
 
     from etc_core.train.backend import OneNodeTorchConfig
 
+    from etc_core.storage.uri import storage_location
+
     t = cfg.train
+    path, filesystem = storage_location(storage_path or t.storage_path, cfg.s3.access)  # s3: at s3.endpoint_url
     return TorchTrainer(
         train_loop_per_worker, torch_config=OneNodeTorchConfig(),
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": stage, "num_classes": num_classes,
@@ -97,7 +100,7 @@ def make_trainer(cfg: EtcConfig, stage: str, num_classes: int, teacher, run_id: 
                                      resources_per_worker={"CPU": t.cpus_per_worker,
                                                            **({"GPU": 1} if t.use_gpu else {})}),
         run_config=RunConfig(
-            name=name, storage_path=storage_path or t.storage_path, callbacks=callbacks,
+            name=name, storage_path=path, storage_filesystem=filesystem, callbacks=callbacks,
             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep, checkpoint_score_attribute="val_miou",
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=t.max_failures),
