@@ -49,7 +49,7 @@ class TrainConfig(_Section):
     flip: bool = True
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.01, gt=0)  # backbone; heads get lr * head_lr_mult (docs/method.md)
-    head_lr_mult: float = Field(10.0, gt=0)  # only when the backbone starts from ImageNet weights
+    head_lr_mult: float = Field(10.0, gt=0)  # only when the backbone starts from weights (student.pretrained ...)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
     poly_power: float = Field(0.9, ge=0)
@@ -81,11 +81,26 @@ def _registered_arch(value: str) -> str:
 Arch = Annotated[str, AfterValidator(_registered_arch)]  # a name in etc_core.models' registry
 
 
+def _weights_source(value: str) -> str:
+    if value in ("none", "imagenet"):
+        return value
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+)://", value)
+    if scheme and scheme.group(1) != "s3":
+        raise ValueError(f"must be none, imagenet, a local path or s3://bucket/key (scheme {scheme.group(1)!r} "
+                         f"refused)")
+    return value if scheme else _expand_path(value)
+
+
+# backbone init: none, imagenet (torchvision's weights), or a path / s3:// URI of a torchvision-format backbone
+# state dict (docs/method.md); train.head_lr_mult applies whenever the backbone starts from weights
+Pretrained = Annotated[str, AfterValidator(_weights_source)]
+
+
 class TeacherConfig(_Section):
     """The large teacher: trained with CE + the temporal loss (docs/method.md)."""
 
     arch: Arch = "pspnet50"
-    pretrained: Literal["none", "imagenet"] = "none"  # backbone init; train.head_lr_mult applies only with imagenet
+    pretrained: Pretrained = "none"  # backbone init: none | imagenet | path or s3:// URI of a state dict
     loss: LossConfig = Field(default_factory=LossConfig)
 
 
@@ -100,7 +115,7 @@ class StudentConfig(_Section):
     """A compact student; its teacher comes from the MLflow registry (or any models:/ or runs:/ URI)."""
 
     arch: Arch = "pspnet18"
-    pretrained: Literal["none", "imagenet"] = "none"  # backbone init; train.head_lr_mult applies only with imagenet
+    pretrained: Pretrained = "none"  # backbone init: none | imagenet | path or s3:// URI of a state dict
     loss: StudentLossConfig = Field(default_factory=StudentLossConfig)
     teacher_uri: str = "models:/etc-teacher@champion"
     init_from: str | None = None  # fine-tune from: models:/name/3, runs:/<id>, a checkpoint, or `baseline` (full.py:

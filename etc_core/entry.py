@@ -37,6 +37,18 @@ def run_entry(main: Callable[[list[str] | None], int | None], argv: list[str] | 
     raise SystemExit(code or 0)
 
 
+def check_pretrained(cfg, stages: tuple[str, ...]) -> None:
+    """Before Ray starts and before any store is touched: the backbone weights that `stages` start from
+    (teacher.pretrained, student.pretrained) can be had (ImageNet: in the torch hub cache or reachable) and fit
+    their networks, by building each network once here. PretrainedWeightsError (exit 2) names the URL or file."""
+    from etc_core.models import create_model
+
+    sections = {"teacher": cfg.teacher, "student": cfg.student, "baseline": cfg.student}
+    for spec in {id(sections[s]): sections[s] for s in stages}.values():
+        if spec.pretrained != "none":
+            create_model(spec.arch, num_classes=1, pretrained=spec.pretrained, s3=cfg.s3.access)
+
+
 def check_stores(cfg, need_shards: bool = False) -> None:
     """Before Ray starts: the shard store answers and takes the credentials (and, with need_shards, holds a
     manifest), and the MLflow store is usable. An unreachable endpoint or a refused key then costs seconds, starts

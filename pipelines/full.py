@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from etc_core.config import parse_args  # noqa: E402
-from etc_core.entry import check_stores, run_entry  # noqa: E402
+from etc_core.entry import check_pretrained, check_stores, run_entry  # noqa: E402
 
 FORCEABLE = ("flow", "teacher", "baseline", "student")
 
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if cfg.flow.source == "ptlflow" or cfg.pipeline.ptlflow_timing_pairs:  # a bad flow.model: one line, exit 2
         check_ptlflow(cfg.flow.model, cfg.flow.weights if cfg.flow.source == "ptlflow" else "none")
+    check_pretrained(cfg, ("teacher", "student"))  # offline ImageNet or a bad weights file: one line, exit 2
     # one pipeline at a time per SQLite MLflow store, from its first use (a fresh store's tables are made there)
     with locks.hold(locks.store_lock(cfg.mlflow.tracking_uri), cfg.pipeline.lock_wait_s):
         check_stores(cfg)  # a dead endpoint, refused credentials or MLflow: one line, before Ray and any run

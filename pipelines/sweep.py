@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from etc_core.config import parse_args  # noqa: E402
-from etc_core.entry import check_stores, run_entry  # noqa: E402
+from etc_core.entry import check_pretrained, check_stores, run_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from etc_core.sweep.space import check_space
 
     check_space(cfg)  # a bad search-space entry is one line before Ray starts
+    check_pretrained(cfg, ("student",))  # so are offline ImageNet weights or a bad weights file
     check_stores(cfg, need_shards=True)  # so are missing shards, a dead endpoint or MLflow
     init_ray(cfg.ray)
     summary = run_sweep(cfg)

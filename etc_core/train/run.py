@@ -53,6 +53,18 @@ def resolve_teacher(cfg: EtcConfig, stage: str, needed: bool) -> tuple[dict, dic
     return load_weights(cfg.student.teacher_uri)
 
 
+def pretrained_tags(cfg: EtcConfig, stage: str) -> dict[str, str]:
+    """The run's record of its backbone weights: `etc.pretrained_sha256` (of the file, or of torchvision's cached
+    ImageNet file) and `etc.pretrained_source` (its URI or URL); {} from random init."""
+    from etc_core.models._builder import backbone_weights
+
+    spec = stage_spec(cfg, stage)
+    weights = backbone_weights(spec.arch, spec.pretrained, cfg.s3.access)
+    if weights is None:
+        return {}
+    return {"etc.pretrained_sha256": weights.sha256, "etc.pretrained_source": weights.source}
+
+
 def resolve_init(cfg: EtcConfig, stage: str, num_classes: int) -> tuple[dict, dict] | None:
     """(meta, state dict) of student.init_from for the student stage (None when unset or another stage): the
     model to fine-tune from. Call tracking.setup(cfg.mlflow) first; ConfigError when it does not fit."""
@@ -125,7 +137,8 @@ def run_training(cfg: EtcConfig, stage: str, parent_run_id: str | None = None, f
     init_ref = ray.put(init) if init is not None else None
     digest = stage_hash(cfg, stage)
     with tracking.stage_run(cfg.mlflow, stage, run_name=f"{stage}-{spec.arch}", parent_run_id=parent_run_id,
-                            params=flatten(cfg), tags={"etc.config_hash": digest, "etc.arch": spec.arch},
+                            params={**flatten(cfg), "pretrained": spec.pretrained},
+                            tags={"etc.config_hash": digest, "etc.arch": spec.arch, **pretrained_tags(cfg, stage)},
                             system_metrics=True) as run:
         tracking.log_shards_input(cfg.shards.uri, manifest)
         trainer = make_trainer(cfg, stage, num_classes, teacher_ref, run.info.run_id,
