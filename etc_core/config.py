@@ -11,7 +11,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -61,6 +61,9 @@ class TrainConfig(_Section):
     max_failures: int = Field(2, ge=-1)  # worker-group restarts from the last checkpoint (-1 = forever)
     storage_path: str = "runs/ray_results"  # local path or s3://bucket/prefix
     pictures: int = Field(4, ge=0)  # val pairs drawn in the per-epoch picture grid
+    placement_strategy: Literal["PACK", "SPREAD"] = "PACK"  # Ray Train workers: as few nodes as fit, or spread
+
+    HASH_IGNORED_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("placement_strategy",)  # where workers run, not what
 
     @field_validator("storage_path")
     @classmethod
@@ -347,12 +350,21 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
 
 
 def config_hash(*sections: BaseModel) -> str:
-    """A short stable hash of config sections (12 hex chars), for caching stage outputs and naming runs."""
+    """A short stable hash of config sections (12 hex chars), for caching stage outputs and naming runs.
+
+    A section's HASH_IGNORED_AT_DEFAULT fields count only when they differ from their default, so a field added
+    later leaves the hashes of existing configs (and the stages cached under them) as they were."""
     import hashlib
     import json
 
-    payload = json.dumps([type(s).__name__ for s in sections] + [s.model_dump(mode="json") for s in sections],
-                         sort_keys=True)
+    def dump(section: BaseModel) -> dict:
+        out = section.model_dump(mode="json")
+        for name in getattr(section, "HASH_IGNORED_AT_DEFAULT", ()):
+            if getattr(section, name) == type(section).model_fields[name].default:
+                out.pop(name)
+        return out
+
+    payload = json.dumps([type(s).__name__ for s in sections] + [dump(s) for s in sections], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 

@@ -49,6 +49,21 @@ def check_pretrained(cfg, stages: tuple[str, ...]) -> None:
             create_model(spec.arch, num_classes=1, pretrained=spec.pretrained, s3=cfg.s3.access)
 
 
+def check_shared_tracking(cfg) -> None:
+    """Once Ray is up, before any work: a Ray cluster of several nodes needs an MLflow store that every node reaches
+    (a server); a sqlite: or file store is node-local, so each node would log to its own. ConfigError (exit 2)."""
+    import ray
+
+    uri = cfg.mlflow.tracking_uri
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    if nodes > 1 and (uri.startswith(("sqlite:", "file:")) or "://" not in uri):
+        from etc_core.errors import ConfigError
+        from etc_core.tracking.mlflow import redact
+
+        raise ConfigError(f"mlflow.tracking_uri {redact(uri)}: a node-local store, but Ray spans {nodes} nodes; run "
+                          f"an MLflow server (infra/mlflow_server.sh) and set mlflow.tracking_uri=http://HOST:5000")
+
+
 def check_stores(cfg, need_shards: bool = False) -> None:
     """Before Ray starts: the shard store answers and takes the credentials (and, with need_shards, holds a
     manifest), and the MLflow store is usable. An unreachable endpoint or a refused key then costs seconds, starts

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from etc_core.config import parse_args  # noqa: E402
-from etc_core.entry import check_pretrained, check_stores, run_entry  # noqa: E402
+from etc_core.entry import check_pretrained, check_shared_tracking, check_stores, run_entry  # noqa: E402
 
 FORCEABLE = ("flow", "teacher", "baseline", "student")
 
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     with locks.hold(locks.store_lock(cfg.mlflow.tracking_uri), cfg.pipeline.lock_wait_s):
         check_stores(cfg)  # a dead endpoint, refused credentials or MLflow: one line, before Ray and any run
         init_ray(cfg.ray)
+        check_shared_tracking(cfg)  # a SQLite store on a cluster of several nodes: one line, before any work
         result = run_pipeline(cfg, force=tuple(args.force))
     print()
     print(f"stages run: {', '.join(result.ran) or '-'}; reused: {', '.join(result.skipped) or '-'}")

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from etc_core.config import flatten, parse_args  # noqa: E402
-from etc_core.entry import check_stores, run_entry  # noqa: E402
+from etc_core.entry import check_shared_tracking, check_stores, run_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     with locks.hold(locks.store_lock(cfg.mlflow.tracking_uri), cfg.pipeline.lock_wait_s):
         check_stores(cfg)  # two runs must not create a fresh SQLite store's tables at once
     init_ray(cfg.ray)
+    check_shared_tracking(cfg)  # a SQLite store on a cluster of several nodes: one line, before any work
     if dataset is None:
         dataset = open_dataset(cfg.data, generate=True)  # synthetic: generated (on Ray) when missing
     with tracking.stage_run(cfg.mlflow, "flow", params=flatten(cfg)):

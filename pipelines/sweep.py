@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from etc_core.config import parse_args  # noqa: E402
-from etc_core.entry import check_pretrained, check_stores, run_entry  # noqa: E402
+from etc_core.entry import check_pretrained, check_shared_tracking, check_stores, run_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     check_pretrained(cfg, ("student",))  # so are offline ImageNet weights or a bad weights file
     check_stores(cfg, need_shards=True)  # so are missing shards, a dead endpoint or MLflow
     init_ray(cfg.ray)
+    check_shared_tracking(cfg)  # a SQLite store on a cluster of several nodes: one line, before any work
     summary = run_sweep(cfg)
     metric = cfg.sweep.metric
     print(f"sweep {summary['name']} ({'resumed' if summary['restored'] else 'new'}): "

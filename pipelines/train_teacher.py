@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from etc_core.config import parse_args  # noqa: E402
-from etc_core.entry import check_pretrained, check_stores, run_entry  # noqa: E402
+from etc_core.entry import check_pretrained, check_shared_tracking, check_stores, run_entry  # noqa: E402
 
 STAGE = "teacher"
 
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None, stage: str = STAGE) -> int:
     check_pretrained(cfg, (stage,))  # offline ImageNet or a bad weights file: one line, exit 2
     check_stores(cfg, need_shards=True)  # missing shards, a dead endpoint or MLflow: one line, before Ray starts
     init_ray(cfg.ray)
+    check_shared_tracking(cfg)  # a SQLite store on a cluster of several nodes: one line, before any work
     summary = run_training(cfg, stage)
     reg = summary["registered"]
     print(f"{stage} {summary['arch']}: step {summary['step']}, val mIoU {summary['val_miou']:.2f}, "

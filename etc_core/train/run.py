@@ -110,7 +110,8 @@ def make_trainer(cfg: EtcConfig, stage: str, num_classes: int, teacher, run_id: 
                            "run_id": run_id, "teacher": teacher, "init": init},
         scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker,
-                                                           **({"GPU": 1} if t.use_gpu else {})}),
+                                                           **({"GPU": 1} if t.use_gpu else {})},
+                                     placement_strategy=t.placement_strategy),
         run_config=RunConfig(
             name=name, storage_path=path, storage_filesystem=filesystem, callbacks=callbacks,
             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep, checkpoint_score_attribute="val_miou",
