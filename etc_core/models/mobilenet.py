@@ -48,6 +48,7 @@ class MobileNetV2Seg(nn.Module):
 def mobilenetv2(num_classes: int, pretrained=False, width_mult: float = 1.0, **kwargs) -> MobileNetV2Seg:
     """MobileNetV2 student at output stride 8; `width_mult` < 1 gives a cheaper net (ImageNet weights only at 1.0)."""
     if is_imagenet(pretrained) and width_mult != 1.0:
-        raise no_pretrained("mobilenetv2", f"torchvision has ImageNet weights only for width_mult=1.0, not {width_mult}")
+        raise no_pretrained("mobilenetv2",
+                            f"torchvision has ImageNet weights only for width_mult=1.0, not {width_mult}")
     backbone = load_backbone(tvm.mobilenet_v2(weights=None, width_mult=width_mult), "mobilenetv2", pretrained)
     return MobileNetV2Seg(backbone.features, num_classes, **kwargs)
