@@ -58,17 +58,29 @@ def mlflow_server(tmp_path):
         end_processes([*server.children(recursive=True), server], timeout=10)
 
 
-@pytest.fixture
-def two_nodes(moto_s3, monkeypatch):
-    """A Ray head (2 CPUs) and a worker node (1 CPU) on 127.0.0.1, started without AWS_ENDPOINT_URL."""
+def _start_cluster(attempts: int = 3):
+    """(Cluster, worker node): a head (2 CPUs) and a worker node (1 CPU) on 127.0.0.1, no dashboards. Ray gives a
+    raylet a fixed 30 s to register with the GCS (ray/_private/node.py), which a machine busy with other work can
+    miss: a failed start is shut down and tried again."""
     from ray.cluster_utils import Cluster
 
-    monkeypatch.delenv("AWS_ENDPOINT_URL")  # set by moto_s3 for the session; nothing here may rely on it
-    # the dashboard on a free port: another Ray on this machine may hold 8265
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"head": 1},
-                                                            "dashboard_port": closed_port()})
+    for attempt in range(attempts):
+        cluster = Cluster()
+        try:
+            cluster.add_node(num_cpus=2, resources={"head": 1}, include_dashboard=False)
+            return cluster, cluster.add_node(num_cpus=1, resources={"worker": 1}, include_dashboard=False)
+        except Exception:  # noqa: BLE001 - "The current node timed out during startup"
+            cluster.shutdown()
+            if attempt == attempts - 1:
+                raise
+
+
+@pytest.fixture
+def two_nodes(moto_s3, monkeypatch):
+    """Two Ray nodes on 127.0.0.1 started without AWS_ENDPOINT_URL (moto_s3 sets it for the session)."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # nothing here may rely on it
+    cluster, worker = _start_cluster()
     try:
-        worker = cluster.add_node(num_cpus=1, resources={"worker": 1})
         yield cluster, worker
     finally:
         cluster.shutdown()
