@@ -46,7 +46,8 @@ def test_ray_cluster_yaml_has_head_and_gpu_workers():
     head = types[cfg["head_node_type"]]
     assert head["resources"].get("GPU", 0) == 0  # the head runs the driver and controllers, not training
     gpu_workers = [name for name, t in types.items() if name != cfg["head_node_type"] and t["resources"].get("GPU")]
-    assert gpu_workers and all(types[n]["min_workers"] == 0 and types[n]["max_workers"] >= 1 for n in gpu_workers)
+    assert gpu_workers and all(types[n]["min_workers"] == 0 for n in gpu_workers)
+    assert any(types[n]["max_workers"] >= 1 for n in gpu_workers)
     setup = "\n".join(cfg["setup_commands"])
     assert "-c constraints.txt torch torchvision" in setup and "-c constraints.txt -e ." in setup
     assert setup.index("torch torchvision") < setup.index("-e .")  # the Makefile's order
