@@ -42,7 +42,8 @@ class S3Access(NamedTuple):
         options: dict = {"region": self.region} if self.region else {}
         if self.endpoint_url:
             parsed = urlparse(self.endpoint_url)
-            options.update(scheme=parsed.scheme or "https", endpoint_override=parsed.netloc or parsed.path)
+            host = (parsed.netloc or parsed.path).rsplit("@", 1)[-1]  # user:password@ is no part of the address
+            options.update(scheme=parsed.scheme or "https", endpoint_override=host)
         return fs.S3FileSystem(**options)
 
 

@@ -159,10 +159,14 @@ def test_storage_local_put_list_size(tmp_path):
     assert storage.join("s3://bucket/prefix/", "train/x.tar") == "s3://bucket/prefix/train/x.tar"
 
 
-def test_shards_config_keys_and_validation():
+def test_shards_config_keys_and_validation(monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # the moto_s3 fixture sets it for a whole session
     cfg = load_config(None, ["shards.uri=s3://bucket/flow/", "shards.k=[-2, 1]", "flow.model=raft_small"])
     assert cfg.shards.uri == "s3://bucket/flow" and cfg.shards.k == [-2, 1] and cfg.flow.weights == "none"
     assert cfg.flow.source == "ground_truth" and cfg.s3.endpoint_url is None
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # resolved once, where the config is loaded
+    assert load_config(None).s3.access == ("http://127.0.0.1:9", None)
+    assert load_config(None, ["s3.endpoint_url=http://minio:9000"]).s3.endpoint_url == "http://minio:9000"
     with pytest.raises(ConfigError, match="shards.k"):
         load_config(None, ["shards.k=[0, 1]"])
     with pytest.raises(ConfigError, match="flow.source"):
