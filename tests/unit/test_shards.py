@@ -198,3 +198,13 @@ def test_plan_pairs_and_deterministic_assignment(tmp_path):
     reseeded = plan_shards(Fake(), load_config(None, [f"shards.uri={tmp_path}", "shards.k=[-1, 2]",
                                                        "shards.max_samples_per_shard=3", "shards.seed=5"]))
     assert sorted(s for shard in reseeded["train"] for s in shard) == sorted(train)  # same samples, other order
+
+
+def test_ray_storage_goes_to_the_configured_endpoint_without_credentials_inside():
+    access = storage.S3Access("http://etc:pw@127.0.0.1:9", "eu-west-1")  # user:password@ is no part of the host
+    path, filesystem = storage.storage_location("s3://bucket/ray", access)
+    options = filesystem.__reduce__()[1][0]  # what Ray pickles to every node
+    assert path == "bucket/ray" and options["region"] == "eu-west-1"
+    assert (options["scheme"], options["endpoint_override"]) == ("http", "127.0.0.1:9")
+    assert options["access_key"] is None and options["secret_key"] is None  # each node's own chain
+    assert storage.storage_location("/shared/ray", access) == ("/shared/ray", None)
