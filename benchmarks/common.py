@@ -131,7 +131,7 @@ def score(cfg, registered, split: str = "test") -> list[dict]:
     from etc_core.tracking.registry import load_model
 
     model, meta = load_model(registered.model_uri)
-    rows = evaluate_models([(registered.name, model, meta)], shards=cfg.shards.uri, split=split,
+    rows = evaluate_models([(registered.name, model, meta)], shards=cfg.shards.uri, split=split, s3=cfg.s3.access,
                            device=torch.device("cpu"), batch_size=cfg.pipeline.eval_batch_size)["rows"]
     rows[0]["model_uri"] = registered.model_uri
     return rows

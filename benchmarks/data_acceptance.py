@@ -61,7 +61,8 @@ def score_colour(cfg, num_classes: int, split: str) -> dict:
 
     clf = ColourClassifier(num_classes).fit(cfg.shards.uri)
     scores = SegScores(num_classes)
-    for batch in shards.make_loader(cfg.shards.uri, split, cfg.pipeline.eval_batch_size, shuffle=False):
+    for batch in shards.make_loader(cfg.shards.uri, split, cfg.pipeline.eval_batch_size, shuffle=False,
+                                    s3=cfg.s3.access):
         scores.update_batch(batch, clf(batch["img0"]), clf(batch["img1"]))
     return scores.result()
 

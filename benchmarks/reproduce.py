@@ -83,7 +83,7 @@ def smoothing_curve(cfg, registered) -> list[dict]:
 
     model, meta = load_model(registered.model_uri)
     models = [(f"blur {s}", Smoothed(model, s), meta) for s in SIGMAS]
-    rows = evaluate_models(models, shards=cfg.shards.uri, split="test", device=torch.device("cpu"),
+    rows = evaluate_models(models, shards=cfg.shards.uri, split="test", device=torch.device("cpu"), s3=cfg.s3.access,
                            batch_size=cfg.pipeline.eval_batch_size)["rows"][:len(SIGMAS)]
     return [{"sigma": s, **{k: r[k] for k in METRICS}} for s, r in zip(SIGMAS, rows)]
 

@@ -47,7 +47,7 @@ def _loader(cfg, steps: int):
 
     t = cfg.train
     return shards.make_loader(cfg.shards.uri, "train", t.batch_size, num_workers=t.loader_workers, shuffle=True,
-                              seed=t.seed, transform=_augment(cfg), steps_per_epoch=steps)
+                              seed=t.seed, transform=_augment(cfg), steps_per_epoch=steps, s3=cfg.s3.access)
 
 
 def in_memory(cfg, stage, num_classes, teacher_state, batches: list[dict]) -> float:

@@ -125,7 +125,8 @@ def evaluate(argv: list[str] | None = None) -> int:
                 raise ShardError(f"{args.shards}/manifest.json: not found (--shards: a flow-stage shard set)")
     result = evaluate_models(models, shards=args.shards, data=args.data, video=args.input, split=args.split,
                              flow_model=flow_model, flow_weights=args.flow_weights or cfg.flow.weights,
-                             device=pick_device(args.device), half=args.half, size=size, batch_size=args.batch_size)
+                             device=pick_device(args.device), half=args.half, size=size, batch_size=args.batch_size,
+                             s3=cfg.s3.access)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)

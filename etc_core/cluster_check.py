@@ -53,7 +53,9 @@ def check_cluster(cfg: EtcConfig, stages: tuple[str, ...] = (), sweep: bool = Fa
 
     have = ray.cluster_resources()
     most = state.get_max_resources_from_cluster_config()  # None: no autoscaler, the cluster is what it is
-    _check_paths(cfg, len([n for n in ray.nodes() if n.get("Alive")]), most is not None)
+    nodes = len([n for n in ray.nodes() if n.get("Alive")])
+    _check_paths(cfg, nodes, most is not None)
+    _check_tracking(cfg, nodes)
     waiting = []
     for what, need in requests(cfg, stages, sweep):
         limit = have if most is None else {k: max(most.get(k, 0), have.get(k, 0)) for k in need}
@@ -93,6 +95,17 @@ def _check_paths(cfg: EtcConfig, nodes: int, autoscaled: bool) -> None:
         span = f"{nodes} nodes" if nodes > 1 else "an autoscaler (it may add nodes)"
         raise ConfigError(f"{key}: {value!r} is relative and this Ray cluster has {span}; give an absolute path on a "
                           "filesystem every node mounts, or s3:// (docs/cluster.md)")
+
+
+def _check_tracking(cfg: EtcConfig, nodes: int) -> None:
+    """A Ray cluster of several nodes needs an MLflow store that every node reaches (a server): a sqlite: or file
+    store is node-local, so each node would log to its own."""
+    uri = cfg.mlflow.tracking_uri
+    if nodes > 1 and (uri.startswith(("sqlite:", "file:")) or "://" not in uri):
+        from etc_core.tracking.mlflow import redact
+
+        raise ConfigError(f"mlflow.tracking_uri {redact(uri)}: a node-local store, but Ray spans {nodes} nodes; run "
+                          f"an MLflow server (infra/mlflow_server.sh) and set mlflow.tracking_uri=http://HOST:5000")
 
 
 def relative_paths(cfg: EtcConfig) -> list[tuple[str, str]]:

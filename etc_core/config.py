@@ -20,6 +20,7 @@ from etc_core.data.config import DataConfig
 from etc_core.errors import ConfigError
 from etc_core.losses.etc import LossConfig
 from etc_core.storage.paths import ENV_RE as _ENV_RE, expand_path as _expand_path, is_relative
+from etc_core.storage.uri import S3Access
 from etc_core.train.config import StageTrain, TrainConfig
 
 
@@ -47,13 +48,28 @@ def _registered_arch(value: str) -> str:
 Arch = Annotated[str, AfterValidator(_registered_arch)]  # a name in etc_core.models' registry
 
 
+def _weights_source(value: str) -> str:
+    if value in ("none", "imagenet"):
+        return value
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+)://", value)
+    if scheme and scheme.group(1) != "s3":
+        raise ValueError(f"must be none, imagenet, a local path or s3://bucket/key (scheme {scheme.group(1)!r} "
+                         f"refused)")
+    return value if scheme else _expand_path(value)
+
+
+# backbone init: none, imagenet (torchvision's weights), or a path / s3:// URI of a torchvision-format backbone
+# state dict (docs/method.md); train.head_lr_mult applies whenever the backbone starts from weights
+Pretrained = Annotated[str, AfterValidator(_weights_source)]
+
+
 class TeacherConfig(_Section):
     """The large teacher: trained with CE + the temporal loss (docs/method.md)."""
 
     arch: Arch = "pspnet50"
-    HASH_OMIT_EMPTY: ClassVar[tuple[str, ...]] = ("train",)  # unset: not in the cache key (config_hash)
+    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("train",)  # unset: not in the cache key (config_hash)
 
-    pretrained: Literal["none", "imagenet"] = "none"  # backbone init; train.head_lr_mult applies only with imagenet
+    pretrained: Pretrained = "none"  # backbone init: none | imagenet | path or s3:// URI of a state dict
     loss: LossConfig = Field(default_factory=LossConfig)
     train: StageTrain = Field(default_factory=dict)  # train.* keys for the teacher only (teacher.train.max_steps=...)
 
@@ -69,8 +85,8 @@ class StudentConfig(_Section):
     """A compact student; its teacher comes from the MLflow registry (or any models:/ or runs:/ URI)."""
 
     arch: Arch = "pspnet18"
-    pretrained: Literal["none", "imagenet"] = "none"  # backbone init; train.head_lr_mult applies only with imagenet
-    HASH_OMIT_EMPTY: ClassVar[tuple[str, ...]] = ("train",)  # unset: not in the cache key (config_hash)
+    pretrained: Pretrained = "none"  # backbone init: none | imagenet | path or s3:// URI of a state dict
+    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("train",)  # unset: not in the cache key (config_hash)
 
     loss: StudentLossConfig = Field(default_factory=StudentLossConfig)
     train: StageTrain = Field(default_factory=dict)  # train.* keys for the student only, not its baseline
@@ -156,8 +172,20 @@ class ShardsConfig(_Section):
 class S3Config(_Section):
     """S3 client settings; credentials come only from the environment / boto3 chain, never from here."""
 
-    endpoint_url: str | None = None  # None: $AWS_ENDPOINT_URL, else real AWS
+    endpoint_url: str | None = Field(None, validate_default=True)  # None: $AWS_ENDPOINT_URL, else real AWS
     region: str | None = None  # None: $AWS_DEFAULT_REGION / boto3's default
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _resolve_endpoint(cls, value: str | None) -> str | None:
+        # read once where the config is loaded (the driver), then carried by the config to every Ray worker, so
+        # boto3 and pyarrow (which ignores $AWS_ENDPOINT_URL) meet the same endpoint on every node
+        return value or os.environ.get("AWS_ENDPOINT_URL") or None
+
+    @property
+    def access(self) -> S3Access:
+        """The S3 access every stage hands to shards, locks, checkpoints and Ray storage (etc_core.storage.uri)."""
+        return S3Access(self.endpoint_url, self.region)
 
 
 class ParamSpace(_Section):
@@ -332,7 +360,10 @@ def _relative_paths(tree: dict) -> tuple[tuple[str, str], ...]:
 
 
 def config_hash(*sections: BaseModel) -> str:
-    """A short stable hash of config sections (12 hex chars), for caching stage outputs and naming runs."""
+    """A short stable hash of config sections (12 hex chars), for caching stage outputs and naming runs.
+
+    A section's HASH_OMIT_AT_DEFAULT fields count only when they differ from their default, so a field added
+    later leaves the hashes of existing configs (and the stages cached under them) as they were."""
     import hashlib
     import json
 
@@ -341,11 +372,11 @@ def config_hash(*sections: BaseModel) -> str:
 
 
 def _hash_dump(section: BaseModel) -> dict:
-    """section.model_dump without its HASH_OMIT_EMPTY fields while they are empty: a key added later, unset, leaves
-    the hashes (and so the cached stages) of existing configs as they were."""
+    """section.model_dump without its HASH_OMIT_AT_DEFAULT fields while they hold their defaults: a key added later,
+    left unset, leaves the hashes (and so the cached stages) of existing configs as they were."""
     dump = section.model_dump(mode="json")
-    for name in getattr(section, "HASH_OMIT_EMPTY", ()):
-        if not dump.get(name):
+    for name in getattr(section, "HASH_OMIT_AT_DEFAULT", ()):
+        if getattr(section, name) == type(section).model_fields[name].get_default(call_default_factory=True):
             dump.pop(name, None)
     return dump
 

@@ -171,5 +171,6 @@ def _evaluate(cfg: EtcConfig, models: dict[str, Registered]) -> tuple[dict, str]
     from etc_core.train.run import read_manifest
 
     evaluation = evaluate_models(loaded, shards=cfg.shards.uri, split=eval_split(read_manifest(cfg)),
-                                 device=pick_device("auto"), batch_size=cfg.pipeline.eval_batch_size)
+                                 device=pick_device("auto"), batch_size=cfg.pipeline.eval_batch_size,
+                                 s3=cfg.s3.access)
     return evaluation, format_table(evaluation)

@@ -45,6 +45,7 @@ def check_training(cfg: EtcConfig, stage: str) -> None:
     from etc_core.train.config import stage_spec
 
     with bad_input():
+        _pretrained(cfg, (stage,))
         _stores(cfg, need_shards=True)
         spec = stage_spec(cfg, stage)
         if stage == "student" and spec.loss.needs_teacher:
@@ -59,6 +60,7 @@ def check_sweep(cfg: EtcConfig) -> None:
 
     with bad_input():
         check_space(cfg)
+        _pretrained(cfg, ("student",))
         _stores(cfg, need_shards=True)
         if may_need_teacher(cfg):
             _model_uri("student.teacher_uri", cfg.student.teacher_uri, cfg)
@@ -78,6 +80,7 @@ def check_full(cfg: EtcConfig, force: tuple[str, ...] = ()) -> None:
             raise ConfigError("--force baseline: pipeline.baseline is false and student.init_from is not baseline")
         if cfg.pipeline.sweep:
             check_space(cfg)
+        _pretrained(cfg, ("teacher", "student"))
         _flow_model(cfg, cfg.flow.source == "ptlflow" or bool(cfg.pipeline.ptlflow_timing_pairs))
         _dataset(cfg)
         if "flow" not in force:
@@ -92,6 +95,18 @@ def _flow_model(cfg: EtcConfig, needed: bool) -> None:
         from etc_core.flow.estimate import check_ptlflow
 
         check_ptlflow(cfg.flow.model, cfg.flow.weights if cfg.flow.source == "ptlflow" else "none")
+
+
+def _pretrained(cfg: EtcConfig, stages: tuple[str, ...]) -> None:
+    """The backbone weights that `stages` start from (teacher.pretrained, student.pretrained) can be had (ImageNet: in
+    the torch hub cache or reachable) and fit their networks: each network is built once here, before any store is
+    touched. PretrainedWeightsError names the URL or the file."""
+    from etc_core.models import create_model
+
+    sections = {"teacher": cfg.teacher, "student": cfg.student, "baseline": cfg.student}
+    for spec in {id(sections[s]): sections[s] for s in stages}.values():
+        if spec.pretrained != "none":
+            create_model(spec.arch, num_classes=1, pretrained=spec.pretrained, s3=cfg.s3.access)
 
 
 def _dataset(cfg: EtcConfig) -> None:

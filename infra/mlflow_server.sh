@@ -9,7 +9,7 @@ DATA_DIR="$REPO/runs/mlflow-server"
 usage() {
     cat <<EOF
 Usage: infra/mlflow_server.sh [--backend URI] [--artifacts-destination URI] [--host HOST] [--port PORT]
-                              [--allowed-hosts LIST] [--print] [-- MLFLOW_SERVER_ARGS...]
+                              [--allowed-hosts LIST] [--auth] [--print] [-- MLFLOW_SERVER_ARGS...]
 
 Runs \`mlflow server --serve-artifacts\`: runs, metrics and the model registry in the backend store, artifacts
 (models, pictures) written by the server to the artifacts destination.
@@ -21,7 +21,13 @@ Runs \`mlflow server --serve-artifacts\`: runs, metrics and the model registry i
   --artifacts-destination URI   where the server stores artifacts (default: s3://\$ETC_BUCKET/etc/mlflow-artifacts
                                   when ETC_BUCKET is set, else $DATA_DIR/artifacts)
   --host HOST                   interface to bind (default: 127.0.0.1; anything else is reachable from the
-                                  network and warns: the server has no authentication)
+                                  network and warns unless --auth is given)
+  --auth                        MLflow's basic-auth app (--app-name basic-auth): every request needs a user and
+                                  password. Its user store and settings go beside the backend
+                                  (basic_auth.db, basic_auth.ini) unless MLFLOW_AUTH_CONFIG_PATH names an ini;
+                                  the first start needs MLFLOW_AUTH_ADMIN_PASSWORD in the environment (the admin
+                                  user's password, never written by this script). Clients set
+                                  MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
   --port PORT                   port (default: 5000)
   --allowed-hosts LIST          Host headers the server accepts, comma-separated (for access by a DNS name)
   --print                       print the mlflow command and exit
@@ -33,6 +39,7 @@ AWS_ENDPOINT_URL when only that is set). MLFLOW (default: $REPO/.venv/bin/mlflow
 
 Examples:
   infra/mlflow_server.sh                                              # SQLite + local artifacts, 127.0.0.1:5000
+  MLFLOW_AUTH_ADMIN_PASSWORD=... infra/mlflow_server.sh --auth --host 10.0.0.5      # a cluster's server
   infra/mlflow_server.sh --artifacts-destination s3://my-bucket/mlflow
   infra/mlflow_server.sh --backend postgresql://mlflow@db.internal:5432/mlflow \\
       --artifacts-destination s3://my-bucket/mlflow --host 10.0.0.5 --allowed-hosts mlflow.internal:5000
@@ -47,6 +54,7 @@ artifacts=""
 host="127.0.0.1"
 port="5000"
 allowed_hosts=""
+auth=0
 print_only=0
 extra=()
 while [[ $# -gt 0 ]]; do
@@ -57,6 +65,7 @@ while [[ $# -gt 0 ]]; do
         --host) [[ $# -ge 2 ]] || die "--host needs a value"; host="$2"; shift 2 ;;
         --port) [[ $# -ge 2 ]] || die "--port needs a value"; port="$2"; shift 2 ;;
         --allowed-hosts) [[ $# -ge 2 ]] || die "--allowed-hosts needs a value"; allowed_hosts="$2"; shift 2 ;;
+        --auth) auth=1; shift ;;
         --print) print_only=1; shift ;;
         --) shift; extra=("$@"); break ;;
         *) die "unknown argument $1 (see --help)" ;;
@@ -88,9 +97,16 @@ fi
 
 case "$host" in
     127.0.0.1|localhost|::1) ;;
-    *) echo "mlflow_server.sh: warning: binding $host: anyone who can reach it can read and write runs and" \
-            "models (no authentication); keep it on a private network or behind an authenticating proxy" >&2 ;;
+    *) [[ "$auth" -eq 1 ]] || echo "mlflow_server.sh: warning: binding $host without --auth: anyone who can" \
+            "reach it can read and write runs and models; add --auth (MLflow basic-auth) or keep it behind an" \
+            "authenticating proxy" >&2 ;;
 esac
+auth_ini=""
+if [[ "$auth" -eq 1 && -z "${MLFLOW_AUTH_CONFIG_PATH:-}" ]]; then
+    auth_dir="$DATA_DIR"
+    [[ "$backend" != sqlite:///* ]] || auth_dir="$(dirname "${backend#sqlite:///}")"
+    auth_ini="$auth_dir/basic_auth.ini"
+fi
 
 mlflow_bin="${MLFLOW:-$REPO/.venv/bin/mlflow}"
 [[ -x "$mlflow_bin" ]] || mlflow_bin="mlflow"
@@ -98,9 +114,11 @@ mlflow_bin="${MLFLOW:-$REPO/.venv/bin/mlflow}"
 cmd=("$mlflow_bin" server --backend-store-uri "$backend" --serve-artifacts --artifacts-destination "$artifacts"
      --host "$host" --port "$port")
 [[ -z "$allowed_hosts" ]] || cmd+=(--allowed-hosts "$allowed_hosts")
+[[ "$auth" -eq 0 ]] || cmd+=(--app-name basic-auth)
 cmd+=("${extra[@]}")
 
 if [[ "$print_only" -eq 1 ]]; then
+    [[ -z "$auth_ini" ]] || echo "MLFLOW_AUTH_CONFIG_PATH=$auth_ini"
     show "${cmd[@]}"
     exit 0
 fi
@@ -116,5 +134,14 @@ elif ! "$(dirname "$(command -v "$mlflow_bin")")/python" -c "import psycopg2" 2>
     die "the PostgreSQL backend needs psycopg2: pip install psycopg2-binary into the venv that runs mlflow"
 fi
 [[ "$artifacts" = *://* ]] || mkdir -p "$artifacts"
+if [[ -n "$auth_ini" ]]; then  # settings only: the admin password stays in MLFLOW_AUTH_ADMIN_PASSWORD
+    mkdir -p "$(dirname "$auth_ini")"
+    [[ -f "$auth_ini" ]] || printf '%s\n' "[mlflow]" "default_permission = READ" \
+        "database_uri = sqlite:///$(dirname "$auth_ini")/basic_auth.db" "admin_username = admin" \
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth" > "$auth_ini"
+    export MLFLOW_AUTH_CONFIG_PATH="$auth_ini"
+    [[ -f "$(dirname "$auth_ini")/basic_auth.db" || -n "${MLFLOW_AUTH_ADMIN_PASSWORD:-}" ]] ||
+        die "--auth: the first start needs MLFLOW_AUTH_ADMIN_PASSWORD (the admin user's password) in the environment"
+fi
 echo "MLflow server on http://$host:$port (backend ${backend%%://*}, artifacts $artifacts)" >&2
 exec "${cmd[@]}"

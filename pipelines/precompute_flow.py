@@ -2,8 +2,8 @@
 
     python pipelines/precompute_flow.py --config configs/demo.yaml                 # local Ray on 127.0.0.1
     python pipelines/precompute_flow.py --config configs/demo.yaml flow.source=ptlflow flow.model=rapidflow_it1
-    AWS_ENDPOINT_URL=http://127.0.0.1:5555 python pipelines/precompute_flow.py --config configs/demo.yaml \
-        shards.uri=s3://etc-demo/shards                                            # S3 (credentials from env)
+    python pipelines/precompute_flow.py --config configs/demo.yaml shards.uri=s3://etc-demo/shards \
+        s3.endpoint_url=http://127.0.0.1:5555                                      # S3 (credentials from env)
     ray job submit --working-dir . -- python pipelines/precompute_flow.py ...      # joins the cluster
     python pipelines/precompute_flow.py --config configs/demo.yaml --verify        # re-read every shard in full
 
@@ -16,7 +16,6 @@ The generated dataset is written to data.root first when it is not there yet; Ci
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -37,8 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     from etc_core.preflight import check_flow
     from etc_core.ray_utils import init_ray
 
-    if cfg.s3.endpoint_url:  # readers (and Ray workers started here) find the endpoint where boto3 looks
-        os.environ.setdefault("AWS_ENDPOINT_URL", cfg.s3.endpoint_url)
     # a bad flow model, a missing or broken dataset tree, shards of another config, an unreachable store or
     # refused credentials: one line, exit 2, before Ray starts and before any MLflow run exists
     check_flow(cfg)
@@ -53,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                               "flow/pairs_per_s": result.pairs_per_s, "flow/shards_written": result.shards_written,
                               "flow/steady_pairs_per_s": result.steady_pairs_per_s, "flow/startup_s": result.startup_s,
                               "flow/shards_skipped": result.shards_skipped})
-        sample = next(shards.iter_samples(cfg.shards.uri, "train"))
+        sample = next(shards.iter_samples(cfg.shards.uri, "train", cfg.s3.access))
         meta = sample["meta"]
         valid = None
         if cfg.flow.source == "ground_truth":

@@ -9,7 +9,8 @@ Layout under a shard URI (local folder or s3://bucket/prefix):
     project convention), label.png (uint8, 255 = ignore; only when frame t is labelled), meta.json
 
 Readers: `iter_samples` (each sample once, numpy) and `make_loader` (a rank-aware torch DataLoader for training
-and evaluation). s3:// shards are streamed through boto3 (a gopen handler registered at import).
+and evaluation). s3:// shards are streamed through boto3 at the caller's `S3Access` (cfg.s3.access: endpoint and
+region, handed to the gopen handler registered at import with every URL, so DataLoader workers use it too).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from etc_core.data.base import IGNORE_INDEX
 from etc_core.errors import ShardError, StorageError
 from etc_core.storage import uri as storage
 from etc_core.storage.tmp import owned_temp
+from etc_core.storage.uri import S3Access
 
 log = logging.getLogger(__name__)
 
@@ -159,13 +161,23 @@ def write_manifest(uri: str, manifest: dict, endpoint_url: str | None = None, re
 
 # ----------------------------------------------------------------------------------------------- reading
 
-def _gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
+def _gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, endpoint_url: str | None = None,
+              region: str | None = None):
     if mode != "rb":
         raise ValueError(f"{url}: s3 shards are read-only here (mode {mode!r})")
-    return storage.open_read(url)  # boto3 streaming body; endpoint from AWS_ENDPOINT_URL
+    return storage.open_read(url, endpoint_url, region)  # boto3 streaming body
 
 
 wds.gopen_schemes["s3"] = _gopen_s3  # at import, so DataLoader workers have it too
+
+
+def _tar_samples(src: Iterator[dict], s3: S3Access) -> Iterator[dict]:
+    """webdataset's tarfile_to_samples, opening each URL at s3's endpoint (local paths: plain open)."""
+    from webdataset import tariterators
+
+    streams = tariterators.url_opener(src, handler=_raise_shard_error, **s3._asdict())
+    files = tariterators.tar_file_expander(streams, handler=_raise_shard_error)
+    return tariterators.group_by_keys(files, handler=_raise_shard_error)
 
 
 def _reader_uri(uri: str) -> str:
@@ -190,9 +202,9 @@ def _member_url(uri: str, path: object) -> str:
     return storage.join(uri, path)
 
 
-def _shard_urls(uri: str, split: str) -> tuple[list[str], dict[str, int]]:
+def _shard_urls(uri: str, split: str, s3: S3Access) -> tuple[list[str], dict[str, int]]:
     uri = _reader_uri(uri)
-    manifest = read_manifest(uri)
+    manifest = read_manifest(uri, *s3)
     if manifest is None:
         raise ShardError(f"{storage.join(uri, MANIFEST)}: not found (run pipelines/precompute_flow.py first)")
     if split not in manifest["splits"]:
@@ -278,11 +290,11 @@ def _decoded(src: Iterator[dict]) -> Iterator[dict]:
         yield decode_sample(sample)
 
 
-def iter_samples(uri: str, split: str = "train") -> Iterator[dict]:
+def iter_samples(uri: str, split: str = "train", s3: S3Access = S3Access()) -> Iterator[dict]:
     """Every sample of split once, in manifest order: dicts with __key__, img0/img1 uint8 [H,W,3],
-    flow float32 [2,H,W], label uint8 [H,W] or None, meta (dict)."""
-    urls, expected = _shard_urls(uri, split)
-    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=_raise_shard_error),
+    flow float32 [2,H,W], label uint8 [H,W] or None, meta (dict). s3: cfg.s3.access for s3:// shards."""
+    urls, expected = _shard_urls(uri, split, s3)
+    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), partial(_tar_samples, s3=s3),
                                 partial(_check_counts, expected=expected), _decoded)
     yield from pipeline
 
@@ -352,15 +364,16 @@ def _take_share(src: Iterator[dict], steps: int) -> Iterator[dict]:
 
 def make_loader(uri: str, split: str, batch_size: int, *, rank: int = 0, world_size: int = 1, num_workers: int = 0,
                 shuffle: bool = True, seed: int = 0, transform: Callable[[dict], dict] | None = None,
-                steps_per_epoch: int | None = None) -> torch.utils.data.DataLoader:
+                steps_per_epoch: int | None = None, s3: S3Access = S3Access()) -> torch.utils.data.DataLoader:
     """A DataLoader over split's shards for one rank: dict batches img0/img1 uint8 [B,3,H,W] RGB, flow float32
     [B,2,H,W], label int64 [B,H,W] (255 = ignore), key list[str].
 
     steps_per_epoch set (training): shards resampled (rank-specific seeds) and exactly steps_per_epoch batches per
     rank, so DDP ranks stay in step. steps_per_epoch None (evaluation): each sample once, shards split across ranks
-    (then across workers); the last batch may be smaller. `transform` runs per decoded numpy sample.
+    (then across workers); the last batch may be smaller. `transform` runs per decoded numpy sample. s3:
+    cfg.s3.access, where s3:// shards live.
     """
-    urls, expected = _shard_urls(uri, split)
+    urls, expected = _shard_urls(uri, split, s3)
     if not 0 <= rank < world_size:
         raise ValueError(f"make_loader: rank {rank} not in [0, {world_size})")
     if steps_per_epoch is not None:
@@ -369,7 +382,7 @@ def make_loader(uri: str, split: str, batch_size: int, *, rank: int = 0, world_s
     else:
         stages = [wds.SimpleShardList(urls), partial(_split_by_rank, rank=rank, world_size=world_size),
                   wds.split_by_worker]
-    stages.append(wds.tarfile_to_samples(handler=_raise_shard_error))
+    stages.append(partial(_tar_samples, s3=s3))
     if steps_per_epoch is None:
         stages.append(partial(_check_counts, expected=expected))
     if shuffle:

@@ -29,7 +29,7 @@ def time_flow_model(cfg: EtcConfig, pairs: int) -> dict:
     from etc_core.data import shards
 
     samples = []
-    for sample in shards.iter_samples(cfg.shards.uri, "val"):
+    for sample in shards.iter_samples(cfg.shards.uri, "val", cfg.s3.access):
         samples.append(sample)
         if len(samples) == pairs:
             break

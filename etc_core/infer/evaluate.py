@@ -20,6 +20,7 @@ from etc_core.infer import InputError
 from etc_core.infer.predict import Predictor
 from etc_core.metrics import REFERENCES, SegScores, reference_predictions
 from etc_core.metrics.speed import measure_latency
+from etc_core.storage.uri import S3Access
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,10 @@ class _Scores:
 def evaluate_models(models: list[tuple[str, torch.nn.Module, dict]], *, shards: str | None = None,
                     data: str | None = None, video: str | None = None, split: str = "val",
                     flow_model: str | None = None, flow_weights: str = "none", device: torch.device,
-                    half: bool = False, size: tuple[int, int] | None = None, batch_size: int = 8) -> dict:
-    """Score (name, model, meta) triples on exactly one of shards / data / video; return {"source", "rows"}."""
+                    half: bool = False, size: tuple[int, int] | None = None, batch_size: int = 8,
+                    s3: S3Access = S3Access()) -> dict:
+    """Score (name, model, meta) triples on exactly one of shards / data / video; return {"source", "rows"}.
+    s3: cfg.s3.access, where s3:// shards live."""
     if sum(x is not None for x in (shards, data, video)) != 1:
         raise ConfigError("evaluate: give exactly one of --shards URI, --data DIR or --input VIDEO")
     if shards is not None and flow_model is not None:
@@ -78,7 +81,7 @@ def evaluate_models(models: list[tuple[str, torch.nn.Module, dict]], *, shards: 
     refs = [_Scores(None, name) for name in REFERENCES] if video is None else []
     if shards is not None:
         source = {"kind": "shards", "uri": shards, "split": split, "flow": "shards"}
-        num_classes, shape = _score_shards(scores, refs, models, shards, split, batch_size)
+        num_classes, shape = _score_shards(scores, refs, models, shards, split, batch_size, s3)
     elif data is not None:
         flow = f"ptlflow:{flow_model}" if estimator else "ground_truth"
         source = {"kind": "data", "path": data, "split": split, "flow": flow}
@@ -110,17 +113,18 @@ def _init(scores: list[_Scores], refs: list[_Scores], models, num_classes: int |
         r.scores = SegScores(num_classes, device)
 
 
-def _score_shards(scores, refs, models, uri: str, split: str, batch_size: int) -> tuple[int, tuple[int, int]]:
+def _score_shards(scores, refs, models, uri: str, split: str, batch_size: int,
+                  s3: S3Access) -> tuple[int, tuple[int, int]]:
     """Labelled pairs (img0, img1, flow, label, label1, valid) of a shard set: mIoU on img0, the rest on the pair."""
     from etc_core.data import shards as shard_io
 
-    manifest = shard_io.read_manifest(uri)
+    manifest = shard_io.read_manifest(uri, *s3)
     if manifest is None:
         raise InputError(f"{uri}: no shard set there (manifest.json not found)")
     device = scores[0].predictor.device
     _init(scores, refs, models, int(manifest["num_classes"]), device)
     shape = None
-    for batch in shard_io.make_loader(uri, split, batch_size, shuffle=False):
+    for batch in shard_io.make_loader(uri, split, batch_size, shuffle=False, s3=s3):
         img0, img1 = batch["img0"].permute(0, 2, 3, 1), batch["img1"].permute(0, 2, 3, 1)  # [B,H,W,3] uint8
         shape = tuple(img0.shape[1:3])
         for s in scores:

@@ -1,23 +1,39 @@
-"""Model registry in the style of timm: one dict, one decorator, one factory (`create_model`)."""
+"""Model registry in the style of timm: one dict, one decorator, one factory (`create_model`).
+
+A registration may name the torchvision ImageNet weights of the model's backbone (`@register_model(imagenet=...)`,
+timm keeps its pretrained configs beside the entry points the same way), so the weights are known without
+building the network.
+"""
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 from torch import nn
 
 log = logging.getLogger(__name__)
 
 _model_entrypoints: dict[str, Callable[..., nn.Module]] = {}
+_imagenet: dict[str, Any] = {}  # name -> torchvision WeightsEnum member of its backbone (part of the registry)
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register an entry point `fn(num_classes, pretrained=False, **kw) -> nn.Module` under its function name."""
+def register_model(fn: Callable[..., nn.Module] | None = None, *, imagenet: Any = None):
+    """Register an entry point `fn(num_classes, pretrained=False, **kw) -> nn.Module` under its function name;
+    `@register_model(imagenet=W)` also records W, the torchvision ImageNet weights of its backbone."""
+    if fn is None:
+        return lambda f: register_model(f, imagenet=imagenet)
     name = fn.__name__
     if name in _model_entrypoints:
         raise ValueError(f"model '{name}' is already registered (by {_model_entrypoints[name].__module__})")
     _model_entrypoints[name] = fn
+    if imagenet is not None:
+        _imagenet[name] = imagenet
     return fn
+
+
+def imagenet_weights(name: str) -> Any:
+    """The torchvision ImageNet weights (WeightsEnum member) registered for model `name`, or None."""
+    return _imagenet.get(name)
 
 
 def list_models() -> list[str]:
@@ -30,12 +46,22 @@ def is_model(name: str) -> bool:
     return name in _model_entrypoints
 
 
-def create_model(name: str, num_classes: int, pretrained: bool = False, **kwargs) -> nn.Module:
-    """Build registered model `name` with `num_classes` outputs; `pretrained` loads ImageNet backbone weights."""
+def create_model(name: str, num_classes: int, pretrained: bool | str = False, s3=None, **kwargs) -> nn.Module:
+    """Build registered model `name` with `num_classes` outputs and its backbone's initial weights.
+
+    pretrained: False / "none" (random init), True / "imagenet" (torchvision's ImageNet weights, checksummed, from
+    the torch hub cache or the internet), or a local path / s3:// URI of a torchvision-format backbone state dict
+    (read at s3, an etc_core.storage.uri.S3Access). Weights that cannot be had or do not fit the backbone:
+    PretrainedWeightsError, one line naming the file or URL (and the first bad key).
+    """
     if name not in _model_entrypoints:
         raise ValueError(f"unknown model '{name}' (known: {', '.join(list_models())})")
     if num_classes < 1:
         raise ValueError(f"create_model('{name}'): num_classes must be >= 1, got {num_classes}")
+    if isinstance(pretrained, str) and pretrained not in ("none", "imagenet"):
+        from etc_core.models._builder import read_backbone
+
+        pretrained = read_backbone(pretrained, s3)  # once here, with the caller's S3 access
     model = _model_entrypoints[name](num_classes=num_classes, pretrained=pretrained, **kwargs)
     log.debug("created %s (num_classes=%d, pretrained=%s, %s)", name, num_classes, pretrained, kwargs)
     return model

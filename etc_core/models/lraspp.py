@@ -7,7 +7,7 @@ import torchvision.models as tvm
 from torch import Tensor, nn
 from torchvision.models.segmentation.lraspp import LRASPPHead
 
-from etc_core.models._builder import SegOutput, imagenet_state_dict, no_pretrained, upsample_to
+from etc_core.models._builder import SegOutput, is_imagenet, load_backbone, no_pretrained, upsample_to
 from etc_core.models._registry import register_model
 
 log = logging.getLogger(__name__)
@@ -34,15 +34,13 @@ class LRASPPMobileNetV3(nn.Module):
         return SegOutput(upsample_to(small, x.shape[-2:]), small, None)
 
 
-@register_model
-def lraspp_mobilenetv3(num_classes: int, pretrained: bool = False, width_mult: float = 1.0,
+@register_model(imagenet=tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V1)
+def lraspp_mobilenetv3(num_classes: int, pretrained=False, width_mult: float = 1.0,
                        **kwargs) -> LRASPPMobileNetV3:
     """LR-ASPP MobileNetV3-Large student; `width_mult` < 1 gives a cheaper net (ImageNet weights only at 1.0)."""
-    backbone = tvm.mobilenet_v3_large(weights=None, dilated=True, width_mult=width_mult)
-    if pretrained:
-        if width_mult != 1.0:
-            raise no_pretrained("lraspp_mobilenetv3",
-                                f"torchvision has ImageNet weights only for width_mult=1.0, not {width_mult}")
-        backbone.load_state_dict(imagenet_state_dict("lraspp_mobilenetv3",
-                                                     tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V1))
+    if is_imagenet(pretrained) and width_mult != 1.0:
+        raise no_pretrained("lraspp_mobilenetv3",
+                            f"torchvision has ImageNet weights only for width_mult=1.0, not {width_mult}")
+    backbone = load_backbone(tvm.mobilenet_v3_large(weights=None, dilated=True, width_mult=width_mult),
+                             "lraspp_mobilenetv3", pretrained)
     return LRASPPMobileNetV3(backbone, num_classes, **kwargs)

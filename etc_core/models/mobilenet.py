@@ -6,7 +6,7 @@ import logging
 import torchvision.models as tvm
 from torch import Tensor, nn
 
-from etc_core.models._builder import SegOutput, dilate_, imagenet_state_dict, no_pretrained, upsample_to
+from etc_core.models._builder import SegOutput, dilate_, is_imagenet, load_backbone, no_pretrained, upsample_to
 from etc_core.models._registry import register_model
 from etc_core.models.pspnet import PyramidPooling, SegHead
 
@@ -44,13 +44,11 @@ class MobileNetV2Seg(nn.Module):
         return SegOutput(upsample_to(small, size), small, aux)
 
 
-@register_model
-def mobilenetv2(num_classes: int, pretrained: bool = False, width_mult: float = 1.0, **kwargs) -> MobileNetV2Seg:
+@register_model(imagenet=tvm.MobileNet_V2_Weights.IMAGENET1K_V1)
+def mobilenetv2(num_classes: int, pretrained=False, width_mult: float = 1.0, **kwargs) -> MobileNetV2Seg:
     """MobileNetV2 student at output stride 8; `width_mult` < 1 gives a cheaper net (ImageNet weights only at 1.0)."""
-    backbone = tvm.mobilenet_v2(weights=None, width_mult=width_mult)
-    if pretrained:
-        if width_mult != 1.0:
-            raise no_pretrained("mobilenetv2",
-                                f"torchvision has ImageNet weights only for width_mult=1.0, not {width_mult}")
-        backbone.load_state_dict(imagenet_state_dict("mobilenetv2", tvm.MobileNet_V2_Weights.IMAGENET1K_V1))
+    if is_imagenet(pretrained) and width_mult != 1.0:
+        raise no_pretrained("mobilenetv2",
+                            f"torchvision has ImageNet weights only for width_mult=1.0, not {width_mult}")
+    backbone = load_backbone(tvm.mobilenet_v2(weights=None, width_mult=width_mult), "mobilenetv2", pretrained)
     return MobileNetV2Seg(backbone.features, num_classes, **kwargs)

@@ -13,7 +13,7 @@ import torch
 import torchvision.models as tvm
 from torch import Tensor, nn
 
-from etc_core.models._builder import (PairedDropout2d, SegOutput, conv_bn_relu, dilate_, imagenet_state_dict,
+from etc_core.models._builder import (PairedDropout2d, SegOutput, conv_bn_relu, dilate_, is_imagenet, load_backbone,
                                       no_pretrained, upsample_to)
 from etc_core.models._registry import register_model
 
@@ -80,42 +80,38 @@ class PSPNet(nn.Module):
         return SegOutput(upsample_to(small, size), small, aux)
 
 
-def _pspnet_torchvision(name: str, depth: int, num_classes: int, pretrained: bool, **kwargs) -> PSPNet:
-    """PSPNet on torchvision ResNet-`depth` (18, 50 or 101), optionally with its ImageNet weights."""
-    builders = {18: (tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1),
-                50: (tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1),
-                101: (tvm.resnet101, tvm.ResNet101_Weights.IMAGENET1K_V1)}
-    build, weights = builders[depth]
-    resnet = build(weights=None)
-    if pretrained:
-        resnet.load_state_dict(imagenet_state_dict(name, weights))
+def _pspnet_torchvision(name: str, depth: int, num_classes: int, pretrained, **kwargs) -> PSPNet:
+    """PSPNet on torchvision ResNet-`depth` (18, 50 or 101), its backbone from `pretrained` (load_backbone)."""
+    build = {18: tvm.resnet18, 50: tvm.resnet50, 101: tvm.resnet101}[depth]
+    resnet = load_backbone(build(weights=None), name, pretrained)
     c3, c4 = (256, 512) if depth == 18 else (1024, 2048)
     head_ch, aux_ch = (256, 128) if depth == 18 else (512, 256)  # R18 head 256 per docs/method.md
     return PSPNet(ResNetTrunk(resnet), c3, c4, num_classes, head_ch, aux_ch, **kwargs)
 
 
-@register_model
-def pspnet101(num_classes: int, pretrained: bool = False, **kwargs) -> PSPNet:
+@register_model(imagenet=tvm.ResNet101_Weights.IMAGENET1K_V1)
+def pspnet101(num_classes: int, pretrained=False, **kwargs) -> PSPNet:
     """PSPNet, dilated ResNet-101 (the ETC teacher)."""
     return _pspnet_torchvision("pspnet101", 101, num_classes, pretrained, **kwargs)
 
 
-@register_model
-def pspnet50(num_classes: int, pretrained: bool = False, **kwargs) -> PSPNet:
+@register_model(imagenet=tvm.ResNet50_Weights.IMAGENET1K_V1)
+def pspnet50(num_classes: int, pretrained=False, **kwargs) -> PSPNet:
     """PSPNet, dilated ResNet-50 (a cheaper teacher)."""
     return _pspnet_torchvision("pspnet50", 50, num_classes, pretrained, **kwargs)
 
 
-@register_model
-def pspnet18(num_classes: int, pretrained: bool = False, **kwargs) -> PSPNet:
+@register_model(imagenet=tvm.ResNet18_Weights.IMAGENET1K_V1)
+def pspnet18(num_classes: int, pretrained=False, **kwargs) -> PSPNet:
     """PSPNet, dilated ResNet-18 (the paper's headline student)."""
     return _pspnet_torchvision("pspnet18", 18, num_classes, pretrained, **kwargs)
 
 
 @register_model
-def pspnet18_slim(num_classes: int, pretrained: bool = False, **kwargs) -> PSPNet:
+def pspnet18_slim(num_classes: int, pretrained=False, **kwargs) -> PSPNet:
     """PSPNet on a ResNet-18 layout at 1/4 width (timm ResNet, channels 16-128): for tests and the CPU demo."""
-    if pretrained:
+    if is_imagenet(pretrained):
         raise no_pretrained("pspnet18_slim", "the quarter-width ResNet-18 was never trained on ImageNet")
     resnet = timm_resnet.ResNet(timm_resnet.BasicBlock, [2, 2, 2, 2], channels=(16, 32, 64, 128), stem_width=16)
+    load_backbone(resnet, "pspnet18_slim", pretrained)  # a weights file in this timm ResNet's own format
     return PSPNet(ResNetTrunk(resnet), 64, 128, num_classes, head_ch=64, aux_ch=32, **kwargs)

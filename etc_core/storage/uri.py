@@ -1,8 +1,10 @@
 """Local paths and s3:// URIs behind one small interface: join, exists/size, list, read, stream, atomic put.
 
-S3 goes through boto3. The endpoint comes from the caller (config `s3.endpoint_url`) or, when None, from boto3's
-own chain (`AWS_ENDPOINT_URL`, then real AWS); credentials only ever come from the environment / boto3 chain
-and are never logged. This module imports nothing from the project.
+S3 goes through boto3 (and, for Ray Train/Tune storage, pyarrow). Every stage builds its access once from the
+config's `s3` section, `S3Access(endpoint_url, region)` (`EtcConfig.s3.access`), and hands it to every call here,
+so no stage depends on an environment variable another stage set; a None endpoint falls back to boto3's own chain
+(`AWS_ENDPOINT_URL`, then real AWS). Credentials only ever come from the environment / instance profile (the
+boto3 and AWS SDK chains) and are never logged. This module imports nothing from the project.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import functools
 import logging
 import os
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,35 @@ _PART_SIZE = 64 * 2**20
 
 class UriError(OSError):
     """A location cannot be read or written; the message is one line naming the URI."""
+
+
+class S3Access(NamedTuple):
+    """Where S3 is (endpoint URL, region; None = the SDK's own lookup): the config's `s3` section, built once per
+    stage and passed everywhere (`storage.exists(uri, *access)` where a function takes endpoint_url, region)."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+
+    def filesystem(self, uri: str):
+        """A pyarrow S3FileSystem at this endpoint for an s3:// uri (Ray Train/Tune `storage_filesystem`, with
+        the path then given without its `s3://`); None for a local path. Credentials: the AWS SDK's chain."""
+        if not is_s3(uri):
+            return None
+        from pyarrow import fs
+
+        options: dict = {"region": self.region} if self.region else {}
+        if self.endpoint_url:
+            parsed = urlparse(self.endpoint_url)
+            host = (parsed.netloc or parsed.path).rsplit("@", 1)[-1]  # user:password@ is no part of the address
+            options.update(scheme=parsed.scheme or "https", endpoint_override=host)
+        return fs.S3FileSystem(**options)
+
+
+def storage_location(uri: str, access: S3Access) -> tuple[str, object]:
+    """(storage_path, storage_filesystem) for Ray's RunConfig: an s3:// uri becomes bucket/prefix on a pyarrow
+    filesystem at access's endpoint; a local path stays as it is, with no filesystem."""
+    filesystem = access.filesystem(uri)
+    return (uri[len("s3://"):] if filesystem is not None else uri), filesystem
 
 
 def is_s3(uri: str) -> bool:

@@ -184,18 +184,21 @@ def make_tuner(cfg: EtcConfig, trainable, name: str):
     """(Tuner, restored): Tuner.restore when <storage_path>/<name> holds an experiment, else a new one."""
     from ray import tune
 
-    path = f"{cfg.train.storage_path.rstrip('/')}/{name}"
-    if tune.Tuner.can_restore(path):
-        log.info("resuming sweep %s from %s", name, path)
-        return tune.Tuner.restore(path, trainable=trainable), True
+    from etc_core.storage.uri import storage_location
+
+    root, filesystem = storage_location(cfg.train.storage_path, cfg.s3.access)  # s3: at s3.endpoint_url
+    path = f"{root.rstrip('/')}/{name}"
+    if tune.Tuner.can_restore(path, storage_filesystem=filesystem):
+        log.info("resuming sweep %s from %s/%s", name, cfg.train.storage_path.rstrip("/"), name)
+        return tune.Tuner.restore(path, trainable=trainable, storage_filesystem=filesystem), True
     sweep = cfg.sweep
     tuner = tune.Tuner(
         trainable, param_space=tune_space(sweep),
         tune_config=tune.TuneConfig(metric=sweep.metric, mode="max", num_samples=sweep.num_samples,
                                     search_alg=_searcher(cfg), scheduler=_scheduler(cfg),
                                     max_concurrent_trials=_concurrency(cfg)),
-        run_config=tune.RunConfig(name=name, storage_path=cfg.train.storage_path, verbose=1,  # table every 30 s
-                                  callbacks=[ReleaseStoppedTrials()]))
+        run_config=tune.RunConfig(name=name, storage_path=root, storage_filesystem=filesystem,
+                                  verbose=1, callbacks=[ReleaseStoppedTrials()]))  # verbose 1: table every 30 s
     return tuner, False
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -30,7 +30,7 @@ class TrainConfig(BaseModel):
     flip: bool = True
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.01, gt=0)  # backbone; heads get lr * head_lr_mult (docs/method.md)
-    head_lr_mult: float = Field(10.0, gt=0)  # only when the backbone starts from ImageNet weights
+    head_lr_mult: float = Field(10.0, gt=0)  # only when the backbone starts from weights (student.pretrained ...)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
     poly_power: float = Field(0.9, ge=0)
@@ -42,6 +42,9 @@ class TrainConfig(BaseModel):
     max_failures: int = Field(2, ge=-1)  # worker-group restarts from the last checkpoint (-1 = forever)
     storage_path: str = "runs/ray_results"  # local path or s3://bucket/prefix
     pictures: int = Field(4, ge=0)  # val pairs drawn in the per-epoch picture grid
+    placement_strategy: Literal["PACK", "SPREAD"] = "PACK"  # Ray Train workers: as few nodes as fit, or spread
+
+    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("placement_strategy",)  # where workers run, not what
 
     @field_validator("storage_path")
     @classmethod

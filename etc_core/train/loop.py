@@ -42,8 +42,9 @@ def param_groups(model: torch.nn.Module, lr: float, head_lr_mult: float) -> list
 
 
 def build_optimizer(model: torch.nn.Module, cfg: EtcConfig, pretrained: bool = False) -> torch.optim.Optimizer:
-    """SGD or AdamW; the heads get train.head_lr_mult x the LR only above an ImageNet-pretrained backbone (a rule
-    for fine-tuning a trained trunk under fresh heads; from random init every layer starts equal)."""
+    """SGD or AdamW; the heads get train.head_lr_mult x the LR only above a pretrained backbone (ImageNet or a
+    weights file: a rule for fine-tuning a trained trunk under fresh heads; from random init every layer starts
+    equal)."""
     t = cfg.train
     groups = param_groups(model, t.lr, t.head_lr_mult if pretrained else 1.0)
     if t.optimizer == "sgd":
@@ -66,13 +67,13 @@ def build_training(cfg: EtcConfig, arch: str, num_classes: int, use_amp: bool, p
                    init_state: dict | None = None):
     """(model, optimizer, poly LR scheduler, grad scaler) for one stage, on the CPU, before any resume.
 
-    pretrained: "imagenet" loads the backbone's ImageNet weights; init_state: a whole model's weights to
-    fine-tune from (student.init_from)."""
+    pretrained: the backbone's weights (none, imagenet, or a path / s3:// URI read at cfg.s3); init_state: a whole
+    model's weights to fine-tune from (student.init_from)."""
     t = cfg.train
-    model = create_model(arch, num_classes=num_classes, pretrained=pretrained == "imagenet")
+    model = create_model(arch, num_classes=num_classes, pretrained=pretrained, s3=cfg.s3.access)
     if init_state is not None:
         model.load_state_dict(init_state)
-    opt = build_optimizer(model, cfg, pretrained=pretrained == "imagenet")
+    opt = build_optimizer(model, cfg, pretrained=pretrained != "none")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / t.max_steps) ** t.poly_power)
     return model, opt, sched, torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -163,7 +164,8 @@ def train_loop_per_worker(config: dict) -> None:
         val = {f"val_{k}": float("nan") for k in METRICS} | {"val_pairs": 0.0}
         picture = None
         if rank == 0:
-            val_loader = shards.make_loader(cfg.shards.uri, "val", t.val_batch_size, shuffle=False)
+            val_loader = shards.make_loader(cfg.shards.uri, "val", t.val_batch_size, shuffle=False,
+                                            s3=cfg.s3.access)
             # the bare module: a DDP forward broadcasts buffers, a collective the other ranks never join
             val, picture = evaluate(raw, val_loader, num_classes, device, pictures=t.pictures)
             log.info("%s epoch %d step %d/%d: val mIoU %.2f TC %.2f TC-noc %.2f flicker %.2f%% (%d pairs)", stage,
@@ -202,7 +204,7 @@ def train_epoch(model, teacher, loss_fn, opt, sched, scaler, cfg: EtcConfig, epo
     t = cfg.train
     loader = shards.make_loader(cfg.shards.uri, "train", t.batch_size, rank=rank, world_size=world,
                                 num_workers=t.loader_workers, shuffle=True, seed=t.seed + 7919 * epoch,
-                                transform=augment, steps_per_epoch=steps)
+                                transform=augment, steps_per_epoch=steps, s3=cfg.s3.access)
     model.train()
     sums: dict[str, float] = {}
     samples, start = 0, time.perf_counter()

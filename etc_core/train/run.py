@@ -38,7 +38,7 @@ def stage_hash(cfg: EtcConfig, stage: str) -> str:
 
 def read_manifest(cfg: EtcConfig) -> dict:
     """The shards manifest at cfg.shards.uri (num_classes, frame size); ShardError when the flow stage has not run."""
-    manifest = shards.read_manifest(cfg.shards.uri, cfg.s3.endpoint_url, cfg.s3.region)
+    manifest = shards.read_manifest(cfg.shards.uri, *cfg.s3.access)
     if manifest is None:
         raise ShardError(f"{cfg.shards.uri}/manifest.json: not found (run pipelines/precompute_flow.py first)")
     return manifest
@@ -54,6 +54,18 @@ def resolve_teacher(cfg: EtcConfig, stage: str, needed: bool) -> tuple[dict, dic
     if stage != "student":
         raise ConfigError(f"{stage}.loss: distillation weights need a teacher; only the student has one")
     return load_weights(cfg.student.teacher_uri)
+
+
+def pretrained_tags(cfg: EtcConfig, stage: str) -> dict[str, str]:
+    """The run's record of its backbone weights: `etc.pretrained_sha256` (of the file, or of torchvision's cached
+    ImageNet file) and `etc.pretrained_source` (its URI or URL); {} from random init."""
+    from etc_core.models._builder import backbone_weights
+
+    spec = stage_spec(cfg, stage)
+    weights = backbone_weights(spec.arch, spec.pretrained, cfg.s3.access)
+    if weights is None:
+        return {}
+    return {"etc.pretrained_sha256": weights.sha256, "etc.pretrained_source": weights.source}
 
 
 def resolve_init(cfg: EtcConfig, stage: str, num_classes: int) -> tuple[dict, dict] | None:
@@ -91,16 +103,20 @@ def make_trainer(cfg: EtcConfig, stage: str, num_classes: int, teacher, run_id: 
 
     from etc_core.train.backend import OneNodeTorchConfig
 
+    from etc_core.storage.uri import storage_location
+
     t = cfg.train
+    path, filesystem = storage_location(storage_path or t.storage_path, cfg.s3.access)  # s3: at s3.endpoint_url
     return TorchTrainer(
         train_loop_per_worker, torch_config=OneNodeTorchConfig(),
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": stage, "num_classes": num_classes,
                            "run_id": run_id, "teacher": teacher, "init": init},
         scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker,
-                                                           **({"GPU": 1} if t.use_gpu else {})}),
+                                                           **({"GPU": 1} if t.use_gpu else {})},
+                                     placement_strategy=t.placement_strategy),
         run_config=RunConfig(
-            name=name, storage_path=storage_path or t.storage_path, callbacks=callbacks,
+            name=name, storage_path=path, storage_filesystem=filesystem, callbacks=callbacks,
             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep, checkpoint_score_attribute="val_miou",
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=t.max_failures),
@@ -126,7 +142,8 @@ def run_training(cfg: EtcConfig, stage: str, parent_run_id: str | None = None, f
     init_ref = ray.put(init) if init is not None else None
     digest = stage_hash(cfg, stage)
     with tracking.stage_run(cfg.mlflow, stage, run_name=f"{stage}-{spec.arch}", parent_run_id=parent_run_id,
-                            params=flatten(cfg), tags={"etc.config_hash": digest, "etc.arch": spec.arch},
+                            params={**flatten(cfg), "pretrained": spec.pretrained},
+                            tags={"etc.config_hash": digest, "etc.arch": spec.arch, **pretrained_tags(cfg, stage)},
                             system_metrics=True) as run:
         tracking.log_shards_input(cfg.shards.uri, manifest)
         trainer = make_trainer(cfg, stage, num_classes, teacher_ref, run.info.run_id,

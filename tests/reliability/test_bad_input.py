@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_dirs
-from tests.reliability._inputs import (ETC, assert_one_line_error, outputs_under, mlflow_rows, run, write_checkpoint,
-                                       write_shard_set)
+from tests.reliability._inputs import (ETC, assert_one_line_error, closed_port, outputs_under, mlflow_rows, run,
+                                       write_checkpoint, write_shard_set)
 
 pytestmark = pytest.mark.integration
 
@@ -153,3 +153,22 @@ def test_corrupt_shard_in_training_leaves_no_checkpoint_model_or_running_run(tmp
     assert mlflow_rows(db, "SELECT status FROM runs") == [("FAILED",)]
     assert mlflow_rows(db, "SELECT name FROM registered_models") == []
     assert mlflow_rows(db, "SELECT name FROM model_versions") == []
+
+
+@pytest.mark.parametrize("entry", ["pipelines/full.py", "pipelines/train_teacher.py"])
+def test_offline_imagenet_weights_are_one_line_before_ray(entry, tmp_path):
+    """teacher.pretrained=imagenet with an empty torch hub cache and the weights host unreachable (every HTTPS
+    request goes to a proxy on a closed port, as torchvision's own download would): one line naming the URL and
+    how to pre-seed the cache, exit 2, before Ray or any store starts."""
+    proxy = f"http://127.0.0.1:{closed_port()}"
+    out = tmp_path / "out"
+    proc = run([PY, entry, f"shards.uri={out}/shards", *run_dirs(out), "teacher.arch=pspnet18",
+                "teacher.pretrained=imagenet"],
+               env={"TORCH_HOME": str(tmp_path / "torch"), "HTTPS_PROXY": proxy, "https_proxy": proxy},
+               drop=("NO_PROXY", "no_proxy"), timeout=120)
+    url = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert_one_line_error(proc, "PretrainedWeightsError", f"pspnet18: cannot reach ImageNet weights {url}",
+                          f"pre-seed the torch hub cache with `curl -fLo {cached} {url}`", "TORCH_HOME", code=2)
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == [proc.stderr.strip()]  # no Ray lines
+    assert outputs_under(out) == []  # no MLflow store, no shards, no Ray results

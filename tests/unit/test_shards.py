@@ -181,10 +181,14 @@ def test_storage_local_put_list_size(tmp_path):
     assert storage.join("s3://bucket/prefix/", "train/x.tar") == "s3://bucket/prefix/train/x.tar"
 
 
-def test_shards_config_keys_and_validation():
+def test_shards_config_keys_and_validation(monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # the moto_s3 fixture sets it for a whole session
     cfg = load_config(None, ["shards.uri=s3://bucket/flow/", "shards.k=[-2, 1]", "flow.model=raft_small"])
     assert cfg.shards.uri == "s3://bucket/flow" and cfg.shards.k == [-2, 1] and cfg.flow.weights == "none"
     assert cfg.flow.source == "ground_truth" and cfg.s3.endpoint_url is None
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # resolved once, where the config is loaded
+    assert load_config(None).s3.access == ("http://127.0.0.1:9", None)
+    assert load_config(None, ["s3.endpoint_url=http://minio:9000"]).s3.endpoint_url == "http://minio:9000"
     with pytest.raises(ConfigError, match="shards.k"):
         load_config(None, ["shards.k=[0, 1]"])
     with pytest.raises(ConfigError, match="flow.source"):
@@ -216,3 +220,13 @@ def test_plan_pairs_and_deterministic_assignment(tmp_path):
     reseeded = plan_shards(Fake(), load_config(None, [f"shards.uri={tmp_path}", "shards.k=[-1, 2]",
                                                        "shards.max_samples_per_shard=3", "shards.seed=5"]))
     assert sorted(s for shard in reseeded["train"] for s in shard) == sorted(train)  # same samples, other order
+
+
+def test_ray_storage_goes_to_the_configured_endpoint_without_credentials_inside():
+    access = storage.S3Access("http://etc:pw@127.0.0.1:9", "eu-west-1")  # user:password@ is no part of the host
+    path, filesystem = storage.storage_location("s3://bucket/ray", access)
+    options = filesystem.__reduce__()[1][0]  # what Ray pickles to every node
+    assert path == "bucket/ray" and options["region"] == "eu-west-1"
+    assert (options["scheme"], options["endpoint_override"]) == ("http", "127.0.0.1:9")
+    assert options["access_key"] is None and options["secret_key"] is None  # each node's own chain
+    assert storage.storage_location("/shared/ray", access) == ("/shared/ray", None)

@@ -1,0 +1,153 @@
+"""The cluster path on one machine: two Ray nodes on 127.0.0.1 that share S3 (a moto server reached through
+`s3.endpoint_url` only: no AWS_ENDPOINT_URL anywhere) and an MLflow server (infra/mlflow_server.sh on 127.0.0.1).
+
+pipelines/full.py runs every stage with its Ray Train workers spread over both nodes; the worker node is killed
+during student training and the run finishes from its last S3 checkpoint on the head node, with one registered
+version. A node-local (SQLite) MLflow store on the same two nodes is refused in one line before any work.
+What this does not show: separate disks (both nodes read data.root from this machine's disk; a real cluster needs
+it on every node, docs/cluster.md), GPUs, NCCL, and a network between hosts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+
+import mlflow
+import psutil
+import pytest
+
+from etc_core.storage import uri as storage
+from tests.conftest import REPO, TINY_DATA, end_processes, run_python, wait_for
+from tests.reliability._inputs import assert_one_line_error, closed_port
+from tests.reliability._procs import Output, popen, sigkill
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BUCKET = "etc-cluster"
+STEPS = ["train.max_steps=24", "train.steps_per_epoch=8", "train.batch_size=2", "train.val_batch_size=4",
+         "train.crop=null", "train.pictures=0", "train.log_every=1", "train.max_failures=2"]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """`infra/mlflow_server.sh` on 127.0.0.1 with its own SQLite store and artifact root; yields its URI."""
+    port = closed_port()
+    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    proc = subprocess.Popen(["bash", "infra/mlflow_server.sh", "--backend", f"{tmp_path}/server/mlflow.db",
+                             "--artifacts-destination", f"{tmp_path}/server/artifacts", "--port", str(port),
+                             "--", "--workers", "1"], cwd=REPO, env={**os.environ, "MLFLOW": mlflow_bin},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return urllib.request.urlopen(f"{uri}/health", timeout=2).read() == b"OK"
+        except OSError:
+            return proc.poll() is not None  # exited: the assertion below says so
+
+    try:
+        wait_for(healthy, 120, "the MLflow server to answer /health")
+        assert proc.poll() is None, "infra/mlflow_server.sh exited"
+        yield uri
+    finally:
+        server = psutil.Process(proc.pid)
+        end_processes([*server.children(recursive=True), server], timeout=10)
+
+
+def _start_cluster(attempts: int = 3):
+    """(Cluster, worker node): a head (2 CPUs) and a worker node (1 CPU) on 127.0.0.1, no dashboards. Ray gives a
+    raylet a fixed 30 s to register with the GCS (ray/_private/node.py), which a machine busy with other work can
+    miss: a failed start is shut down and tried again."""
+    from ray.cluster_utils import Cluster
+
+    for attempt in range(attempts):
+        cluster = Cluster()
+        try:
+            cluster.add_node(num_cpus=2, resources={"head": 1}, include_dashboard=False)
+            return cluster, cluster.add_node(num_cpus=1, resources={"worker": 1}, include_dashboard=False)
+        except Exception:  # noqa: BLE001 - "The current node timed out during startup"
+            cluster.shutdown()
+            if attempt == attempts - 1:
+                raise
+
+
+@pytest.fixture
+def two_nodes(moto_s3, monkeypatch):
+    """Two Ray nodes on 127.0.0.1 started without AWS_ENDPOINT_URL (moto_s3 sets it for the session)."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # nothing here may rely on it
+    cluster, worker = _start_cluster()
+    try:
+        yield cluster, worker
+    finally:
+        cluster.shutdown()
+
+
+def _raylet_pid(node) -> int:
+    return node.all_processes["raylet"][0].process.pid
+
+
+def _train_workers_by_node(cluster, worker) -> dict[str, int]:
+    """How many RayTrainWorker processes run under each node's raylet (workers are the raylet's children)."""
+    counts = {"head": 0, "worker": 0}
+    for name, node in (("head", cluster.head_node), ("worker", worker)):
+        for child in psutil.Process(_raylet_pid(node)).children(recursive=True):
+            try:
+                counts[name] += "RayTrainWorker" in " ".join(child.cmdline())
+            except psutil.NoSuchProcess:
+                pass
+    return counts
+
+
+def _student_checkpoints(endpoint: str) -> list[str]:
+    """Checkpoints the Train controller has registered for the student run in S3."""
+    found = []
+    for url in storage.list_files(f"s3://{BUCKET}/ray", endpoint):
+        if re.search(r"/student-[^/]+/checkpoint_manager_snapshot\.json$", url):
+            try:
+                found += [r["checkpoint_dir_name"]
+                          for r in json.loads(storage.read_bytes(url, endpoint))["checkpoint_results"]]
+            except (ValueError, KeyError, storage.UriError):
+                pass  # being rewritten
+    return found
+
+
+def test_pipeline_across_two_nodes_survives_losing_one(moto_s3, two_nodes, mlflow_server, tmp_path):
+    cluster, worker = two_nodes
+    storage.s3_client(moto_s3).create_bucket(Bucket=BUCKET)
+    assert "AWS_ENDPOINT_URL" not in os.environ
+    common = [f"data.root={tmp_path}/data", *TINY_DATA, f"ray.address={cluster.address}",
+              f"shards.uri=s3://{BUCKET}/shards", f"train.storage_path=s3://{BUCKET}/ray", f"s3.endpoint_url={moto_s3}"]
+
+    local = run_python("pipelines/full.py", *common, f"mlflow.tracking_uri=sqlite:///{tmp_path}/local.db",
+                       timeout=400)
+    assert_one_line_error(local, "ConfigError", f"mlflow.tracking_uri sqlite:///{tmp_path}/local.db: a node-local "
+                                                "store, but Ray spans 2 nodes", code=2)
+    assert storage.list_files(f"s3://{BUCKET}", moto_s3) == []  # refused before any work
+
+    proc = popen(["pipelines/full.py", *common, f"mlflow.tracking_uri={mlflow_server}", *STEPS,
+                  "teacher.arch=pspnet18_slim", "student.arch=pspnet18_slim", "train.workers=2",
+                  "train.cpus_per_worker=1", "train.placement_strategy=SPREAD", "pipeline.ptlflow_timing_pairs=0",
+                  "pipeline.baseline=false"])
+    out = Output(proc)
+    try:
+        out.wait_for(r"== student: training", 600)
+        wait_for(lambda: _student_checkpoints(moto_s3), 300, "a student checkpoint registered in S3", poll_s=0.2)
+        spread = _train_workers_by_node(cluster, worker)
+        assert spread == {"head": 1, "worker": 1}, spread  # the DDP group spans both nodes
+        cluster.remove_node(worker, allow_graceful=False)  # SIGKILL: raylet, object store, its Train worker
+        proc.wait(timeout=600)
+    finally:
+        sigkill(proc)
+    log = out.text()
+    assert proc.returncode == 0, log[-4000:]
+    resumed = int(re.search(r"student: resumed from checkpoint at step (\d+)", log).group(1))
+    assert 8 <= resumed < 24
+    assert re.search(r"epoch 2 step 24/24 loss", log[log.index("student: resumed"):]), log[-3000:]  # to the end
+    client = mlflow.MlflowClient(mlflow_server)
+    assert [v.version for v in client.search_model_versions("name='etc-student-pspnet18_slim'")] == ["1"]
+    assert [v.version for v in client.search_model_versions("name='etc-teacher'")] == ["1"]
+    assert any(u.endswith("/manifest.json") for u in storage.list_files(f"s3://{BUCKET}/shards", moto_s3))
