@@ -239,7 +239,9 @@ def run_sweep(cfg: EtcConfig, parent_run_id: str | None = None, force: bool = Fa
         tune.with_parameters(train_trial, base=cfg.model_dump(mode="json"), num_classes=num_classes,
                              teacher=teacher, storage_path=f"{cfg.train.storage_path.rstrip('/')}/{name}-train",
                              init=init),
-        {"cpu": cfg.sweep.cpus_per_trial})
+        # Tune refuses a trial that asks for nothing; one byte of memory asks for no CPU (the trial's Ray Train
+        # workers take theirs outside the trial's placement group)
+        {"cpu": cfg.sweep.cpus_per_trial} if cfg.sweep.cpus_per_trial else {"cpu": 0, "memory": 1})
     tuner, restored = make_tuner(cfg, trainable, name)
     grid = tuner.fit()
     want = expected_trials(cfg)

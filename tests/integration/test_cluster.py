@@ -151,3 +151,13 @@ def test_pipeline_across_two_nodes_survives_losing_one(moto_s3, two_nodes, mlflo
     assert [v.version for v in client.search_model_versions("name='etc-student-pspnet18_slim'")] == ["1"]
     assert [v.version for v in client.search_model_versions("name='etc-teacher'")] == ["1"]
     assert any(u.endswith("/manifest.json") for u in storage.list_files(f"s3://{BUCKET}/shards", moto_s3))
+
+    # the same student uninterrupted (its own Ray storage, so nothing resumes), on the node that is left: the run
+    # that lost a node ends where this one does (seeded loop; the checkpoint holds every state it needs)
+    again = run_python("pipelines/train_student.py", *common, f"mlflow.tracking_uri={mlflow_server}", *STEPS,
+                       "teacher.arch=pspnet18_slim", "student.arch=pspnet18_slim", "train.workers=2",
+                       "train.cpus_per_worker=1", f"train.storage_path=s3://{BUCKET}/ray-again", timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    done = r"student done: step 24, val mIoU ([\d.]+), TC ([\d.]+)"
+    killed, clean = re.search(done, log).groups(), re.search(done, again.stderr + again.stdout).groups()
+    assert [float(v) for v in killed] == pytest.approx([float(v) for v in clean], abs=0.01), (killed, clean)

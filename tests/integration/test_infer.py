@@ -31,9 +31,10 @@ NAME = f"etc-student-{ARCH}"
 
 
 def fitted_model(arch: str, clip, steps: int = 15):
-    """A few Adam steps on one clip (about 3 s), so the model predicts several classes (random init gives one)."""
+    """A few Adam steps on one clip (about 3 s), so the model predicts several classes (random init gives one).
+    Fitted in eval mode: BatchNorm's running statistics after so few steps would undo the fit at inference."""
     torch.manual_seed(0)
-    model = create_model(arch, num_classes=K)
+    model = create_model(arch, num_classes=K).eval()
     images = normalize(torch.from_numpy(clip.frames).permute(0, 3, 1, 2))  # [T,3,H,W]
     labels = torch.from_numpy(clip.labels).long()  # [T,H,W]
     opt = torch.optim.Adam(model.parameters(), 1e-2)
@@ -271,8 +272,11 @@ def test_export_parity(registry, frames, tmp_path, capsys):
 def test_evaluate_dataset_table_json_and_known_answers(registry, tmp_path, capsys):
     data = write_dataset(DataConfig(root=str(tmp_path / "data"), num_videos=3, num_frames=5, height=32, width=48,
                                     num_classes=K, label_every=2), progress=False)
-    # a second model that predicts several classes (a random init predicts one everywhere: TC 100 whatever the code)
-    other = fitted_model("lraspp_mobilenetv3", make_clip(4, T, H, W, K))
+    # a second model that predicts several classes on these clips (a random init predicts one everywhere: TC 100
+    # whatever the code), fitted on the val clip it is scored on: a known answer, not a good model
+    ds = GeneratedDataset(data.root)
+    clips = [ds.read_clip("val", c) for c in ds.clip_ids("val")]
+    other = fitted_model("lraspp_mobilenetv3", clips[0], steps=60)
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     torch.save({"model": other.state_dict(), "arch": "lraspp_mobilenetv3", "num_classes": K}, ckpt / "state.pt")
@@ -284,8 +288,6 @@ def test_evaluate_dataset_table_json_and_known_answers(registry, tmp_path, capsy
     result = json.loads(report.read_text())
     assert [r["arch"] for r in result["rows"]] == [ARCH, "lraspp_mobilenetv3", "reference", "reference"]
     assert [r["model"] for r in result["rows"][2:]] == ["ground truth", "stride-8 oracle"]
-    ds = GeneratedDataset(data.root)
-    clips = [ds.read_clip("val", c) for c in ds.clip_ids("val")]
     truth = result["rows"][2]  # the labels scored as a prediction: a known answer for the whole path
     assert truth["miou"] == 100 and truth["flicker_interior"] == 0 and truth["latency_ms"] is None
     assert truth["tc"] == pytest.approx(temporal_consistency(
@@ -293,7 +295,8 @@ def test_evaluate_dataset_table_json_and_known_answers(registry, tmp_path, capsy
     assert truth["tc_noc"] > truth["tc"]  # occluded pixels no longer count against a perfect prediction
     for row, model in zip(result["rows"], [registry.model, other]):
         preds = [reference(model, c.frames) for c in clips]
-        assert len(np.unique(np.stack(preds))) > 1  # not a constant prediction, whose TC is 100 whatever the flow
+        if model is other:  # not a constant prediction, whose TC is 100 whatever the flow (the registry's tiny
+            assert len(np.unique(np.stack(preds))) > 1  # student, trained a few steps, may well be constant)
         # batches of 2 over 5 frames: pairs crossing a batch border must count like the others
         tc = temporal_consistency([(p[t], p[t + 1], c.flows[t]) for p, c in zip(preds, clips)
                                    for t in range(c.num_frames - 1)], K)
