@@ -54,8 +54,8 @@ def check_cluster(cfg: EtcConfig, stages: tuple[str, ...] = (), sweep: bool = Fa
     have = ray.cluster_resources()
     most = state.get_max_resources_from_cluster_config()  # None: no autoscaler, the cluster is what it is
     nodes = len([n for n in ray.nodes() if n.get("Alive")])
+    _check_tracking(cfg, nodes)  # first: with a node-local store, the relative artifact_root is beside the point
     _check_paths(cfg, nodes, most is not None)
-    _check_tracking(cfg, nodes)
     waiting = []
     for what, need in requests(cfg, stages, sweep):
         limit = have if most is None else {k: max(most.get(k, 0), have.get(k, 0)) for k in need}

@@ -342,8 +342,13 @@ PATH_KEYS = ("data.root", "shards.uri", "train.storage_path", "mlflow.artifact_r
 
 def _relative_paths(tree: dict) -> tuple[tuple[str, str], ...]:
     """(key, value as written) of every local path in the config tree (or its default) that is relative."""
+    uri = (tree.get("mlflow") or {}).get("tracking_uri") if isinstance(tree.get("mlflow"), dict) else None
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    server = "://" in uri and not uri.startswith(("sqlite:", "file:"))  # artifacts go where the server keeps them
     found = []
     for key in PATH_KEYS:
+        if server and key == "mlflow.artifact_root":
+            continue
         section, name = key.split(".")
         given = tree.get(section) if isinstance(tree.get(section), dict) else {}
         default = EtcConfig.model_fields[section].annotation.model_fields[name].default
@@ -352,9 +357,7 @@ def _relative_paths(tree: dict) -> tuple[tuple[str, str], ...]:
         given = (tree.get(stage) or {}).get("train") if isinstance(tree.get(stage), dict) else None
         if isinstance(given, dict) and "storage_path" in given:
             found.append((f"{stage}.train.storage_path", str(given["storage_path"])))
-    uri = (tree.get("mlflow") or {}).get("tracking_uri") if isinstance(tree.get("mlflow"), dict) else None
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         found.append(("mlflow.tracking_uri", uri))
     return tuple((key, value) for key, value in found if key == "mlflow.tracking_uri" or is_relative(value))
 

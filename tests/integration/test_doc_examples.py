@@ -30,6 +30,8 @@ NOT_HERE = {
         "needs a video of your own (tests/integration/test_infer.py runs predict)",
     "etc-pipeline evaluate --model": "needs models and a video of your own (tests/integration/test_infer.py)",
     "etc-pipeline export --model": "tests/integration/test_infer.py runs export",
+    ".venv/bin/python pipelines/full.py --config configs/demo.yaml data.num_videos=40":
+        "tests/integration/test_ray_local.py runs full.py --config configs/demo.yaml, which starts its own Ray",
 }
 TINY = [*TINY_DATA, "ray.num_cpus=2", "teacher.arch=pspnet18_slim", "student.arch=lraspp_mobilenetv3",
         "train.max_steps=2", "train.steps_per_epoch=2", "train.batch_size=2", "train.crop=null",
@@ -70,7 +72,8 @@ def test_every_doc_example_is_run_or_says_why_not():
 
 
 @pytest.mark.slow
-def test_doc_examples_run_with_tiny_overrides(tmp_path):
+def test_doc_examples_run_with_tiny_overrides(ray_local, tmp_path):
+    join = f"ray.address={ray_local.get_runtime_context().gcs_address}"  # one Ray for all: no start-up per command
     for name in ("configs", "pipelines"):
         (tmp_path / name).symlink_to(REPO / name)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -81,7 +84,7 @@ def test_doc_examples_run_with_tiny_overrides(tmp_path):
                 continue
             argv = _runnable(command)
             if any(w.endswith(".py") and w.startswith("pipelines/") for w in argv) or "make-dataset" in argv:
-                argv = [*argv, *TINY]
+                argv = [*argv, *TINY, join]
             if "data.root=/tmp/etc-data" in argv:  # keep the example's absolute path inside the test's folder
                 argv[argv.index("data.root=/tmp/etc-data")] = f"data.root={tmp_path}/etc-data"
             proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
