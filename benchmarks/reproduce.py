@@ -114,8 +114,8 @@ def run_sweep(base, tune: dict, quick: bool) -> dict:
         # every trial sets tc_weight; its base value is pinned (reproduce.yaml's value when the sweeps were first run)
         # so that fixing the choice in reproduce.yaml does not change the sweeps' identity (their Tune directories)
         cfg = apply_values(base, {**tune, **NO_KD, "train.seed": 0, "student.init_from": baseline.model_uri,
-                                  "student.loss.tc_weight": 0.1, "student.loss.tc_on": form, "sweep.search": "random", "sweep.scheduler": "fifo",
-                                  "sweep.num_samples": 1, "sweep.max_concurrent_trials": 1})
+                                  "student.loss.tc_weight": 0.1, "student.loss.tc_on": form, "sweep.search": "random",
+                                  "sweep.scheduler": "fifo", "sweep.num_samples": 1, "sweep.max_concurrent_trials": 1})
         cfg = cfg.model_copy(update={"sweep": cfg.sweep.model_copy(update={"space": {
             "student.loss.tc_weight": ParamSpace(type="grid", values=list(grid[1:2] if quick else grid))}})})
         for t in sweep(cfg)["trials"]:
