@@ -75,10 +75,11 @@ def check_cluster(cfg: EtcConfig, stages: tuple[str, ...] = (), sweep: bool = Fa
 
 
 def _log_wait(waiting: list[tuple[str, dict[str, float]]]) -> None:
-    """Every WAIT_LOG_S: what is still awaited from the autoscaler, until the cluster holds it."""
+    """Every WAIT_LOG_S: what is still awaited from the autoscaler, until the cluster holds it (or this process
+    leaves Ray: ray.shutdown() ends the wait)."""
     import ray
 
-    while waiting:
+    while waiting and ray.is_initialized():
         have = ray.cluster_resources()
         waiting = [(what, need) for what, need in waiting if any(v > have.get(k, 0) for k, v in need.items())]
         for what, need in waiting:
