@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 
-from etc_core.config import EtcConfig
+from etc_core.config import EtcConfig, node_local_store
 from etc_core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def _check_tracking(cfg: EtcConfig, nodes: int) -> None:
     """A Ray cluster of several nodes needs an MLflow store that every node reaches (a server): a sqlite: or file
     store is node-local, so each node would log to its own."""
     uri = cfg.mlflow.tracking_uri
-    if nodes > 1 and (uri.startswith(("sqlite:", "file:")) or "://" not in uri):
+    if nodes > 1 and node_local_store(uri):
         from etc_core.tracking.mlflow import redact
 
         raise ConfigError(f"mlflow.tracking_uri {redact(uri)}: a node-local store, but Ray spans {nodes} nodes; run "

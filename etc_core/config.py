@@ -340,11 +340,16 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
 PATH_KEYS = ("data.root", "shards.uri", "train.storage_path", "mlflow.artifact_root")
 
 
+def node_local_store(tracking_uri: str) -> bool:
+    """An MLflow store on this machine's disk (sqlite:, file: or a bare path), not a server every node reaches."""
+    return tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+
+
 def _relative_paths(tree: dict) -> tuple[tuple[str, str], ...]:
     """(key, value as written) of every local path in the config tree (or its default) that is relative."""
     uri = (tree.get("mlflow") or {}).get("tracking_uri") if isinstance(tree.get("mlflow"), dict) else None
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    server = "://" in uri and not uri.startswith(("sqlite:", "file:"))  # artifacts go where the server keeps them
+    server = not node_local_store(uri)  # artifacts go where the server keeps them
     found = []
     for key in PATH_KEYS:
         if server and key == "mlflow.artifact_root":
