@@ -9,6 +9,7 @@ NOISE = ("alt_cuda_corr is not compiled", "xFormers not available", "timm.models
 IMPORT = "import logging; logging.basicConfig(level=logging.INFO); {quiet}import ptlflow; print('imported')"
 
 
+@pytest.mark.slow
 def test_ptlflow_import_is_quiet_after_quiet_libraries():
     loud = run_python("-c", IMPORT.format(quiet=""))
     quiet = run_python("-c", IMPORT.format(quiet="from etc_core.quiet import quiet_libraries; quiet_libraries(); "))

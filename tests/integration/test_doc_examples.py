@@ -31,7 +31,8 @@ NOT_HERE = {
     "etc-pipeline evaluate --model": "needs models and a video of your own (tests/integration/test_infer.py)",
     "etc-pipeline export --model": "tests/integration/test_infer.py runs export",
     ".venv/bin/python pipelines/full.py --config configs/demo.yaml data.num_videos=40":
-        "tests/integration/test_ray_local.py runs full.py --config configs/demo.yaml, which starts its own Ray",
+        "full.py --config configs/demo.yaml runs in tests/integration/test_job_submit.py (every stage, the table) "
+        "and starts its own Ray in tests/reliability/test_faults.py",
 }
 TINY = [*TINY_DATA, "ray.num_cpus=2", "teacher.arch=pspnet18_slim", "student.arch=lraspp_mobilenetv3",
         "train.max_steps=2", "train.steps_per_epoch=2", "train.batch_size=2", "train.crop=null",
@@ -85,6 +86,8 @@ def test_doc_examples_run_with_tiny_overrides(ray_local, tmp_path):
             argv = _runnable(command)
             if any(w.endswith(".py") and w.startswith("pipelines/") for w in argv) or "make-dataset" in argv:
                 argv = [*argv, *TINY, join]
+            # a stage's own step count (e.g. student.train.max_steps=100) outranks train.max_steps: keep it tiny too
+            argv = [re.sub(r"^((?:teacher|student)\.train\.max_steps)=\d+$", r"\1=3", w) for w in argv]
             if "data.root=/tmp/etc-data" in argv:  # keep the example's absolute path inside the test's folder
                 argv[argv.index("data.root=/tmp/etc-data")] = f"data.root={tmp_path}/etc-data"
             proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

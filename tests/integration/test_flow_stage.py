@@ -141,6 +141,7 @@ def test_resume_trusts_sidecars_without_reading_shards_and_verify_reads_them(ray
     assert json.loads((root / "manifest.json").read_text())["config_hash"] == BEFORE_HASH
 
 
+@pytest.mark.slow
 def test_ptlflow_random_init_through_the_stage(ray_local, tmp_path):
     # random-init rapidflow_it1 gives NaN below 64x96, so these frames are a little larger
     cfg = _cfg(tmp_path, "flow.source=ptlflow", "flow.model=rapidflow_it1", "flow.weights=none", "shards.k=[1]",

@@ -244,6 +244,7 @@ def test_foreign_version_is_refused_in_one_line_saying_how_to_reregister(registr
     assert "register it again: pipelines/full.py --force" in err[0]
 
 
+@pytest.mark.slow
 def test_export_parity(registry, frames, tmp_path, capsys):
     import onnxruntime as ort
 

@@ -118,13 +118,19 @@ def test_full_pipeline_via_job_submit_with_s3_relative_paths_and_rerun_skips(ray
             "mlflow.tracking_uri=sqlite:///mlflow.db", "mlflow.artifact_root=artifacts",
             "train.storage_path=ray_results", *TINY_DATA, "teacher.arch=pspnet18_slim",
             "student.arch=lraspp_mobilenetv3", "train.max_steps=2", "train.steps_per_epoch=2", "train.batch_size=2",
-            "train.crop=null", "pipeline.ptlflow_timing_pairs=0"]
+            "train.crop=null"]
     commit = "c0ffee42" * 5  # the job has no .git: infra/submit.sh passes the checkout's commit like this
     env = {**env, **aws_env(moto_s3), "MLFLOW_DISABLE_TELEMETRY": "true", "ETC_GIT_COMMIT": commit}
     logs = _wait(address, env, _submit(address, env, args, cwd=tmp_path))
     assert "joining Ray at" in logs  # it joined the cluster rather than starting its own
     assert "stages run: flow, teacher, baseline, student, evaluate; reused: -" in logs
-    assert "student:etc-student-lraspp_mobilenetv3/1" in logs and "mIoU" in logs  # the evaluation table
+    table = logs.split("stages run:")[1]  # the evaluation table: every model, the references, every metric
+    for row in ("teacher:etc-teacher/1", "baseline:etc-baseline-lraspp_mobilenetv3/1",
+                "student:etc-student-lraspp_mobilenetv3/1", "ground truth", "stride-8 oracle"):
+        assert row in table, table
+    assert all(column in table for column in ("mIoU", "TC-noc", "flick-int", "latency ms"))
+    assert "ptlflow rapidflow_it1 (random init, timing only)" in table
+    assert "mlflow ui --backend-store-uri sqlite:///" in table and "--host 127.0.0.1" in table
     assert (tmp_path / "data" / "dataset.json").is_file() and db.is_file() and (tmp_path / "ray_results").is_dir()
     s3 = boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="etc-jobs", Prefix="shards/")["Contents"]]
@@ -134,6 +140,9 @@ def test_full_pipeline_via_job_submit_with_s3_relative_paths_and_rerun_skips(ray
         assert client.get_model_version_by_alias(name, "champion").version in (1, "1")
     runs = client.search_runs([client.get_experiment_by_name("etc-pipeline").experiment_id])
     assert runs and {r.data.tags.get("mlflow.source.git.commit") for r in runs} == {commit}
+    # demo.yaml's student fine-tunes the baseline this run trained (student.init_from: baseline)
+    students = [r for r in runs if r.data.tags.get("etc.stage") == "student"]
+    assert [r.data.params["student.init_from"] for r in students] == ["models:/etc-baseline-lraspp_mobilenetv3/1"]
 
     rerun = _wait(address, env, _submit(address, env, args, cwd=tmp_path))
     ran = next((line for line in rerun.splitlines() if line.startswith("stages run:")), rerun[-2000:])

@@ -70,6 +70,7 @@ def test_every_entry_point_refuses_bad_input_before_ray_with_exit_2(tmp_path):
         assert not [f for f in outputs_under(tmp_path / name) if "mlflow" in f or "ray_results" in f], name
 
 
+@pytest.mark.slow
 def test_a_request_larger_than_the_cluster_is_one_line_not_a_silent_wait(tiny_shards, tmp_path):
     proc = run([PY, "pipelines/train_teacher.py", *tiny_shards, *run_dirs(tmp_path), "ray.num_cpus=2",
                 "train.workers=2", "train.cpus_per_worker=2"])

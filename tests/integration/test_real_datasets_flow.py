@@ -12,6 +12,7 @@ from tests.real_trees import H, W, make_cityscapes
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow
 def test_cityscapes_tree_through_the_flow_stage(ray_local, tmp_path):
     # one val snippet keeps the CPU run short: 10 train pairs (k around frame 19) + 29 consecutive val pairs
     root = make_cityscapes(tmp_path / "cs", {"train": [("aachen", 0, 19), ("bochum", 1, 19)],

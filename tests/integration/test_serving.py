@@ -92,6 +92,7 @@ def _pinged(port: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_trained_version_loads_as_pyfunc_in_a_fresh_process_and_serves(tiny_shards, tmp_path):
     import mlflow
     import psutil

@@ -23,6 +23,7 @@ TINY_TRAIN = ["student.arch=lraspp_mobilenetv3", "train.batch_size=2", "train.va
               "student.loss.kd_temporal_weight=0"]  # no distillation: no teacher needed
 
 
+@pytest.mark.slow
 def test_asha_sweep_logs_parent_children_pictures_and_best_yaml(tiny_shards, tmp_path):
     # grid order fixes which trial runs first: lr 0.05 learns (mIoU ~14 after 2 steps), the tiny ones do not,
     # so ASHA (grace period 1 epoch of 2) stops them at the first rung
@@ -91,7 +92,7 @@ def _final_step(run: Path) -> int:
 
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_with_tuner_restore(ray_local, tiny_shards, tmp_path):
-    overrides = [*tiny_shards, *run_dirs(tmp_path), *TINY_TRAIN, "sweep.num_samples=3", "sweep.search=optuna",
+    overrides = [*tiny_shards, *run_dirs(tmp_path), *TINY_TRAIN, "sweep.num_samples=2", "sweep.search=optuna",
                  "sweep.scheduler=fifo", "sweep.metric=val_score",
                  "sweep.space={student.loss.tc_weight: {type: loguniform, low: 0.01, high: 1.0}}"]
     cfg = load_config(None, overrides)
@@ -124,11 +125,11 @@ def test_interrupted_sweep_resumes_with_tuner_restore(ray_local, tiny_shards, tm
     first = {p: p.stat().st_mtime_ns for run in finished for p in run.glob("checkpoint_*") if p.is_dir()}
 
     summary = run_sweep(cfg)  # the same config again: Tuner.restore, not a new sweep
-    assert summary["restored"] and len(summary["trials"]) == 3
+    assert summary["restored"] and len(summary["trials"]) == 2
     assert all(t.error is None and t.final["step"] == 4 for t in summary["trials"])
     assert first and all(p.exists() and p.stat().st_mtime_ns == stamp for p, stamp in first.items()), \
         "a trial that had finished before the interrupt was trained again"
-    assert len({t.trial_id for t in summary["trials"]}) == 3
+    assert len({t.trial_id for t in summary["trials"]}) == 2
 
 
 def test_bad_search_space_entry_is_one_line_exit_2(tmp_path):

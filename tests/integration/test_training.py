@@ -24,6 +24,7 @@ FAST = ["train.batch_size=2", "train.val_batch_size=4", "train.crop=[32,48]", "t
         "train.pictures=2", "train.log_every=1", "teacher.arch=pspnet18_slim", "student.arch=lraspp_mobilenetv3"]
 
 
+@pytest.mark.slow
 def test_teacher_then_student_train_log_register_and_load(tiny_shards, tmp_path):
     cfg = load_config(None, [*tiny_shards, *run_dirs(tmp_path), *FAST, "train.max_steps=12",
                              "train.steps_per_epoch=6", "train.workers=2"])
@@ -113,6 +114,7 @@ def test_killed_driver_resumes_from_checkpoint_step(tiny_shards, tmp_path, ray_l
                             "Checkpoint successfully created") if n in console], console[-3000:]
 
 
+@pytest.mark.slow
 def test_missing_teacher_alias_is_one_clear_line(tiny_shards, tmp_path):
     proc = run_python("pipelines/train_student.py", *tiny_shards, *run_dirs(tmp_path), *FAST,
                       "student.teacher_uri=models:/etc-teacher@nope", timeout=200)

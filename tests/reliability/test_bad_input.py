@@ -41,6 +41,7 @@ CONFIG_CASES = {
 }
 
 
+@pytest.mark.slow
 def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path):
     def one(name: str):
         argv, text, _ = CONFIG_CASES[name]

@@ -224,7 +224,7 @@ def test_flow_driver_killed_on_s3_lists_no_partial_object_and_rerun_aborts_its_u
 
 
 @pytest.mark.slow
-def test_full_pipeline_killed_between_stages_reruns_only_the_rest(ray_local, tmp_path):
+def test_full_pipeline_killed_between_stages_reruns_only_the_rest_on_its_own_ray(ray_local, tmp_path):
     args = full_args(tmp_path, ray_local.get_runtime_context().gcs_address)
     proc = popen(args)
     out = Output(proc)
@@ -234,8 +234,11 @@ def test_full_pipeline_killed_between_stages_reruns_only_the_rest(ray_local, tmp
     finally:
         sigkill(proc)
     assert "stages run:" not in out.text()
-    rerun = run_python(*args, timeout=400)
+    # the rerun names no cluster: it starts its own local Ray (on 127.0.0.1), as `python pipelines/full.py` does on
+    # a laptop, and ends it with itself
+    rerun = run_python(*[a for a in args if not a.startswith("ray.address=")], "ray.num_cpus=2", timeout=400)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "started a local Ray on 127.0.0.1" in rerun.stderr
     ran = next(line for line in rerun.stdout.splitlines() if line.startswith("stages run:"))
     assert ran == "stages run: student, evaluate; reused: flow, teacher"
     assert "teacher: reusing etc-teacher version 1 (same config)" in rerun.stderr

@@ -171,6 +171,7 @@ def test_mlflow_retry_settings_of_the_user_win(monkeypatch):
     assert server.connections == 1
 
 
+@pytest.mark.slow
 def test_unreachable_mlflow_server_is_one_line_naming_it_without_its_password(tmp_path):
     port = closed_port()
     uri = f"http://etc:mlflow-pass-0042@127.0.0.1:{port}"
