@@ -26,7 +26,8 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) pipelines/full.py --config configs/demo.yaml
 
-# Every benchmark from a clean runs/bench/, then docs/benchmarks.md (about 30 min on 2 cores; see that page).
+# Every benchmark from a clean runs/bench/, then docs/benchmarks.md (many hours on 2 cores: the reproduction trains
+# 26 models; each script's last wall time is on that page).
 BENCH := data_acceptance reproduce train_overhead inference flow_stage soak
 bench: $(STAMP)
 	rm -rf runs/bench

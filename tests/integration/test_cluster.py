@@ -131,7 +131,7 @@ def test_pipeline_across_two_nodes_survives_losing_one(moto_s3, two_nodes, mlflo
     proc = popen(["pipelines/full.py", *common, f"mlflow.tracking_uri={mlflow_server}", *STEPS,
                   "teacher.arch=pspnet18_slim", "student.arch=pspnet18_slim", "train.workers=2",
                   "train.cpus_per_worker=1", "train.placement_strategy=SPREAD", "pipeline.ptlflow_timing_pairs=0",
-                  "pipeline.baseline=false"])
+                  "pipeline.baseline=false", "teacher.train.max_steps=2", "teacher.train.steps_per_epoch=2"])
     out = Output(proc)
     try:
         out.wait_for(r"== student: training", 600)

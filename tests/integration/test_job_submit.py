@@ -68,7 +68,7 @@ def _stop_cluster(head: subprocess.Popen, temp_dir: str) -> None:
             procs.update(proc.children(recursive=True))
         except psutil.NoSuchProcess:
             pass
-    end_processes(list(procs), timeout=20)
+    end_processes(list(procs), timeout=5)  # this test's own cluster: no need to wait long for a clean exit
     head.wait(10)
 
 
