@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from etc_core.losses.term import Outputs, Term
+
 log = logging.getLogger(__name__)
 
 PF_MAX_POSITIONS = 4096  # above this many positions per frame, PF average-pools 2x2 first (docs/method.md)
@@ -65,3 +67,19 @@ def kd_temporal(student_feat_t: Tensor, student_feat_next: Tensor, teacher_feat_
     affinity_student = frame_affinity(feats[0], feats[1])  # [B,N,N]
     affinity_teacher = frame_affinity(feats[2], feats[3])  # [B,N,N]
     return F.mse_loss(affinity_student, affinity_teacher)
+
+
+def _kd_pixel(cfg, out: Outputs, batch=None, class_weight=None) -> Tensor:
+    # both frames of the pair, on the 1/8 logits (docs/method.md)
+    return (kd_pixel(out.out_t.features, out.teacher_t.features, cfg.kd_tau)
+            + kd_pixel(out.out_next.features, out.teacher_next.features, cfg.kd_tau))
+
+
+def _kd_temporal(cfg, out: Outputs, batch=None, class_weight=None) -> Tensor:
+    return kd_temporal(out.out_t.features, out.out_next.features, out.teacher_t.features, out.teacher_next.features)
+
+
+KD_PIXEL = Term("kd_pixel", "kd_pixel_weight", "pixel KD", _kd_pixel, next_frame=True, teacher=True, etc=True,
+                sweep=(0.1, 10.0))
+KD_TEMPORAL = Term("kd_temporal", "kd_temporal_weight", "temporal KD", _kd_temporal, next_frame=True, teacher=True,
+                   etc=True, sweep=(0.1, 10.0))

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from etc_core.losses.term import Outputs, Term
+
 log = logging.getLogger(__name__)
 
 # the label value of etc_core.data.base.IGNORE_INDEX; not imported from there because etc_core.config imports
@@ -43,3 +45,10 @@ def segmentation_loss(logits: Tensor, label: Tensor, aux: Optional[Tensor] = Non
     if aux is not None and aux_weight > 0:
         loss = loss + aux_weight * cross_entropy(aux, label, class_weight)
     return loss
+
+
+def _ce(cfg, out: Outputs, batch: dict, class_weight: Optional[Tensor]) -> Tensor:
+    return segmentation_loss(out.out_t.logits, batch["label"], out.out_t.aux, cfg.aux_weight, class_weight)
+
+
+CE = Term("ce", "ce_weight", "CE", _ce)  # frame t only: the only frame of a pair with a label
