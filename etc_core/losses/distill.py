@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -69,13 +70,14 @@ def kd_temporal(student_feat_t: Tensor, student_feat_next: Tensor, teacher_feat_
     return F.mse_loss(affinity_student, affinity_teacher)
 
 
-def _kd_pixel(cfg, out: Outputs, batch=None, class_weight=None) -> Tensor:
-    # both frames of the pair, on the 1/8 logits (docs/method.md)
+def _kd_pixel(cfg, out: Outputs, batch: Mapping[str, Tensor], class_weight: Optional[Tensor]) -> Tensor:
+    """Pixel-wise KD on both frames of the pair, on the 1/8 logits (docs/method.md)."""
     return (kd_pixel(out.out_t.features, out.teacher_t.features, cfg.kd_tau)
             + kd_pixel(out.out_next.features, out.teacher_next.features, cfg.kd_tau))
 
 
-def _kd_temporal(cfg, out: Outputs, batch=None, class_weight=None) -> Tensor:
+def _kd_temporal(cfg, out: Outputs, batch: Mapping[str, Tensor], class_weight: Optional[Tensor]) -> Tensor:
+    """Pair-wise-frame (PF) distillation between frames t and t+k."""
     return kd_temporal(out.out_t.features, out.out_next.features, out.teacher_t.features, out.teacher_next.features)
 
 

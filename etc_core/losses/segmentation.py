@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +47,9 @@ def segmentation_loss(logits: Tensor, label: Tensor, aux: Optional[Tensor] = Non
     return loss
 
 
-def _ce(cfg, out: Outputs, batch: dict, class_weight: Optional[Tensor]) -> Tensor:
+def _ce(cfg, out: Outputs, batch: Mapping[str, Tensor], class_weight: Optional[Tensor]) -> Tensor:
+    """The CE term of a pair: CE_dsn on frame t, the labelled one."""
     return segmentation_loss(out.out_t.logits, batch["label"], out.out_t.aux, cfg.aux_weight, class_weight)
 
 
-CE = Term("ce", "ce_weight", "CE", _ce)  # frame t only: the only frame of a pair with a label
+CE = Term("ce", "ce_weight", "CE", _ce)

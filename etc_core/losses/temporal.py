@@ -4,7 +4,7 @@ prediction of frame t and the prediction of frame t+k warped into t with the flo
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Literal, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -68,8 +68,9 @@ def temporal_loss(logits_t: Tensor, logits_next: Tensor, flow: Tensor, image_t: 
     return ((mask * (pred_t - warped)) ** 2).mean()
 
 
-def _tc(cfg, out: Outputs, batch: dict, class_weight=None) -> Tensor:
-    flow = batch["flow"] if cfg.tc_flow == "shards" else torch.zeros_like(batch["flow"])  # zero: the control
+def _tc(cfg, out: Outputs, batch: Mapping[str, Tensor], class_weight: Optional[Tensor]) -> Tensor:
+    """The temporal term of a pair, with the shards' flow or (tc_flow: zero, a control) none."""
+    flow = batch["flow"] if cfg.tc_flow == "shards" else torch.zeros_like(batch["flow"])
     return temporal_loss(out.out_t.logits, out.out_next.logits, flow, batch["img_t"], batch["img_next"],
                          on=cfg.tc_on, mask_out_of_frame=cfg.tc_mask_out_of_frame)
 
