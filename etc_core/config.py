@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 
 from etc_core.data.config import DataConfig
 from etc_core.errors import ConfigError
-from etc_core.losses.etc import LossConfig
+from etc_core.losses.etc import LossConfig, list_terms
 from etc_core.storage.paths import ENV_RE as _ENV_RE, expand_path as _expand_path, is_relative
 from etc_core.storage.uri import S3Access
 from etc_core.train.config import StageTrain, TrainConfig
@@ -212,10 +212,10 @@ class ParamSpace(_Section):
 
 
 def _default_space() -> dict[str, ParamSpace]:
-    return {"student.loss.tc_weight": ParamSpace(type="loguniform", low=0.01, high=1.0),
-            "student.loss.kd_pixel_weight": ParamSpace(type="loguniform", low=0.1, high=10.0),
-            "student.loss.kd_temporal_weight": ParamSpace(type="loguniform", low=0.1, high=10.0),
-            "train.lr": ParamSpace(type="loguniform", low=0.001, high=0.1)}
+    """The weight of every loss term with a sweep range (etc_core.losses.etc.TERMS), then the learning rate."""
+    space = {f"student.loss.{term.weight}": ParamSpace(type="loguniform", low=term.sweep[0], high=term.sweep[1])
+             for term in list_terms() if term.sweep}
+    return space | {"train.lr": ParamSpace(type="loguniform", low=0.001, high=0.1)}
 
 
 class SweepConfig(_Section):

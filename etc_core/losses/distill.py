@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from etc_core.losses.term import Outputs, Term
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +68,20 @@ def kd_temporal(student_feat_t: Tensor, student_feat_next: Tensor, teacher_feat_
     affinity_student = frame_affinity(feats[0], feats[1])  # [B,N,N]
     affinity_teacher = frame_affinity(feats[2], feats[3])  # [B,N,N]
     return F.mse_loss(affinity_student, affinity_teacher)
+
+
+def _kd_pixel(cfg, out: Outputs, batch: Mapping[str, Tensor], class_weight: Optional[Tensor]) -> Tensor:
+    """Pixel-wise KD on both frames of the pair, on the 1/8 logits (docs/method.md)."""
+    return (kd_pixel(out.out_t.features, out.teacher_t.features, cfg.kd_tau)
+            + kd_pixel(out.out_next.features, out.teacher_next.features, cfg.kd_tau))
+
+
+def _kd_temporal(cfg, out: Outputs, batch: Mapping[str, Tensor], class_weight: Optional[Tensor]) -> Tensor:
+    """Pair-wise-frame (PF) distillation between frames t and t+k."""
+    return kd_temporal(out.out_t.features, out.out_next.features, out.teacher_t.features, out.teacher_next.features)
+
+
+KD_PIXEL = Term("kd_pixel", "kd_pixel_weight", "pixel KD", _kd_pixel, next_frame=True, teacher=True, etc=True,
+                sweep=(0.1, 10.0))
+KD_TEMPORAL = Term("kd_temporal", "kd_temporal_weight", "temporal KD", _kd_temporal, next_frame=True, teacher=True,
+                   etc=True, sweep=(0.1, 10.0))

@@ -1,22 +1,36 @@
 """The ETC objective: CE_dsn + λ_tc·L_tc + λ_kd·L_kd_pixel + λ_pf·L_kd_temporal (docs/method.md), one loss for
 teacher and student training alike; only the weights and whether a teacher is passed differ.
+
+The loss is its list of terms, TERMS: each term (etc_core/losses/term.py) says what it reads and computes its
+value; everything here, in the training loop, the per-frame baseline, the sweep space and the model card reads
+the names from that list.
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable, Literal, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional
 
-import torch
 from pydantic import BaseModel, Field, model_validator
 from torch import Tensor, nn
 
-from etc_core.losses.distill import kd_pixel, kd_temporal
-from etc_core.losses.segmentation import segmentation_loss
-from etc_core.losses.temporal import temporal_loss
+from etc_core.losses.distill import KD_PIXEL, KD_TEMPORAL
+from etc_core.losses.segmentation import CE
+from etc_core.losses.temporal import TC
+from etc_core.losses.term import Outputs, Term
 
 log = logging.getLogger(__name__)
 
-TERMS = ("ce", "tc", "kd_pixel", "kd_temporal")
+TERMS: tuple[Term, ...] = (CE, TC, KD_PIXEL, KD_TEMPORAL)  # a new term: its file, its test, its entry here
+
+
+def list_terms() -> tuple[Term, ...]:
+    """The registered loss terms, in the order they are computed, summed and logged."""
+    return TERMS
+
+
+def term_names() -> tuple[str, ...]:
+    """The registered terms' names (the keys of EtcLoss's output besides `total`)."""
+    return tuple(term.name for term in list_terms())
 
 
 class LossConfig(BaseModel, extra="forbid", frozen=True):
@@ -35,65 +49,76 @@ class LossConfig(BaseModel, extra="forbid", frozen=True):
 
     @model_validator(mode="after")
     def _something_to_train(self) -> "LossConfig":
-        if max(self.ce_weight, self.tc_weight, self.kd_pixel_weight, self.kd_temporal_weight) == 0:
+        if not self.terms_on():
             raise ValueError("all loss weights are 0; nothing to train")
         return self
+
+    def terms_on(self) -> tuple[Term, ...]:
+        """The registered terms whose weight is > 0 (the ones computed)."""
+        return tuple(term for term in list_terms() if getattr(self, term.weight) > 0)
 
     @property
     def needs_teacher(self) -> bool:
         """True when a distillation term is on."""
-        return self.kd_pixel_weight > 0 or self.kd_temporal_weight > 0
+        return any(term.teacher for term in self.terms_on())
 
     @property
     def needs_next_frame(self) -> bool:
         """True when any term uses frame t+k."""
-        return self.tc_weight > 0 or self.needs_teacher
+        return any(term.next_frame for term in self.terms_on())
+
+    @property
+    def needs_flow(self) -> bool:
+        """True when any term reads the pair's flow."""
+        return any(term.flow for term in self.terms_on())
+
+    def per_frame(self) -> "LossConfig":
+        """This loss with every ETC term switched off: the per-frame baseline's loss (cross-entropy only)."""
+        update: dict[str, Any] = {}
+        for term in list_terms():
+            if term.etc:
+                update |= {term.weight: 0.0, **term.off}
+        return self.model_copy(update=update)
 
 
 class EtcLoss(nn.Module):
-    """Combined ETC loss; returns {ce, tc, kd_pixel, kd_temporal, total} as 0-dim tensors.
+    """Combined ETC loss; returns {<each term's name>, total} (ce, tc, kd_pixel, kd_temporal, total) as 0-dim tensors.
 
     Terms are reported unweighted; total = Σ weight·term. A term whose weight is 0 is not computed and is
-    reported as a detached 0, so every run logs the same five names. It holds no parameters: the trained
-    network is the plain model (zero inference overhead).
+    reported as a detached 0, so every run logs the same names. It holds no parameters: the trained network is
+    the plain model (zero inference overhead). The network outputs come from etc_core.train.loop.forward_pair,
+    the one forward of training (and of the tests).
     """
 
     def __init__(self, cfg: Optional[LossConfig] = None, class_weight: Optional[Tensor] = None):
         super().__init__()
         self.cfg = cfg or LossConfig()
+        self.terms = list_terms()
         self.register_buffer("class_weight", class_weight, persistent=False)  # [K] or None
 
-    def forward(self, out_t, out_next, batch: Mapping[str, Tensor], teacher_out_t=None,
-                teacher_out_next=None, tc_scale: float = 1.0) -> dict[str, Tensor]:
-        """Loss terms from model outputs (SegOutput) of frames t and t+k, and of the frozen teacher.
+    def forward(self, out: Outputs, batch: Mapping[str, Tensor], tc_scale: float = 1.0) -> dict[str, Tensor]:
+        """Loss terms from the outputs (SegOutput) of the model and the frozen teacher on frames t and t+k.
 
         batch: img_t, img_next [B,3,H,W] normalised, flow [B,2,H,W] (warp(img_next, flow) ~ img_t),
-        label [B,H,W] of frame t (255 = ignore). out_next / teacher outputs may be None when unused.
-        tc_scale multiplies the tc weight (the ramp of `tc_ramp`, see `tc_scale`).
+        label [B,H,W] of frame t (255 = ignore). Outputs no term that is on reads may be None.
+        tc_scale multiplies the weight of the ramped term (the ramp of `tc_ramp`, see `tc_scale`).
         """
         cfg = self.cfg
-        if cfg.needs_next_frame and out_next is None:
-            raise ValueError("EtcLoss: tc/kd weights > 0 need the output for frame t+k (out_next)")
-        if cfg.needs_teacher and (teacher_out_t is None or teacher_out_next is None):
-            raise ValueError("EtcLoss: kd_pixel_weight/kd_temporal_weight > 0 need teacher outputs for both frames")
-        zero = out_t.logits.new_zeros(())
-        parts = dict.fromkeys(TERMS, zero)
-        if cfg.ce_weight > 0:
-            parts["ce"] = segmentation_loss(out_t.logits, batch["label"], out_t.aux, cfg.aux_weight,
-                                            self.class_weight)
-        if cfg.tc_weight > 0:
-            flow = batch["flow"] if cfg.tc_flow == "shards" else torch.zeros_like(batch["flow"])
-            parts["tc"] = temporal_loss(out_t.logits, out_next.logits, flow, batch["img_t"],
-                                        batch["img_next"], on=cfg.tc_on, mask_out_of_frame=cfg.tc_mask_out_of_frame)
-        if cfg.kd_pixel_weight > 0:  # both frames of the pair, on the 1/8 logits (docs/method.md)
-            parts["kd_pixel"] = (kd_pixel(out_t.features, teacher_out_t.features, cfg.kd_tau)
-                                 + kd_pixel(out_next.features, teacher_out_next.features, cfg.kd_tau))
-        if cfg.kd_temporal_weight > 0:
-            parts["kd_temporal"] = kd_temporal(out_t.features, out_next.features, teacher_out_t.features,
-                                               teacher_out_next.features)
-        weights = {"ce": cfg.ce_weight, "tc": cfg.tc_weight * tc_scale, "kd_pixel": cfg.kd_pixel_weight,
-                   "kd_temporal": cfg.kd_temporal_weight}
-        parts["total"] = sum(weights[name] * parts[name] for name in TERMS if weights[name] > 0)
+        on = [term for term in self.terms if getattr(cfg, term.weight) > 0]
+        missing_next = [term.weight for term in on if term.next_frame and out.out_next is None]
+        if missing_next:
+            raise ValueError(f"EtcLoss: {'/'.join(missing_next)} > 0 need the output for frame t+k (out_next)")
+        missing_teacher = [term.weight for term in on if term.teacher and (out.teacher_t is None
+                                                                            or out.teacher_next is None)]
+        if missing_teacher:
+            raise ValueError(f"EtcLoss: {'/'.join(missing_teacher)} > 0 need teacher outputs for both frames")
+        zero = out.out_t.logits.new_zeros(())
+        parts = dict.fromkeys((term.name for term in self.terms), zero)
+        weights = {}
+        for term in on:
+            parts[term.name] = term.compute(cfg, out, batch, self.class_weight)
+            weights[term.name] = getattr(cfg, term.weight) * tc_scale if term.ramp else getattr(cfg, term.weight)
+        parts["total"] = sum(weights[name] * parts[name] for name in weights if weights[name] > 0)
         return parts
 
     def tc_scale(self, step: int, max_steps: int) -> float:
@@ -101,21 +126,3 @@ class EtcLoss(nn.Module):
         tc_ramp * max_steps steps, then 1."""
         ramp = self.cfg.tc_ramp * max_steps
         return 1.0 if ramp <= 0 else min(1.0, (step + 1) / ramp)
-
-    def run(self, model: Callable, batch: Mapping[str, Tensor],
-            teacher: Optional[nn.Module] = None) -> dict[str, Tensor]:
-        """One training step's loss: the model on frame t (and t+k if needed), the teacher in eval under no_grad.
-
-        The teacher is only run (and only required) when a kd weight is > 0; frame t+k only when tc or kd is on.
-        """
-        cfg = self.cfg
-        if cfg.needs_teacher and teacher is None:
-            raise ValueError("EtcLoss: kd_pixel_weight/kd_temporal_weight > 0 need a teacher model")
-        out_t = model(batch["img_t"])
-        out_next = model(batch["img_next"]) if cfg.needs_next_frame else None  # two passes, as the official code
-        teacher_out_t = teacher_out_next = None
-        if cfg.needs_teacher:
-            teacher.eval()
-            with torch.no_grad():
-                teacher_out_t, teacher_out_next = teacher(batch["img_t"]), teacher(batch["img_next"])
-        return self(out_t, out_next, batch, teacher_out_t, teacher_out_next)

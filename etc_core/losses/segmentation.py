@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from etc_core.losses.term import Outputs, Term
 
 log = logging.getLogger(__name__)
 
@@ -43,3 +45,11 @@ def segmentation_loss(logits: Tensor, label: Tensor, aux: Optional[Tensor] = Non
     if aux is not None and aux_weight > 0:
         loss = loss + aux_weight * cross_entropy(aux, label, class_weight)
     return loss
+
+
+def _ce(cfg, out: Outputs, batch: Mapping[str, Tensor], class_weight: Optional[Tensor]) -> Tensor:
+    """The CE term of a pair: CE_dsn on frame t, the labelled one."""
+    return segmentation_loss(out.out_t.logits, batch["label"], out.out_t.aux, cfg.aux_weight, class_weight)
+
+
+CE = Term("ce", "ce_weight", "CE", _ce)

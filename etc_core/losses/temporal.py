@@ -4,12 +4,13 @@ prediction of frame t and the prediction of frame t+k warped into t with the flo
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Literal, Mapping, Optional
 
 import torch
 from torch import Tensor
 
 from etc_core.flow.warp import in_frame_mask, sample_points, warp
+from etc_core.losses.term import Outputs, Term
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +66,14 @@ def temporal_loss(logits_t: Tensor, logits_next: Tensor, flow: Tensor, image_t: 
     warped = warp(pred_next, _border_flow(flow))  # ẑ_{t+k->t}, differentiable in pred_next
     # mask on both sides before squaring, as nn.MSELoss(z_t * O, ẑ * O) in the official code: weight O^2
     return ((mask * (pred_t - warped)) ** 2).mean()
+
+
+def _tc(cfg, out: Outputs, batch: Mapping[str, Tensor], class_weight: Optional[Tensor]) -> Tensor:
+    """The temporal term of a pair, with the shards' flow or (tc_flow: zero, a control) none."""
+    flow = batch["flow"] if cfg.tc_flow == "shards" else torch.zeros_like(batch["flow"])
+    return temporal_loss(out.out_t.logits, out.out_next.logits, flow, batch["img_t"], batch["img_next"],
+                         on=cfg.tc_on, mask_out_of_frame=cfg.tc_mask_out_of_frame)
+
+
+TC = Term("tc", "tc_weight", "temporal (TC)", _tc, next_frame=True, flow=True, etc=True, ramp=True,
+          off={"tc_ramp": 0.0}, sweep=(0.01, 1.0))

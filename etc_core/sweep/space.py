@@ -12,9 +12,9 @@ from pydantic import ValidationError
 
 from etc_core.config import EtcConfig, ParamSpace, SweepConfig
 from etc_core.errors import ConfigError
+from etc_core.losses.etc import list_terms
 
 SWEEPABLE = ("train.", "student.")  # every trial reads the same shards, so data/shards/flow stay fixed
-KD_KEYS = ("student.loss.kd_pixel_weight", "student.loss.kd_temporal_weight")
 
 
 def apply_values(base: EtcConfig, values: dict[str, Any]) -> EtcConfig:
@@ -63,7 +63,8 @@ def may_need_teacher(cfg: EtcConfig) -> bool:
     """True when the base config or some sampled distillation weight can switch distillation on."""
     if cfg.student.loss.needs_teacher:
         return True
-    return any(key in KD_KEYS and max(_corners(spec)) > 0 for key, spec in cfg.sweep.space.items())
+    teacher_keys = {f"student.loss.{term.weight}" for term in list_terms() if term.teacher}
+    return any(key in teacher_keys and max(_corners(spec)) > 0 for key, spec in cfg.sweep.space.items())
 
 
 def tune_space(sweep: SweepConfig) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from etc_core.config import EtcConfig
+from etc_core.losses import list_terms
 
 
 def measure_fps(model: torch.nn.Module, size: tuple[int, int]) -> float:
@@ -23,9 +24,7 @@ def measure_fps(model: torch.nn.Module, size: tuple[int, int]) -> float:
 def model_card(cfg: EtcConfig, stage: str, spec, name: str, metrics: dict[str, float], manifest: dict,
                size: tuple[int, int], num_classes: int, run_id: str, teacher: str | None) -> str:
     """Markdown for the version's description (the UI renders it on the version's page)."""
-    loss = spec.loss
-    weights = (f"CE {loss.ce_weight:g}, temporal (TC) {loss.tc_weight:g}, pixel KD {loss.kd_pixel_weight:g}, "
-               f"temporal KD {loss.kd_temporal_weight:g}")
+    weights = ", ".join(f"{term.label} {getattr(spec.loss, term.weight):g}" for term in list_terms())
     kind = {"teacher": "the teacher", "baseline": "the per-frame baseline (cross-entropy only, no ETC terms)",
             "student": "the ETC student (temporal loss and temporal distillation)"}[stage]
     data = manifest.get("config", {}).get("data", {}) if isinstance(manifest.get("config"), dict) else {}

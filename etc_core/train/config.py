@@ -85,8 +85,7 @@ def stage_spec(cfg: EtcConfig, stage: str):
     if stage == "teacher":
         return cfg.teacher
     if stage == "baseline":  # from the student's own init, never from student.init_from; it reads no teacher
-        per_frame = cfg.student.loss.model_copy(update={"tc_weight": 0.0, "kd_pixel_weight": 0.0,
-                                                        "kd_temporal_weight": 0.0, "tc_ramp": 0.0})
+        per_frame = cfg.student.loss.per_frame()  # every ETC term's weight 0 (and the tc ramp with it)
         no_teacher = type(cfg.student).model_fields["teacher_uri"].default
         return cfg.student.model_copy(update={"loss": per_frame, "init_from": None, "teacher_uri": no_teacher,
                                               "train": {}})

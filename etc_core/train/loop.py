@@ -19,7 +19,7 @@ from ray.train.torch import get_device, prepare_model
 
 from etc_core.config import EtcConfig
 from etc_core.data import shards
-from etc_core.losses import EtcLoss
+from etc_core.losses import EtcLoss, Outputs, term_names
 from etc_core.metrics import METRICS
 from etc_core.models import SegOutput, create_model, paired_dropout
 from etc_core.tracking.mlflow import RunLogger
@@ -78,25 +78,43 @@ def build_training(cfg: EtcConfig, arch: str, num_classes: int, use_amp: bool, p
     return model, opt, sched, torch.amp.GradScaler("cuda", enabled=use_amp)
 
 
+def forward_pair(model, teacher, loss_fn: EtcLoss, data: dict, use_amp: bool = False) -> Outputs:
+    """The one forward of training: the model on frames t and t+k in one batch under one dropout mask per pair
+    (frame t alone when no term reads t+k), the frozen teacher on both frames in eval mode without gradient
+    (when a term reads it), under fp16 autocast when use_amp; the outputs in fp32, as the loss takes them.
+
+    data: img_t, img_next [B,3,H,W] normalised (the batch EtcLoss reads)
+    """
+    cfg = loss_fn.cfg
+    if cfg.needs_teacher and teacher is None:
+        raise ValueError(f"EtcLoss: {'/'.join(t.weight for t in cfg.terms_on() if t.teacher)} > 0 need a teacher "
+                         "model")
+    img_t, img_next = data["img_t"], data["img_next"]
+    n = len(img_t)
+    with torch.autocast(img_t.device.type, dtype=torch.float16, enabled=use_amp):
+        both = cfg.needs_next_frame
+        with paired_dropout(model):  # one dropout mask per pair: the two frames see the same network
+            out = model(torch.cat([img_t, img_next]) if both else img_t)
+        out_t, out_next = split_output(out, n) if both else (out, None)
+        t_out = (None, None)
+        if cfg.needs_teacher:
+            teacher.eval()
+            with torch.no_grad():
+                t_out = split_output(teacher(torch.cat([img_t, img_next])), n)
+    return Outputs(_fp32(out_t), _fp32(out_next), _fp32(t_out[0]), _fp32(t_out[1]))
+
+
 def train_step(model, teacher, loss_fn: EtcLoss, opt, sched, scaler, batch: dict, device: torch.device,
                use_amp: bool, grad_clip: float | None, tc_scale: float = 1.0) -> dict[str, float]:
     """One optimizer step on a loader batch (uint8 frames, flow, label); returns the loss terms as floats and
     `logit_norm`, the mean L2 norm of frame t's per-pixel logit vector (a shrinking norm is how a logit-form
     temporal loss can be lowered without changing any prediction, docs/method.md)."""
-    img_t, img_next = normalize(batch["img0"].to(device)), normalize(batch["img1"].to(device))
-    n = len(img_t)
-    data = {"img_t": img_t, "img_next": img_next, "flow": batch["flow"].to(device).float(),
+    data = {"img_t": normalize(batch["img0"].to(device)), "img_next": normalize(batch["img1"].to(device)),
             "label": batch["label"].to(device)}
-    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-        both = loss_fn.cfg.needs_next_frame
-        with paired_dropout(model):  # one dropout mask per pair: the two frames see the same network
-            out = model(torch.cat([img_t, img_next]) if both else img_t)
-        out_t, out_next = split_output(out, n) if both else (out, None)
-        t_out = (None, None)
-        if teacher is not None:
-            with torch.no_grad():
-                t_out = split_output(teacher(torch.cat([img_t, img_next])), n)
-    parts = loss_fn(_fp32(out_t), _fp32(out_next), data, _fp32(t_out[0]), _fp32(t_out[1]), tc_scale)  # fp32
+    if loss_fn.cfg.needs_flow:
+        data["flow"] = batch["flow"].to(device).float()
+    out = forward_pair(model, teacher, loss_fn, data, use_amp)
+    parts = loss_fn(out, data, tc_scale)  # fp32
     opt.zero_grad(set_to_none=True)
     scaler.scale(parts["total"]).backward()
     if grad_clip:
@@ -106,8 +124,20 @@ def train_step(model, teacher, loss_fn: EtcLoss, opt, sched, scaler, batch: dict
     scaler.update()
     sched.step()
     values = {k: float(v.detach()) for k, v in parts.items()}
-    values["logit_norm"] = float(out_t.logits.detach().float().norm(dim=1).mean())
+    values["logit_norm"] = float(out.out_t.logits.detach().float().norm(dim=1).mean())
     return values
+
+
+def step_metrics(values: dict[str, float], lr: float) -> dict[str, float]:
+    """A step's MLflow metrics: train/loss_<name> for every loss term and the total, train/lr, train/logit_norm."""
+    return ({f"train/loss_{k}": values[k] for k in (*term_names(), "total")} |
+            {"train/lr": lr, "train/logit_norm": values["logit_norm"]})
+
+
+def epoch_terms(metrics: dict[str, float]) -> str:
+    """The epoch log's means, `ce 0.4100 tc 0.0200 ... logit_norm 1.2345`, of every loss term and the logit norm."""
+    return " ".join(f"{k} {metrics[f'train_{k}']:.4f}" for k in (*term_names(), "logit_norm")
+                    if f"train_{k}" in metrics)
 
 
 def seed_everything(seed: int) -> None:
@@ -224,18 +254,14 @@ def train_epoch(model, teacher, loss_fn, opt, sched, scaler, cfg: EtcConfig, epo
                      t.max_steps, step - step0, steps, values["total"], rate,
                      _eta((t.max_steps - step) / max(rate, 1e-9)))
         if logger and step % t.log_every == 0:
-            logger.metrics({f"train/loss_{k}": v for k, v in values.items() if k != "logit_norm"} |
-                           {"train/lr": sched.get_last_lr()[0], "train/logit_norm": values["logit_norm"]}, step=step)
+            logger.metrics(step_metrics(values, sched.get_last_lr()[0]), step=step)
     elapsed = time.perf_counter() - start
     done = max(step - step0, 1)
     metrics = {f"train_{k}": v / done for k, v in sums.items()}
     metrics["samples_per_s"] = samples / max(elapsed, 1e-9)
     if rank == 0:
         log.info("epoch %d step %d/%d loss %.4f (%s) %.1f samples/s", epoch, step, t.max_steps,
-                 metrics.get("train_total", float("nan")),
-                 " ".join(f"{k} {metrics[f'train_{k}']:.4f}" for k in ("ce", "tc", "kd_pixel", "kd_temporal",
-                                                                        "logit_norm")
-                          if f"train_{k}" in metrics), metrics["samples_per_s"])
+                 metrics.get("train_total", float("nan")), epoch_terms(metrics), metrics["samples_per_s"])
         if logger:
             logger.metrics({"train/samples_per_s": metrics["samples_per_s"],
                             "train/epoch_logit_norm": metrics["train_logit_norm"]}, step=step)

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from etc_core.config import load_config
-from etc_core.losses import EtcLoss
+from etc_core.losses import EtcLoss, Outputs
 from etc_core.losses.etc import LossConfig
 from etc_core.models import create_model, paired_dropout
-from etc_core.train.loop import build_optimizer, build_training, stage_spec, train_step
+from etc_core.train.loop import (build_optimizer, build_training, epoch_terms, stage_spec, step_metrics,
+                                 train_step)
 
 K = 5
 
@@ -33,6 +34,12 @@ def test_temporal_loss_is_zero_on_an_identical_pair_with_zero_flow_in_train_mode
                         use_amp=False, grad_clip=None)
     assert values["tc"] < 1e-6 and values["ce"] > 0.1
     assert values["logit_norm"] > 0
+    # the names training logs (MLflow metrics and the epoch line), read from the loss's list of terms
+    assert set(step_metrics(values, 0.1)) == {"train/loss_ce", "train/loss_tc", "train/loss_kd_pixel",
+                                              "train/loss_kd_temporal", "train/loss_total", "train/lr",
+                                              "train/logit_norm"}
+    assert epoch_terms({f"train_{k}": v for k, v in values.items()}).split()[::2] == [
+        "ce", "tc", "kd_pixel", "kd_temporal", "logit_norm"]
     # the control can fail: the same forward without a shared mask gives a clearly non-zero loss
     from etc_core.train.augment import normalize
 
@@ -54,8 +61,8 @@ def test_tc_ramp_scales_the_weight_linearly_then_holds():
     out_t, out_next = SegOutput(logits, logits[..., ::8, ::8]), SegOutput(logits + 1, logits[..., ::8, ::8])
     batch = {"img_t": torch.zeros(1, 3, 8, 8), "img_next": torch.zeros(1, 3, 8, 8), "flow": torch.zeros(1, 2, 8, 8),
              "label": torch.zeros(1, 8, 8, dtype=torch.long)}
-    full = loss(out_t, out_next, batch)
-    half = loss(out_t, out_next, batch, tc_scale=0.5)
+    full = loss(Outputs(out_t, out_next), batch)
+    half = loss(Outputs(out_t, out_next), batch, tc_scale=0.5)
     assert float(full["total"] - half["total"]) == pytest.approx(0.25 * float(full["tc"]), rel=1e-5)
 
 
@@ -78,6 +85,10 @@ def test_the_baseline_never_inherits_the_students_warm_start_or_ramp():
     cfg = load_config(None, ["student.init_from=models:/etc-baseline-pspnet18/1", "student.loss.tc_ramp=0.3"])
     base = stage_spec(cfg, "baseline")
     assert base.init_from is None and base.loss.tc_ramp == 0 and base.loss.tc_weight == 0
+    # every ETC term off, read from the list of terms: the same config (so the same cache key) as written out
+    assert base.loss == cfg.student.loss.model_copy(update={"tc_weight": 0.0, "kd_pixel_weight": 0.0,
+                                                            "kd_temporal_weight": 0.0, "tc_ramp": 0.0})
+    assert base.loss.kd_pixel_weight == base.loss.kd_temporal_weight == 0 and base.loss.ce_weight == 1
     assert stage_spec(cfg, "student").init_from == "models:/etc-baseline-pspnet18/1"
 
 
@@ -105,7 +116,7 @@ def test_zero_flow_control_compares_frames_without_motion():
     flow[:, 0] = 2.0
     batch = {"img_t": torch.zeros(1, 3, 16, 16), "img_next": torch.zeros(1, 3, 16, 16), "flow": flow,
              "label": torch.zeros(1, 16, 16, dtype=torch.long)}
-    args = (SegOutput(logits, logits), SegOutput(shifted, shifted), batch)
+    args = (Outputs(SegOutput(logits, logits), SegOutput(shifted, shifted)), batch)
     true_flow = EtcLoss(LossConfig(tc_weight=1.0))(*args)["tc"]
     zero_flow = EtcLoss(LossConfig(tc_weight=1.0, tc_flow="zero"))(*args)["tc"]
     assert float(true_flow) < 0.1 * float(zero_flow)
