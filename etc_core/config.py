@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 
 from etc_core.data.config import DataConfig
 from etc_core.errors import ConfigError
+from etc_core.flow.sources import FLOW_SOURCES
 from etc_core.losses.etc import LossConfig
 from etc_core.storage.paths import ENV_RE as _ENV_RE, expand_path as _expand_path, is_relative
 from etc_core.storage.uri import S3Access
@@ -127,10 +128,13 @@ class MlflowConfig(_Section):
         return _expand_path(value)
 
 
+FlowSourceName = Annotated[str, AfterValidator(FLOW_SOURCES.check)]  # a source registered in etc_core/flow/sources.py
+
+
 class FlowConfig(_Section):
     """Where training flow comes from: a ptlflow model (name checked when the stage starts) or the dataset's own."""
 
-    source: Literal["ptlflow", "ground_truth"] = "ground_truth"  # ground_truth: the generated data's exact flow
+    source: FlowSourceName = "ground_truth"  # ground_truth: the generated data's exact flow
     model: str = "rapidflow_it1"  # any ptlflow.get_model_names() entry
     weights: str = "none"  # ptlflow checkpoint name (things, sintel, ...), a local checkpoint path, or none = random
     num_actors: int | None = Field(None, ge=1)  # flow-model actors; None: one per gpus_per_actor of the GPUs, else 1
