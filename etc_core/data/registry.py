@@ -24,7 +24,7 @@ class DatasetKind:
     """What the pipeline asks of a dataset kind, beside its reader (etc_core/data/base.py, VideoDataset)."""
 
     open: Callable[[DataConfig, bool], VideoDataset]  # (data section, generate) -> the reader; generate: write it first
-    check: Callable[[DataConfig], object] | None = None  # pre-flight, before Ray starts; None: open it (checks the tree)
+    check: Callable[[DataConfig], object] | None = None  # pre-flight, before Ray; None: open it (checks the tree)
     download_help: str | None = None  # what to fetch and where ({root}: data.root); None: nothing to download
     generated: bool = False  # made from the data.* generator keys; data.resize does not apply
     exact_flow: bool = False  # its reader has pair_flow(split, clip_id, t, k): flow.source=ground_truth works
