@@ -8,7 +8,9 @@ names, and a source's module is imported when the source is first created.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
+
+from pydantic import AfterValidator
 
 from etc_core.errors import ConfigError
 from etc_core.registry import Registry
@@ -51,6 +53,7 @@ class FlowSource:
 
 
 FLOW_SOURCES = Registry("flow source")
+FlowSourceName = Annotated[str, AfterValidator(FLOW_SOURCES.check)]  # the type of flow.source: a registered name
 
 
 def register_flow_source(name: str, source: type[FlowSource] | str) -> type[FlowSource] | str:
