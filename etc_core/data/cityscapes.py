@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from etc_core.data._real import ClipIndex, IndexedDataset, image_size, png_names, require_dir
+from etc_core.data.registry import DatasetKind
 from etc_core.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -125,3 +126,17 @@ class CityscapesDataset(IndexedDataset):
         index = {split: _index_split(root, split) for split in splits}
         super().__init__(root, index, train_id_lut(), resize)
         log.info("cityscapes at %s: %s", root, ", ".join(f"{s} {len(c)} snippets" for s, c in index.items()))
+
+
+# etc-pipeline download-help --kind cityscapes; {root} is data.root
+DOWNLOAD_HELP = """\
+Cityscapes video needs a (free) login at https://www.cityscapes-dataset.com/downloads/ . Fetch:
+  gtFine_trainvaltest.zip                 (241 MB)  fine labels: gtFine/{{split}}/{{city}}/*_gtFine_labelIds.png
+  leftImg8bit_sequence_trainvaltest.zip   (324 GB)  all 30 frames of every snippet: leftImg8bit_sequence/...
+(with cityscapesScripts: `pip install cityscapesscripts; csDownload gtFine_trainvaltest.zip
+leftImg8bit_sequence_trainvaltest.zip`). Unzip both into {root} so that it holds
+  {root}/gtFine/train/aachen/aachen_000000_000019_gtFine_labelIds.png
+  {root}/leftImg8bit_sequence/train/aachen/aachen_000000_000000_leftImg8bit.png ... _000029_leftImg8bit.png
+then run: etc-pipeline check-dataset --kind cityscapes --root {root}"""
+KIND = DatasetKind(open=lambda cfg, generate=False: CityscapesDataset(cfg.root, resize=cfg.resize),
+                   download_help=DOWNLOAD_HELP)

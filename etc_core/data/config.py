@@ -1,14 +1,16 @@
 """The `data` config section: which dataset, and for the generated one its size, scene and nuisances."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from etc_core.data.registry import DATASETS
 from etc_core.data.synthetic import Look, Scene
 from etc_core.storage.paths import expand_path
 
 _SCENE, _LOOK = Scene(), Look()  # the generator's defaults are the config's
+DatasetKindName = Annotated[str, AfterValidator(DATASETS.check)]  # a kind registered in etc_core/data/registry.py
 
 
 class DataConfig(BaseModel):
@@ -17,7 +19,7 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
-    kind: Literal["synthetic", "cityscapes", "camvid"] = "synthetic"
+    kind: DatasetKindName = "synthetic"
     root: str = "runs/demo/data"
     resize: float = Field(1.0, gt=0, le=1)  # cityscapes/camvid: scale frames (bilinear) and labels (nearest) on read
     seed: int = 0

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from etc_core.data.config import DataConfig
 from etc_core.data.base import IGNORE_INDEX, Clip
+from etc_core.data.registry import DatasetKind
 from etc_core.data.synthetic import Look, Scene, class_names, make_clip, pair_flow
 from etc_core.errors import DatasetError
 
@@ -258,3 +259,11 @@ class GeneratedDataset:
             lines.append(f"  {split}: {n} clips, {n * s['num_frames']} frames, "
                          f"{n * len(self._labelled[split])} labelled")
         return "\n".join(lines)
+
+
+def _open(cfg: DataConfig, generate: bool = False) -> GeneratedDataset:
+    return write_dataset(cfg) if generate else GeneratedDataset(cfg.root)
+
+
+# data.kind=synthetic: written from the data.* keys, checked against them before Ray starts, with exact flow
+KIND = DatasetKind(open=_open, check=check_existing, generated=True, exact_flow=True)

