@@ -6,9 +6,10 @@
 Where a lock lives: `<shards.uri>.lock` beside the prefix (a file, or an S3 object next to the prefix, so shard
 listings never see it) and `<store>.db.lock` beside a SQLite MLflow store (`store_lock`; None for a server).
 
-- Local: `fcntl.flock` on the lock file. The kernel drops the lock when its holder dies, SIGKILL included, so a local
-  lock is never stale. The file is never deleted (deleting a flock file races with the next opener); it holds the
-  owner as JSON while held. flock works on local disks and NFSv4 (Linux emulates it with POSIX locks there).
+- Local: `filelock.FileLock`, an `flock` on the lock file. The kernel drops the lock when its holder dies, SIGKILL
+  included, so a local lock is never stale. The file is never deleted (`preserve_lock_file`: deleting a flock file
+  races with the next opener); it holds the owner as JSON while held. flock works on local disks and NFSv4 (Linux
+  emulates it with POSIX locks there).
 - S3: the first `put_object(IfNoneMatch="*")` wins. The object holds the owner and the holder rewrites it every
   HEARTBEAT_S (conditional on its ETag). A lock is stale, and is deleted (conditional on its ETag) so the waiter can
   take it, when its holder is a dead process on this host or its last write is older than STALE_S by the S3
@@ -148,35 +149,36 @@ def _dead_here(owner: dict) -> bool:
 
 
 class _FileLock:
+    """filelock's flock on the lock file; the file stays (preserve_lock_file) and holds the owner while held."""
+
     def __init__(self, path: str):
+        from filelock import FileLock
+
         self.path = path
-        self.fd: int | None = None
+        self.lock = FileLock(path, blocking=False, preserve_lock_file=True, on_acquired=self._write_owner)
 
-    def try_acquire(self) -> dict | None:
-        import fcntl
-
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                return _parse(os.pread(fd, 4096, 0))
-            finally:
-                os.close(fd)
+    @staticmethod
+    def _write_owner(fd: int) -> None:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(_owner()).encode(), 0)
-        self.fd = fd
+
+    def try_acquire(self) -> dict | None:
+        from filelock import Timeout
+
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.lock.acquire()
+        except Timeout:
+            try:
+                return _parse(Path(self.path).read_bytes())
+            except FileNotFoundError:  # removed by hand in between
+                return {"retry": True}
         return None
 
     def release(self) -> None:
-        import fcntl
-
-        if self.fd is not None:
-            os.ftruncate(self.fd, 0)
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+        if self.lock.is_locked:
+            os.truncate(self.path, 0)  # still held: a waiter never reads a released lock's old owner
+            self.lock.release()
 
 
 def _parse(data: bytes) -> dict:

@@ -1,9 +1,9 @@
 """Start or join Ray the same way in every entry point, test and demo.
 
 A local Ray keeps every port on 127.0.0.1: Ray binds all interfaces unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
-is set in the environment of the process that starts it. Ray reads
-that variable once, when `ray` is first imported, so `init_ray` sets it before importing Ray and, when Ray was
-imported earlier, applies the same setting to the already-read constant.
+is set in the environment of the process that starts it. Ray reads that variable once, when `ray` is first
+imported, so `init_ray` sets it before importing Ray; the entry points import the modules that load Ray only after
+`init_ray`, and a caller that imported Ray earlier without the variable gets a one-line error.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from etc_core.config import RayConfig
 
 log = logging.getLogger(__name__)
 
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+LOOPBACK_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOOPBACK_ENV = {LOOPBACK_VAR: "0"}
 # one machine has nothing to preempt; the watcher's actor only adds a C++ error line to the console at start
 LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 QUIET_HOOK = "etc_core.quiet.quiet_worker"  # runs in every worker process of this driver's Ray job
@@ -29,11 +30,13 @@ def init_ray(cfg: RayConfig | None = None, runtime_env: dict | None = None) -> d
     cfg = cfg or RayConfig()
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if not address:
+        ray_imported = sys.modules.get("ray")
+        if ray_imported is not None and not ray_imported.is_initialized() and os.environ.get(LOOPBACK_VAR) != "0":
+            raise RuntimeError(f"init_ray: Ray was imported before {LOOPBACK_VAR}=0 was set, so a local Ray would "
+                               f"listen on every interface: set {LOOPBACK_VAR}=0 before Ray is imported")
         os.environ.update(LOOPBACK_ENV)  # inherited by every Ray process this driver starts
         for key, value in LOCAL_TRAIN_ENV.items():
             os.environ.setdefault(key, value)
-        if "ray._private.ray_constants" in sys.modules:
-            sys.modules["ray._private.ray_constants"].ENABLE_RAY_CLUSTER = False
     import ray
 
     quiet_env = {"worker_process_setup_hook": QUIET_HOOK, **(runtime_env or {})}  # this job's workers

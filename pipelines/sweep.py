@@ -28,10 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     from etc_core.cluster_check import check_cluster
     from etc_core.preflight import check_sweep
     from etc_core.ray_utils import init_ray
-    from etc_core.sweep.run import run_sweep
 
     check_sweep(cfg)  # a bad search space, missing shards, a dead store: one line, exit 2, before Ray starts
-    init_ray(cfg.ray)
+    init_ray(cfg.ray)  # before anything imports Ray (etc_core.ray_utils)
+    from etc_core.sweep.run import run_sweep
+
     check_cluster(cfg, sweep=True)  # one trial (its driver and its Ray Train workers) must fit the cluster
     summary = run_sweep(cfg)
     metric = cfg.sweep.metric

@@ -26,10 +26,11 @@ def main(argv: list[str] | None = None, stage: str = STAGE) -> int:
     from etc_core.cluster_check import check_cluster
     from etc_core.preflight import check_training
     from etc_core.ray_utils import init_ray
-    from etc_core.train.run import run_training
 
     check_training(cfg, stage)  # missing shards, a dead store, a bad teacher URI: one line, exit 2, before Ray
-    init_ray(cfg.ray)
+    init_ray(cfg.ray)  # before anything imports Ray (etc_core.ray_utils)
+    from etc_core.train.run import run_training
+
     check_cluster(cfg, (stage,))
     summary = run_training(cfg, stage)
     reg = summary["registered"]

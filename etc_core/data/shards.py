@@ -323,7 +323,7 @@ class _Shuffle:
     def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
         self.passes += 1
         rng = random.Random(hash((self.seed, self.rank, _worker()[0], self.passes)))
-        return wds.filters._shuffle(src, bufsize=_SHUFFLE_BUFFER, initial=_SHUFFLE_BUFFER // 4, rng=rng)
+        return wds.shuffle(_SHUFFLE_BUFFER, _SHUFFLE_BUFFER // 4, rng=rng)(src)
 
 
 def _prepare(src: Iterator[dict], transform: Callable[[dict], dict] | None) -> Iterator[dict]:

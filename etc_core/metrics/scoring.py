@@ -25,6 +25,12 @@ METRICS = ("miou", "tc", "tc_noc", "flicker_interior", "flicker_boundary")
 REFERENCES = ("ground truth", "stride-8 oracle")
 
 
+def val_score(miou: float, tc: float, tc_weight: float) -> float:
+    """(1 - w) * mIoU + w * TC, both in points (higher is better): the sweep's objective val_score and the
+    registry's champion rule of the same name (registry.score_tc_weight, sweep.score_tc_weight)."""
+    return (1 - tc_weight) * miou + tc_weight * tc
+
+
 def interior_mask(labels: Tensor, radius: int = EDGE_RADIUS) -> Tensor:
     """int [B,H,W] -> bool [B,H,W]: True where the (2r+1)x(2r+1) window around a pixel holds one label only.
 

@@ -100,12 +100,17 @@ def _client_error(uri: str, what: str, e) -> UriError:
 
 
 def _s3_call(uri: str, what: str, fn, *args, **kwargs):
+    from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         return fn(*args, **kwargs)
     except ClientError as e:
         raise _client_error(uri, what, e) from None
+    except S3UploadFailedError as e:  # upload_file's wrapper around the ClientError it got (its context)
+        if isinstance(e.__context__, ClientError):
+            raise _client_error(uri, what, e.__context__) from None
+        raise UriError(f"{uri}: {what} failed ({e})") from None
     except BotoCoreError as e:
         raise UriError(f"{uri}: {what} failed ({type(e).__name__}: {e})") from None
 
@@ -173,33 +178,13 @@ def put_file(local_path: str, uri: str, endpoint_url: str | None = None, region:
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
         os.replace(local_path, uri)
         return
+    from boto3.s3.transfer import TransferConfig
+
     bucket, key = _split(uri)
-    client = s3_client(endpoint_url, region)
-    total = os.path.getsize(local_path)
-    if total <= _MULTIPART_THRESHOLD:
-        with open(local_path, "rb") as f:
-            _s3_call(uri, "put", client.put_object, Bucket=bucket, Key=key, Body=f)
-        return
-    upload_id = _s3_call(uri, "create multipart upload", client.create_multipart_upload,
-                         Bucket=bucket, Key=key)["UploadId"]
-    try:
-        parts = []
-        with open(local_path, "rb") as f:
-            for number in range(1, total // _PART_SIZE + 2):
-                chunk = f.read(_PART_SIZE)
-                if not chunk:
-                    break
-                etag = _s3_call(uri, f"upload part {number}", client.upload_part, Bucket=bucket, Key=key,
-                                UploadId=upload_id, PartNumber=number, Body=chunk)["ETag"]
-                parts.append({"PartNumber": number, "ETag": etag})
-        _s3_call(uri, "complete multipart upload", client.complete_multipart_upload, Bucket=bucket, Key=key,
-                 UploadId=upload_id, MultipartUpload={"Parts": parts})
-    except BaseException:
-        try:
-            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-        except Exception:  # noqa: BLE001 - the original error is the one to report
-            log.warning("%s: could not abort multipart upload %s", uri, upload_id)
-        raise
+    # one PUT up to the threshold, else a multipart upload that boto3 completes, or aborts when a part fails (a
+    # killed process leaves its parts: abort_multipart_uploads on the rerun)
+    config = TransferConfig(multipart_threshold=_MULTIPART_THRESHOLD, multipart_chunksize=_PART_SIZE)
+    _s3_call(uri, "put", s3_client(endpoint_url, region).upload_file, local_path, bucket, key, Config=config)
 
 
 def abort_multipart_uploads(prefix: str, endpoint_url: str | None = None, region: str | None = None) -> int:

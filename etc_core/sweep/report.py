@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +131,6 @@ def _register(trial, run_id: str, num_classes: int, manifest: dict):
 def log_sweep(cfg: EtcConfig, name: str, trials: list, best, front: list[str], num_classes: int,
               manifest: dict, parent_run_id: str | None = None) -> dict:
     """Log the parent run, a child per trial, the pictures and best.yaml; return run ids, paths, registration."""
-    import mlflow
-
     sweep = cfg.sweep
     best_path = write_best_yaml(best, name, best_yaml_path(cfg, name))
     children, registered = {}, None
@@ -160,10 +157,8 @@ def log_sweep(cfg: EtcConfig, name: str, trials: list, best, front: list[str], n
         for key, spec in sweep.space.items():
             fig = value_figure(trials, key, sweep.metric, log_x=spec.type == "loguniform")
             tracking.log_figure(fig, f"sweep/{sweep.metric}_vs_{key}.png")
-        with tempfile.TemporaryDirectory() as tmp:  # the artifact is sweep/best.yaml whatever the local name
-            # the local file keeps what it needs to run; the MLflow copy has passwords inside URIs masked
-            Path(tmp, BEST_YAML).write_text(tracking.redact(Path(best_path).read_text()))
-            mlflow.log_artifact(os.path.join(tmp, BEST_YAML), artifact_path="sweep")
+        # the local file keeps what it needs to run; the MLflow copy has passwords inside URIs masked
+        tracking.log_text(tracking.redact(Path(best_path).read_text()), f"sweep/{BEST_YAML}")
     log.info("best config written to %s (MLflow run %s, artifact sweep/%s)", best_path, parent.info.run_id,
              BEST_YAML)
     return {"parent_run_id": parent.info.run_id, "child_run_ids": children, "best_yaml": str(best_path),

@@ -21,7 +21,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from etc_core.config import EtcConfig, config_hash
 from etc_core.errors import EtcError
-from etc_core.sweep.space import apply_values, check_space, may_need_teacher, pareto_front, score, tune_space
+from etc_core.sweep.space import apply_values, check_space, may_need_teacher, pareto_front, tune_space
 from etc_core.tracking import mlflow as tracking
 from etc_core.train.config import stage_config
 from etc_core.train.run import make_trainer, read_manifest, resolve_init, resolve_teacher
@@ -35,25 +35,15 @@ class SweepError(EtcError):
     """The sweep stopped before every trial finished (interrupted), or no trial produced a usable result."""
 
 
-class ScoreReportCallback(TuneReportCallback):
-    """Forward rank 0's report to Tune with val_score added, so every objective is in every trial result."""
-
-    def __init__(self, tc_weight: float):
-        super().__init__()
-        self.tc_weight = tc_weight
-
-    def after_report(self, run_context, metrics, checkpoint):
-        first = dict(metrics[0])
-        first["val_score"] = score(first.get("val_miou", math.nan), first.get("val_tc", math.nan), self.tc_weight)
-        super().after_report(run_context, [first, *metrics[1:]], checkpoint)
-
-
 def release_orphaned_placement_groups() -> int:
     """Remove this job's placement groups whose creating actor is dead; return how many.
 
     A trial that ASHA stops is killed with its Ray Train controller. Train's own PlacementGroupCleaner then frees
     the workers' placement group, but it finds the cluster through the state API, which fails when several Ray
     instances run on one host ("Found multiple active Ray instances"), and the next trial waits for CPUs forever.
+    Which actor created a group is in the GCS table only (ray.util.placement_group_table and ray.util.state leave
+    it out), so this reads Ray's private one; tests/unit/test_sweep_space.py and tests/integration/test_sweep.py
+    fail when its names change.
     """
     import ray
     from ray._private.state import state
@@ -130,8 +120,9 @@ def train_trial(values: dict, base: dict, num_classes: int, teacher, storage_pat
     teacher_ref = ray.put(teacher) if teacher is not None and cfg.student.loss.needs_teacher else None
     trainer = make_trainer(cfg, "student", num_classes, teacher_ref, run_id=None,
                            name=tune.get_context().get_trial_id(), storage_path=storage_path,
-                           callbacks=[ScoreReportCallback(cfg.sweep.score_tc_weight)],
-                           init=ray.put(init) if init is not None else None)
+                           callbacks=[TuneReportCallback()],  # rank 0's reports, val_score included, to Tune
+                           init=ray.put(init) if init is not None else None,
+                           score_tc_weight=cfg.sweep.score_tc_weight)
     trainer.fit()
 
 

@@ -76,11 +76,6 @@ def tune_space(sweep: SweepConfig) -> dict[str, Any]:
     return {key: make[spec.type](spec) for key, spec in sweep.space.items()}
 
 
-def score(val_miou: float, val_tc: float, tc_weight: float) -> float:
-    """val_score = (1 - w) * mIoU + w * TC (both in points, higher is better)."""
-    return (1 - tc_weight) * val_miou + tc_weight * val_tc
-
-
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the (mIoU, TC) points no other point beats on both (higher is better), by mIoU descending.
 

@@ -174,12 +174,10 @@ def clean_params(params: dict[str, Any]) -> dict[str, str]:
 
 
 def log_params(params: dict[str, Any]) -> None:
-    """Log a flat dict of params to the active run (see clean_params)."""
+    """Log a flat dict of params to the active run (see clean_params); MLflow splits it into batches of 100."""
     import mlflow
 
-    items = list(clean_params(params).items())
-    for i in range(0, len(items), 100):
-        mlflow.log_params(dict(items[i:i + 100]))
+    mlflow.log_params(clean_params(params))
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:

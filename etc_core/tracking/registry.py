@@ -28,6 +28,7 @@ import torch
 
 from etc_core.config import RegistryConfig
 from etc_core.errors import EtcError
+from etc_core.metrics import val_score
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class Registered:
 def score(metrics: dict[str, float], cfg: RegistryConfig) -> float:
     """The number the champion rule compares (higher is better)."""
     if cfg.champion_metric == "val_score":
-        return (1 - cfg.score_tc_weight) * metrics["val_miou"] + cfg.score_tc_weight * metrics["val_tc"]
+        return val_score(metrics["val_miou"], metrics["val_tc"], cfg.score_tc_weight)
     return metrics[cfg.champion_metric]
 
 

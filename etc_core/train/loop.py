@@ -20,7 +20,7 @@ from ray.train.torch import get_device, prepare_model
 from etc_core.config import EtcConfig
 from etc_core.data import shards
 from etc_core.losses import EtcLoss, Outputs, term_names
-from etc_core.metrics import METRICS
+from etc_core.metrics import METRICS, val_score
 from etc_core.models import SegOutput, create_model, paired_dropout
 from etc_core.tracking.mlflow import RunLogger
 from etc_core.train.augment import PairAugment, normalize
@@ -147,7 +147,8 @@ def seed_everything(seed: int) -> None:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry: config = {"cfg": EtcConfig dump, "stage", "num_classes", "run_id", "teacher", "init"}."""
+    """Ray Train entry: config = {"cfg": EtcConfig dump, "stage", "num_classes", "run_id", "teacher", "init",
+    "score_tc_weight"}."""
     cfg = EtcConfig.model_validate(config["cfg"])
     stage, num_classes = config["stage"], config["num_classes"]
     spec, t = stage_spec(cfg, stage), cfg.train
@@ -206,6 +207,8 @@ def train_loop_per_worker(config: dict) -> None:
                 if picture is not None:
                     logger.image(picture, "val/pictures", step=step)
         metrics.update(val)
+        if config.get("score_tc_weight") is not None:  # a sweep trial: its objective, in every report
+            metrics["val_score"] = val_score(val["val_miou"], val["val_tc"], config["score_tc_weight"])
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0 and steps > 0:

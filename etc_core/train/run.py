@@ -92,11 +92,13 @@ def resolve_init(cfg: EtcConfig, stage: str, num_classes: int) -> tuple[dict, di
 
 
 def make_trainer(cfg: EtcConfig, stage: str, num_classes: int, teacher, run_id: str | None, name: str,
-                 storage_path: str | None = None, callbacks: list | None = None, init=None):
+                 storage_path: str | None = None, callbacks: list | None = None, init=None,
+                 score_tc_weight: float | None = None):
     """A TorchTrainer running the shared loop for `stage` with cfg.train's scaling; checkpoints kept by val mIoU.
 
     teacher, init: ObjectRefs of (meta, state dict) or None (the frozen teacher; the weights to start from);
-    run_id: the MLflow run rank 0 logs to live (None: none).
+    run_id: the MLflow run rank 0 logs to live (None: none); score_tc_weight: every report also carries
+    val_score with this TC weight (a sweep's objective; None: no val_score).
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -110,7 +112,7 @@ def make_trainer(cfg: EtcConfig, stage: str, num_classes: int, teacher, run_id: 
     return TorchTrainer(
         train_loop_per_worker, torch_config=OneNodeTorchConfig(),
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": stage, "num_classes": num_classes,
-                           "run_id": run_id, "teacher": teacher, "init": init},
+                           "run_id": run_id, "teacher": teacher, "init": init, "score_tc_weight": score_tc_weight},
         scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker,
                                                            **({"GPU": 1} if t.use_gpu else {})},

@@ -223,6 +223,26 @@ def test_flow_driver_killed_on_s3_lists_no_partial_object_and_rerun_aborts_its_u
         assert shards.count_samples(url, moto_s3) == samples
 
 
+def test_s3_put_over_the_threshold_is_one_multipart_upload_and_a_refused_one_is_one_line(moto_s3, tmp_path,
+                                                                                         monkeypatch):
+    client = storage.s3_client(moto_s3)
+    client.create_bucket(Bucket="etc-uploads")
+    monkeypatch.setattr(storage, "_MULTIPART_THRESHOLD", 2**20)  # what ETC_S3_MULTIPART_THRESHOLD=1048576 sets
+    big, small = tmp_path / "big.tar", tmp_path / "small.tar"
+    big.write_bytes(os.urandom(3 * 2**20))
+    small.write_bytes(b"x" * 100)
+    for path in (big, small):
+        storage.put_file(str(path), f"s3://etc-uploads/a/{path.name}", moto_s3)
+        assert storage.read_bytes(f"s3://etc-uploads/a/{path.name}", moto_s3) == path.read_bytes()
+    etag = lambda key: client.head_object(Bucket="etc-uploads", Key=key)["ETag"].strip('"')  # noqa: E731
+    assert etag("a/big.tar").endswith("-1") and "-" not in etag("a/small.tar")  # multipart (one part), one PUT
+    assert client.list_multipart_uploads(Bucket="etc-uploads").get("Uploads", []) == []
+    for path in (big, small):
+        with pytest.raises(storage.UriError) as err:
+            storage.put_file(str(path), f"s3://etc-missing/{path.name}", moto_s3)
+        assert str(err.value) == f"s3://etc-missing/{path.name}: put failed (NoSuchBucket)"
+
+
 @pytest.mark.slow
 def test_full_pipeline_killed_between_stages_reruns_only_the_rest_on_its_own_ray(ray_local, tmp_path):
     args = full_args(tmp_path, ray_local.get_runtime_context().gcs_address)

@@ -3,9 +3,11 @@ import math
 
 import pytest
 
-from etc_core.config import EtcConfig, load_config
+from etc_core.config import EtcConfig, RegistryConfig, load_config
 from etc_core.errors import ConfigError
-from etc_core.sweep.space import apply_values, check_space, may_need_teacher, pareto_front, score, tune_space
+from etc_core.metrics import val_score
+from etc_core.sweep.space import apply_values, check_space, may_need_teacher, pareto_front, tune_space
+from etc_core.tracking.registry import score
 
 
 def test_pareto_front_keeps_the_non_dominated_points_by_miou():
@@ -15,8 +17,11 @@ def test_pareto_front_keeps_the_non_dominated_points_by_miou():
     assert pareto_front([]) == [] and pareto_front([(math.inf, 1.0)]) == []
 
 
-def test_score_is_the_weighted_sum():
-    assert score(60.0, 90.0, 0.5) == 75.0 and score(60.0, 90.0, 0.0) == 60.0 and score(60.0, 90.0, 1.0) == 90.0
+def test_val_score_is_the_weighted_sum_for_the_sweep_and_the_champion_rule():
+    assert val_score(60.0, 90.0, 0.5) == 75.0 and val_score(60.0, 90.0, 0.0) == 60.0
+    assert val_score(60.0, 90.0, 1.0) == 90.0
+    rule = RegistryConfig(champion_metric="val_score", score_tc_weight=0.25)  # the registry's rule: the same sum
+    assert score({"val_miou": 60.0, "val_tc": 90.0}, rule) == val_score(60.0, 90.0, 0.25) == 67.5
 
 
 def test_apply_values_sets_dotted_keys_and_names_bad_ones():
@@ -81,3 +86,16 @@ def test_best_yaml_reloads_as_the_same_config(tmp_path):
     path = write_best_yaml(trial, "sweep-x", tmp_path / "best.yaml")
     assert load_config(path) == trial.config
     assert "train_student.py --config" in path.read_text().splitlines()[1]
+
+
+def test_the_private_ray_gcs_names_release_stopped_trials_reads_are_still_there():
+    # etc_core/sweep/run.py's ReleaseStoppedTrials reads the GCS placement-group table (no public API names a
+    # group's creator); tests/integration/test_sweep.py checks the behaviour on a real Ray
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+
+    assert callable(state._connect_and_get_accessor)
+    fields = set(gcs_pb2.PlacementGroupTableData.DESCRIPTOR.fields_by_name)
+    assert {"placement_group_id", "state", "creator_actor_id", "creator_actor_dead", "creator_job_id",
+            "is_detached"} <= fields
+    assert gcs_pb2.PlacementGroupTableData.CREATED != gcs_pb2.PlacementGroupTableData.REMOVED
