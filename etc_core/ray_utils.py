@@ -47,7 +47,9 @@ def init_ray(cfg: RayConfig | None = None, runtime_env: dict | None = None) -> d
         ctx = ray.init(address=address, runtime_env=quiet_env, log_to_driver=True)  # merged into a job's own
     else:
         # Ray's own INFO lines on the driver: its warnings only (this module says where it started)
-        ctx = ray.init(num_cpus=cfg.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+        # address="local": a new Ray even when a `ray start` cluster on this machine left its address file (Ray
+        # would otherwise join that one, and refuse num_cpus); joining is for ray.address / RAY_ADDRESS only
+        ctx = ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                        runtime_env=quiet_env, logging_level=logging.WARNING)
         log.info("started a local Ray on 127.0.0.1 (dashboard %s)", ctx.dashboard_url)
     return {"address": ctx.address_info.get("gcs_address"), "dashboard_url": ctx.dashboard_url}

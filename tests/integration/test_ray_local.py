@@ -1,5 +1,7 @@
 """A real local Ray: every port on 127.0.0.1, and the dataset stage fanned out over Ray tasks."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import psutil
@@ -7,6 +9,7 @@ import pytest
 
 from etc_core.config import DataConfig
 from etc_core.data import write_dataset
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -62,3 +65,32 @@ def test_dataset_written_by_ray_tasks_matches_in_process(ray_local, tmp_path):
         for clip_id in by_ray.clip_ids(split):
             a, b = by_ray.read_clip(split, clip_id), local.read_clip(split, clip_id)
             assert np.array_equal(a.frames, b.frames) and np.array_equal(a.flows, b.flows)
+
+
+@pytest.mark.slow
+def test_no_address_starts_its_own_ray_even_beside_a_ray_start_cluster(ray_local):
+    """Ray's ray.init() without an address joins the cluster whose address `ray start` (or
+    ray.cluster_utils.Cluster) left in <temp>/ray/ray_current_cluster, and then refuses num_cpus. init_ray
+    without ray.address / RAY_ADDRESS starts its own, as the docs say: here beside ray_local, whose address the
+    file names."""
+    import shutil
+    import tempfile
+
+    temp = tempfile.mkdtemp(prefix="rayaddr", dir="/tmp")  # short: Ray's socket paths live under it
+    try:
+        os.makedirs(f"{temp}/ray")
+        gcs = ray_local.get_runtime_context().gcs_address
+        with open(f"{temp}/ray/ray_current_cluster", "w") as f:
+            f.write(gcs)
+        code = ("import ray; from etc_core.config import RayConfig; from etc_core.ray_utils import init_ray; "
+                "ctx = init_ray(RayConfig(num_cpus=1)); print(ctx['address'], ray.cluster_resources()['CPU'])")
+        env = {**os.environ, "RAY_TMPDIR": temp, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+               "PYTHONPATH": str(REPO)}
+        env.pop("RAY_ADDRESS", None)
+        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        address, cpus = proc.stdout.split()[-2:]
+        assert address != gcs and float(cpus) == 1.0
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
