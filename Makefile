@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip check
 	touch $(STAMP)
 
+# Two test processes (pytest-xdist): most tests keep one core busy (Ray start-up, single-threaded training);
+# the slow tests go first (tests/conftest.py) so that the run ends on short ones. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
 
 demo: $(STAMP)
 	$(PY) pipelines/full.py --config configs/demo.yaml
