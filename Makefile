@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip check
 	touch $(STAMP)
 
-# Two test processes (pytest-xdist): most tests keep one core busy (Ray start-up, single-threaded training);
-# the slow tests go first (tests/conftest.py) so that the run ends on short ones. TEST_WORKERS=0: one process.
+# Two test processes (pytest-xdist, worksteal): most tests keep one core busy (Ray start-up, single-threaded
+# training). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests

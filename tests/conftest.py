@@ -14,12 +14,6 @@ os.environ.pop("RAY_ADDRESS", None)  # tests start their own local Ray, never jo
 REPO = Path(__file__).resolve().parents[1]
 
 
-def pytest_collection_modifyitems(config, items):
-    """The slow tests first (order otherwise kept): on several workers (`make test` runs pytest -n 2) the run then
-    ends on short tests instead of one worker finishing a long one alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 # what Ray's own processes start with: the flow stage's workers write shards to moto (the endpoint comes from
 # s3.endpoint_url) with these fake keys; a call without an endpoint goes to a closed loopback port, never to AWS
 RAY_AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
