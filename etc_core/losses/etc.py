@@ -93,7 +93,6 @@ class EtcLoss(nn.Module):
     def __init__(self, cfg: Optional[LossConfig] = None, class_weight: Optional[Tensor] = None):
         super().__init__()
         self.cfg = cfg or LossConfig()
-        self.terms = list_terms()
         self.register_buffer("class_weight", class_weight, persistent=False)  # [K] or None
 
     def forward(self, out: Outputs, batch: Mapping[str, Tensor], tc_scale: float = 1.0) -> dict[str, Tensor]:
@@ -104,7 +103,7 @@ class EtcLoss(nn.Module):
         tc_scale multiplies the weight of the ramped term (the ramp of `tc_ramp`, see `tc_scale`).
         """
         cfg = self.cfg
-        on = [term for term in self.terms if getattr(cfg, term.weight) > 0]
+        on = cfg.terms_on()
         missing_next = [term.weight for term in on if term.next_frame and out.out_next is None]
         if missing_next:
             raise ValueError(f"EtcLoss: {'/'.join(missing_next)} > 0 need the output for frame t+k (out_next)")
@@ -113,7 +112,7 @@ class EtcLoss(nn.Module):
         if missing_teacher:
             raise ValueError(f"EtcLoss: {'/'.join(missing_teacher)} > 0 need teacher outputs for both frames")
         zero = out.out_t.logits.new_zeros(())
-        parts = dict.fromkeys((term.name for term in self.terms), zero)
+        parts = dict.fromkeys(term_names(), zero)
         weights = {}
         for term in on:
             parts[term.name] = term.compute(cfg, out, batch, self.class_weight)
