@@ -3,27 +3,33 @@ and the entry points import nothing that loads Ray before they call init_ray."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 
-import pytest
 
-from etc_core.config import RayConfig
-from etc_core.ray_utils import LOOPBACK_VAR, init_ray
+from etc_core.ray_utils import LOOPBACK_VAR
 from tests.conftest import REPO
 
 
-def test_ray_imported_before_the_loopback_setting_is_one_line(monkeypatch):
-    import ray  # as a caller that imported Ray first would have
-
-    assert not ray.is_initialized()
-    monkeypatch.delenv(LOOPBACK_VAR, raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    with pytest.raises(RuntimeError) as err:
-        init_ray(RayConfig(num_cpus=1))
-    message = str(err.value)
+def test_ray_imported_before_the_loopback_setting_is_one_line():
+    # in a fresh interpreter: this test process may already hold the suite's session Ray (tests/conftest.py)
+    code = ("import ray, sys\n"  # as a caller that imported Ray first would have
+            "from etc_core.config import RayConfig\n"
+            "from etc_core.ray_utils import init_ray\n"
+            "assert not ray.is_initialized()\n"
+            "try:\n"
+            "    init_ray(RayConfig(num_cpus=1))\n"
+            "except RuntimeError as err:\n"
+            "    print(err)\n"
+            "    sys.exit(0 if not ray.is_initialized() else 3)\n"
+            "sys.exit(4)\n")
+    env = {k: v for k, v in os.environ.items() if k not in (LOOPBACK_VAR, "RAY_ADDRESS")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**env, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    message = proc.stdout.strip()
     assert "\n" not in message and f"{LOOPBACK_VAR}=0" in message and "before Ray is imported" in message
-    assert not ray.is_initialized()
 
 
 def _imports_before_init_ray(path) -> list[str]:
@@ -52,7 +58,7 @@ def test_entry_points_load_ray_only_after_init_ray():
             f"for m in {sorted(set(modules))!r}:\n"
             "    importlib.import_module(m)\n"
             "    assert 'ray' not in sys.modules, m\n")
-    env = {k: v for k, v in __import__("os").environ.items() if k != LOOPBACK_VAR}
+    env = {k: v for k, v in os.environ.items() if k != LOOPBACK_VAR}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**env, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr[-2000:]
