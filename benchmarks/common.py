@@ -112,15 +112,12 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def train_or_reuse(cfg, stage: str):
-    """(registered model of this exact config, training seconds): trained now unless a previous run registered it."""
-    from etc_core.train.run import find_registered, run_training
+    """(registered model of this exact config, training seconds): trained now unless a previous run registered it
+    (then 0 s). The stage's driver, the same as the pipelines': etc_core/stages.py, train_stage."""
+    from etc_core.stages import train_stage
 
-    found = find_registered(cfg, stage)
-    if found is not None:
-        return found, 0.0
-    start = time.perf_counter()
-    summary = run_training(cfg, stage)
-    return summary["registered"], time.perf_counter() - start
+    trained = train_stage(cfg, stage)
+    return trained.registered, trained.seconds
 
 
 def score(cfg, registered, split: str = "test") -> list[dict]:

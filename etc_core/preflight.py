@@ -83,7 +83,7 @@ def check_full(cfg: EtcConfig, force: tuple[str, ...] = ()) -> None:
             check_space(cfg)
         _pretrained(cfg, ("teacher", "student"))
         _dataset(cfg)
-        _flow_source(cfg, timing=bool(cfg.pipeline.ptlflow_timing_pairs))
+        _flow_source(cfg, timing=True)
         if "flow" not in force:
             _shards_match(cfg)
         _stores(cfg)
@@ -93,12 +93,15 @@ def check_full(cfg: EtcConfig, force: tuple[str, ...] = ()) -> None:
 
 def _flow_source(cfg: EtcConfig, timing: bool = False) -> None:
     """The flow source can give flow for this dataset (ptlflow: a known model, weights to be had); with `timing`,
-    the ptlflow model that pipeline.ptlflow_timing_pairs times (random init) beside another source."""
+    so can the flow model that pipeline.ptlflow_timing_pairs times beside it, if any (etc_core/flow/timing.py)."""
     from etc_core.flow.sources import create_flow_source
+    from etc_core.flow.timing import timed_flow
 
-    create_flow_source(cfg.flow).check(cfg.data)
-    if timing and cfg.flow.source != "ptlflow":
-        create_flow_source(cfg.flow.model_copy(update={"source": "ptlflow", "weights": "none"})).check(cfg.data)
+    source = create_flow_source(cfg.flow)
+    source.check(cfg.data)
+    timed = timed_flow(cfg, source) if timing else None
+    if timed is not None:
+        create_flow_source(timed).check(cfg.data)
 
 
 def _pretrained(cfg: EtcConfig, stages: tuple[str, ...]) -> None:

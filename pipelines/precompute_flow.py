@@ -13,6 +13,8 @@ with the same config skips complete shards, known from their sidecars without re
 a no-op when all are there); a different config at the same shards.uri is refused.
 The generated dataset is written to data.root first when it is not there yet; Cityscapes and CamVid
 (data.kind, configs/cityscapes.yaml, configs/camvid.yaml) are read in place after a check of the tree.
+The stage's driver, shared with pipelines/full.py: etc_core/stages.py, flow_stage (MLflow run etc.stage=flow with the
+shard counts, speeds and one pair's picture).
 """
 from __future__ import annotations
 
@@ -21,18 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from etc_core.config import flatten, parse_args  # noqa: E402
+from etc_core.config import parse_args  # noqa: E402
 from etc_core.entry import run_entry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(__doc__.splitlines()[0], argv, lambda p: p.add_argument(
         "--verify", action="store_true", help="read every existing shard in full instead of trusting its sidecar"))
-    from etc_core.tracking import mlflow as tracking
-    from etc_core.data import shards
     from etc_core.cluster_check import check_cluster
-    from etc_core.data.registry import open_dataset
-    from etc_core.flow.stage import pair_picture, run_flow_stage
     from etc_core.preflight import check_flow
     from etc_core.ray_utils import init_ray
 
@@ -41,21 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     check_flow(cfg)
     init_ray(cfg.ray)
     check_cluster(cfg)  # relative paths on a multi-node cluster
-    dataset = open_dataset(cfg.data, generate=True)  # synthetic: generated (on Ray) when missing
-    with tracking.stage_run(cfg.mlflow, "flow", params=flatten(cfg)):
-        result = run_flow_stage(cfg, dataset, verify=args.verify)
-        counts = {f"flow/{split}_{what}": (len(v["shards"]) if what == "shards" else v["samples"])
-                  for split, v in result.manifest["splits"].items() for what in ("shards", "samples")}
-        tracking.log_metrics({**counts, "flow/pairs_computed": result.pairs_computed,
-                              "flow/pairs_per_s": result.pairs_per_s, "flow/shards_written": result.shards_written,
-                              "flow/steady_pairs_per_s": result.steady_pairs_per_s, "flow/startup_s": result.startup_s,
-                              "flow/shards_skipped": result.shards_skipped})
-        sample = next(shards.iter_samples(cfg.shards.uri, "train", cfg.s3.access))
-        meta = sample["meta"]
-        valid = None
-        if cfg.flow.source == "ground_truth":
-            valid = dataset.pair_flow("train", meta["video"], meta["t"], meta["k"])[1]
-        tracking.log_image(pair_picture(sample["img0"], sample["img1"], sample["flow"], valid), "flow/pair")
+    from etc_core.stages import flow_stage
+
+    result = flow_stage(cfg, verify=args.verify)  # the dataset first: synthetic is generated (on Ray) when missing
     splits = ", ".join(f"{s}: {v['samples']} samples in {len(v['shards'])} shards"
                        for s, v in result.manifest["splits"].items())
     print(f"shards at {cfg.shards.uri} ({splits}); {result.shards_written} written, {result.shards_skipped} "

@@ -11,6 +11,7 @@ Needs the shards of pipelines/precompute_flow.py and, when distillation can be o
 interruption resumes it (Tuner.restore); finished trials are not rerun. Prints the trials, the Pareto front of
 (mIoU, TC) and the path of the best trial's config, which `python pipelines/train_student.py --config PATH`
 reproduces. MLflow: a parent run tagged etc.stage=sweep with the pictures, one child run per trial.
+The stage's driver, shared with pipelines/full.py: etc_core/stages.py, sweep_stage.
 """
 from __future__ import annotations
 
@@ -31,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
 
     check_sweep(cfg)  # a bad search space, missing shards, a dead store: one line, exit 2, before Ray starts
     init_ray(cfg.ray)  # before anything imports Ray (etc_core.ray_utils)
-    from etc_core.sweep.run import run_sweep
+    from etc_core.stages import sweep_stage
 
     check_cluster(cfg, sweep=True)  # one trial (its driver and its Ray Train workers) must fit the cluster
-    summary = run_sweep(cfg)
+    summary = sweep_stage(cfg)
     metric = cfg.sweep.metric
     print(f"sweep {summary['name']} ({'resumed' if summary['restored'] else 'new'}): "
           f"{len(summary['trials'])} trials, objective {metric}")

@@ -4,9 +4,11 @@
     python pipelines/train_teacher.py --config configs/demo.yaml train.workers=2 train.max_steps=50
     infra/submit.sh --entry pipelines/train_teacher.py --config configs/cityscapes.yaml   # a cluster
 
-Needs the shards of pipelines/precompute_flow.py at shards.uri. Rerunning the same config resumes the Ray Train
-run from its last checkpoint (same storage_path and run name). The new version takes the `champion` alias when it
-beats the current champion on registry.champion_metric, else `candidate` (an alias names one version at a time).
+Needs the shards of pipelines/precompute_flow.py at shards.uri. A version already registered from the same config
+(tag etc.config_hash) is reused, not trained again; rerunning an interrupted config resumes its Ray Train run from
+the last checkpoint (same storage_path and run name). The new version takes the `champion` alias when it beats the
+current champion on registry.champion_metric, else `candidate` (an alias names one version at a time).
+The stage's driver, shared with pipelines/full.py and the benchmarks: etc_core/stages.py, train_stage.
 """
 from __future__ import annotations
 
@@ -29,11 +31,15 @@ def main(argv: list[str] | None = None, stage: str = STAGE) -> int:
 
     check_training(cfg, stage)  # missing shards, a dead store, a bad teacher URI: one line, exit 2, before Ray
     init_ray(cfg.ray)  # before anything imports Ray (etc_core.ray_utils)
-    from etc_core.train.run import run_training
+    from etc_core.stages import train_stage
 
     check_cluster(cfg, (stage,))
-    summary = run_training(cfg, stage)
-    reg = summary["registered"]
+    trained = train_stage(cfg, stage)
+    reg, summary = trained.registered, trained.summary
+    if trained.reused:
+        print(f"{stage}: {reg.name} version {reg.version} ({reg.alias or 'no alias'}) was trained from this config "
+              f"before; reused, nothing trained")
+        return 0
     print(f"{stage} {summary['arch']}: step {summary['step']}, val mIoU {summary['val_miou']:.2f}, "
           f"TC {summary['val_tc']:.2f}; registered {reg.name} version {reg.version} ({reg.alias}); "
           f"MLflow run {summary['run_id']}")

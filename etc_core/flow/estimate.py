@@ -155,6 +155,8 @@ class PtlflowSource(FlowSource):
 class GroundTruthSource(FlowSource):
     """flow.source=ground_truth: the dataset's exact flow (the generated data's), computed in the read tasks."""
 
+    exact = True
+
     def check(self, data: DataConfig | None = None) -> None:
         from etc_core.data.registry import dataset_kind
 

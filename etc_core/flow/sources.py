@@ -27,6 +27,9 @@ class FlowSource:
     # True: the estimator holds a model, built once in each actor of a pool (flow.num_actors, GPUs when there are);
     # False: it is made in each Ray task from the dataset, as cheap as reading
     actors = False
+    # True: the flow is the dataset's exact flow (its reader's pair_flow, with a validity mask), not an estimate: the
+    # flow stage's pair picture shows the mask, and pipeline.ptlflow_timing_pairs times a ptlflow model against it
+    exact = False
 
     def __init__(self, cfg: FlowConfig):
         self.cfg = cfg

@@ -28,7 +28,7 @@ from etc_core.config import EtcConfig
 from etc_core.data import shards
 from etc_core.errors import ConfigError, EtcError, StorageError
 from etc_core.flow import work
-from etc_core.flow.sources import create_flow_source
+from etc_core.flow.sources import FlowSource, create_flow_source
 from etc_core.flow.work import Sample, ShardJob
 from etc_core.storage import uri as storage
 
@@ -51,15 +51,24 @@ class FlowStageResult:
     def pairs_per_s(self) -> float:
         return self.pairs_computed / self.seconds if self.seconds > 0 else 0.0
 
+    def metrics(self) -> dict[str, float]:
+        """What the flow stage's MLflow run logs: flow/{split}_shards and _samples, then the work and its speed."""
+        counts = {f"flow/{split}_{what}": (len(v["shards"]) if what == "shards" else v["samples"])
+                  for split, v in self.manifest["splits"].items() for what in ("shards", "samples")}
+        return {**counts, "flow/pairs_computed": self.pairs_computed, "flow/pairs_per_s": self.pairs_per_s,
+                "flow/shards_written": self.shards_written, "flow/steady_pairs_per_s": self.steady_pairs_per_s,
+                "flow/startup_s": self.startup_s, "flow/shards_skipped": self.shards_skipped}
 
-def stage_identity(cfg: EtcConfig) -> dict:
-    """Everything that changes the shards' content (not where they go or how fast they are made)."""
+
+def stage_identity(cfg: EtcConfig, source: FlowSource | None = None) -> dict:
+    """Everything that changes the shards' content (not where they go or how fast they are made); source: cfg.flow's
+    (made here when not given)."""
     from etc_core.data.registry import dataset_kind
 
     # resize only exists for real datasets; leaving it out for generated ones keeps earlier synthetic shards valid
     generated = dataset_kind(cfg.data.kind).generated
     data = cfg.data.model_dump(mode="json", exclude={"root", *(["resize"] if generated else [])})
-    flow = {"source": cfg.flow.source, **create_flow_source(cfg.flow).identity()}
+    flow = {"source": cfg.flow.source, **(source or create_flow_source(cfg.flow)).identity()}
     keep = ("k", "max_samples_per_shard", "max_shard_bytes", "seed")
     return {"data": data, "flow": flow, "shards": {k: getattr(cfg.shards, k) for k in keep}}
 
@@ -172,15 +181,17 @@ def _remove_leftovers(uri: str, cfg: EtcConfig) -> None:
 
 
 def run_flow_stage(cfg: EtcConfig, dataset=None, progress: bool = True, force: bool = False,
-                   verify: bool = False) -> FlowStageResult:
+                   verify: bool = False, source: FlowSource | None = None) -> FlowStageResult:
     """Write the shards and manifest for cfg at cfg.shards.uri (skipping complete shards; `force` deletes the shard
     set first; `verify` reads every existing shard in full instead of trusting its sidecar); Ray must be up. Holds
     the prefix's lock (etc_core.locks) throughout: a second run waits for it. The flow source (a ptlflow model and
-    its weights) is checked by the entry points' pre-flight (etc_core/preflight.py), before Ray starts."""
+    its weights) is checked by the entry points' pre-flight (etc_core/preflight.py), before Ray starts; source:
+    cfg.flow's (made here once when not given). The MLflow run and its metrics: etc_core/stages.py, flow_stage."""
     from etc_core import locks
 
     uri, ep, region = cfg.shards.uri, cfg.s3.endpoint_url, cfg.s3.region
-    if create_flow_source(cfg.flow).actors:
+    source = source or create_flow_source(cfg.flow)
+    if source.actors:
         _flow_resources(cfg)  # actors that cannot all start: refused before anything is written
     if dataset is None:
         from etc_core.data.registry import open_dataset
@@ -189,7 +200,7 @@ def run_flow_stage(cfg: EtcConfig, dataset=None, progress: bool = True, force: b
     with locks.hold(locks.shards_lock(uri), cfg.pipeline.lock_wait_s, ep, region):
         if force:
             shards.remove_shards(uri, ep, region)
-        return _write_shards(cfg, dataset, progress, verify)
+        return _write_shards(cfg, dataset, source, progress, verify)
 
 
 def _finished_bytes(url: str, samples: int, cfg: EtcConfig, verify: bool) -> int | None:
@@ -202,9 +213,9 @@ def _finished_bytes(url: str, samples: int, cfg: EtcConfig, verify: bool) -> int
     return info["bytes"] if info is not None and info["samples"] == samples else None
 
 
-def _write_shards(cfg: EtcConfig, dataset, progress: bool, verify: bool) -> FlowStageResult:
+def _write_shards(cfg: EtcConfig, dataset, source: FlowSource, progress: bool, verify: bool) -> FlowStageResult:
     uri, ep, region = cfg.shards.uri, cfg.s3.endpoint_url, cfg.s3.region
-    identity = stage_identity(cfg)
+    identity = stage_identity(cfg, source)
     manifest = _claim(uri, identity, cfg)
     if manifest is not None and not verify and _manifest_complete(manifest, uri, cfg):
         log.info("shards at %s are complete for this config; nothing to do", uri)
@@ -222,7 +233,7 @@ def _write_shards(cfg: EtcConfig, dataset, progress: bool, verify: bool) -> Flow
     skipped = len(sizes)
     log.info("flow stage: %d shards to write, %d already complete, at %s", len(todo), skipped, uri)
     start, cpu_start = time.perf_counter(), time.process_time()
-    run = _compute_shards(cfg, dataset, todo, progress) if todo else {"sizes": {}}
+    run = _compute_shards(cfg, dataset, source, todo, progress) if todo else {"sizes": {}}
     sizes.update(run.pop("sizes"))
     seconds = time.perf_counter() - start
     manifest = {"format": shards.FORMAT, "config_hash": config_hash(identity), "config": identity,
@@ -258,7 +269,7 @@ def _flow_resources(cfg: EtcConfig) -> tuple[int, float]:
     return actors, per_actor
 
 
-def _pipeline(cfg: EtcConfig, dataset, todo: list[ShardJob]):
+def _pipeline(cfg: EtcConfig, dataset, source: FlowSource, todo: list[ShardJob]):
     """The Ray Data dataset that writes the shards of `todo`: one row per shard through read (tasks), flow (an
     actor pool of flow models, or tasks for the ground truth), encode and write (tasks); rows out are small."""
     import ray
@@ -266,7 +277,6 @@ def _pipeline(cfg: EtcConfig, dataset, todo: list[ShardJob]):
 
     ds = ray.data.from_items(work.job_rows(todo), override_num_blocks=len(todo))
     ds = ds.map_batches(work.read_batch, batch_size=1, fn_kwargs={"dataset": dataset})
-    source = create_flow_source(cfg.flow)
     if source.actors:
         actors, gpus = _flow_resources(cfg)
         log.info("flow stage: %d flow actor(s) of %s: %d CPU, %g GPU each, %d pairs per forward pass%s", actors,
@@ -279,11 +289,11 @@ def _pipeline(cfg: EtcConfig, dataset, todo: list[ShardJob]):
         ds = ds.map_batches(work.estimate_batch, batch_size=1,
                             fn_kwargs={"source": source, "dataset": dataset, "batch_size": cfg.flow.batch_size})
     return ds.map_batches(work.write_batch, batch_size=1,
-                          fn_kwargs={"uri": cfg.shards.uri, "meta": work.flow_meta(cfg),
+                          fn_kwargs={"uri": cfg.shards.uri, "meta": work.flow_meta(cfg, source),
                                      "endpoint_url": cfg.s3.endpoint_url, "region": cfg.s3.region})
 
 
-def _compute_shards(cfg: EtcConfig, dataset, todo: list[ShardJob], progress: bool) -> dict:
+def _compute_shards(cfg: EtcConfig, dataset, source: FlowSource, todo: list[ShardJob], progress: bool) -> dict:
     """Run the Ray Data pipeline over `todo`; the driver only collects one small row per written shard. Returns
     {"sizes": {(split, index): bytes}, "startup_s", "steady_pairs_per_s", "profile"}."""
     import ray
@@ -298,7 +308,7 @@ def _compute_shards(cfg: EtcConfig, dataset, todo: list[ShardJob], progress: boo
     start = time.perf_counter()
     try:
         with DataContext.current(ctx):
-            for row in _pipeline(cfg, dataset, todo).iter_rows():
+            for row in _pipeline(cfg, dataset, source, todo).iter_rows():
                 sizes[(str(row["split"]), int(row["index"]))] = int(row["bytes"])
                 done_at.append((time.perf_counter() - start, int(row["samples"])))
                 for key in profile:
@@ -307,7 +317,7 @@ def _compute_shards(cfg: EtcConfig, dataset, todo: list[ShardJob], progress: boo
                 if actor >= 0 and actor not in startup:
                     startup[actor] = float(row["startup_s"])
                     log.info("flow actor pid %d: %s imported and built in %.1f s (once per actor)", actor,
-                             create_flow_source(cfg.flow).describe(), startup[actor])
+                             source.describe(), startup[actor])
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, EtcError):
             raise e.cause from None

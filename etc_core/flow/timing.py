@@ -1,11 +1,30 @@
-"""Time a ptlflow model on real pairs from the shards, inside a Ray task (the demo's timing example)."""
+"""Time a ptlflow model on real pairs from the shards, inside a Ray task (the demo's timing example).
+
+pipeline.ptlflow_timing_pairs asks for it in pipelines/full.py; it means something beside shards of exact flow
+(FlowSource.exact): what estimating that flow would cost, and how far the estimate is from it (EPE).
+"""
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from etc_core.config import EtcConfig
+
+if TYPE_CHECKING:
+    from etc_core.config import FlowConfig
+    from etc_core.flow.sources import FlowSource
+
+
+def timed_flow(cfg: EtcConfig, source: FlowSource | None = None) -> FlowConfig | None:
+    """The flow section of the model that pipeline.ptlflow_timing_pairs times (flow.model, random init); None when
+    no pairs are asked for or the shards' flow is not exact. source: cfg.flow's (made here when not given)."""
+    from etc_core.flow.sources import create_flow_source
+
+    if not cfg.pipeline.ptlflow_timing_pairs or not (source or create_flow_source(cfg.flow)).exact:
+        return None
+    return cfg.flow.model_copy(update={"source": "ptlflow", "weights": "none"})
 
 
 def _time_on_pairs(model: str, weights: str, img0: np.ndarray, img1: np.ndarray, flow: np.ndarray,

@@ -114,23 +114,20 @@ def write_pairs(pairs: ShardPairs, uri: str, flow_meta: dict, endpoint_url: str 
     return nbytes
 
 
-def flow_meta(cfg) -> dict:
-    """What every sample's meta.json says about its flow (cfg: EtcConfig): source, flow_model, flow_weights."""
-    return {"source": cfg.flow.source, **create_flow_source(cfg.flow).meta()}
-
-
-def flow_name(cfg) -> str:
-    return create_flow_source(cfg.flow).describe()
+def flow_meta(cfg, source: FlowSource | None = None) -> dict:
+    """What every sample's meta.json says about its flow (cfg: EtcConfig): source, flow_model, flow_weights.
+    source: cfg.flow's (made here when not given)."""
+    return {"source": cfg.flow.source, **(source or create_flow_source(cfg.flow)).meta()}
 
 
 def write_shards_sequentially(cfg, dataset, jobs: list[ShardJob], estimator: FlowEstimator) -> dict:
     """The plain loop: read, estimate, encode and write every job's shard in this process, in order; returns
     {(split, index): bytes}. The same steps and bytes as the stage's Ray Data pipeline."""
-    sizes = {}
+    sizes, source = {}, create_flow_source(cfg.flow)
     for job in jobs:
         pairs = read_pairs(dataset, job)
-        estimate_pairs(estimator, pairs, cfg.flow.batch_size, flow_name(cfg))
-        sizes[(job.split, job.index)] = write_pairs(pairs, cfg.shards.uri, flow_meta(cfg), cfg.s3.endpoint_url,
+        estimate_pairs(estimator, pairs, cfg.flow.batch_size, source.describe())
+        sizes[(job.split, job.index)] = write_pairs(pairs, cfg.shards.uri, flow_meta(cfg, source), cfg.s3.endpoint_url,
                                                     cfg.s3.region)
     return sizes
 
