@@ -109,3 +109,18 @@ def test_a_registered_source_is_validated_listed_checked_and_written_into_shards
     metas = [json.loads(data) for name, data in members.items() if name.endswith(".meta.json")]
     assert flows and len(flows) == len(metas) and not np.stack(flows).any()  # [N,2,H,W] all zero
     assert {m["source"] for m in metas} == {"zero"} and {m["flow_model"] for m in metas} == {None}
+
+
+def test_what_the_source_says_decides_the_pair_mask_and_the_flow_timing(zero, tmp_path):
+    """FlowSource.exact, not the source's name: ground truth is the dataset's exact flow, so full.py times a ptlflow
+    model (random init) against it; an estimate (ptlflow, or a new source) has nothing exact to be timed against."""
+    from etc_core.flow.timing import timed_flow
+
+    cfg = _cfg(tmp_path, "pipeline.ptlflow_timing_pairs=4", "flow.weights=things")
+    assert create_flow_source(cfg.flow).exact and not create_flow_source(cfg.flow).actors
+    timed = timed_flow(cfg)
+    assert (timed.source, timed.model, timed.weights) == ("ptlflow", cfg.flow.model, "none")
+    for other in ("flow.source=ptlflow", "flow.source=zero"):
+        estimated = _cfg(tmp_path, "pipeline.ptlflow_timing_pairs=4", other)
+        assert not create_flow_source(estimated.flow).exact and timed_flow(estimated) is None
+    assert timed_flow(_cfg(tmp_path, "pipeline.ptlflow_timing_pairs=0")) is None

@@ -239,3 +239,15 @@ def test_ray_storage_goes_to_the_configured_endpoint_without_credentials_inside(
     assert (options["scheme"], options["endpoint_override"]) == ("http", "127.0.0.1:9")
     assert options["access_key"] is None and options["secret_key"] is None  # each node's own chain
     assert storage.storage_location("/shared/ray", access) == ("/shared/ray", None)
+
+
+def test_the_flow_stage_logs_every_count_and_speed_under_its_names():
+    from etc_core.flow.stage import FlowStageResult
+
+    manifest = {"splits": {"train": {"samples": 7, "shards": [{}, {}]}, "val": {"samples": 3, "shards": [{}]}}}
+    result = FlowStageResult(manifest, pairs_computed=10, seconds=4.0, shards_written=2, shards_skipped=1,
+                             startup_s=1.5, steady_pairs_per_s=3.0)
+    assert result.metrics() == {  # what pipelines/precompute_flow.py and full.py's flow run log (etc_core/stages.py)
+        "flow/train_shards": 2, "flow/train_samples": 7, "flow/val_shards": 1, "flow/val_samples": 3,
+        "flow/pairs_computed": 10, "flow/pairs_per_s": 2.5, "flow/shards_written": 2,
+        "flow/steady_pairs_per_s": 3.0, "flow/startup_s": 1.5, "flow/shards_skipped": 1}
