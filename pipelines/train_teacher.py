@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None, stage: str = STAGE) -> int:
     trained = train_stage(cfg, stage)
     reg, summary = trained.registered, trained.summary
     if trained.reused:
-        print(f"{stage}: {reg.name} version {reg.version} ({reg.alias or 'no alias'}) was trained from this config "
-              f"before; reused, nothing trained")
+        print(f"{stage}: {reg.name} version {reg.version} was trained from this config before; reused, nothing "
+              f"trained")
         return 0
     print(f"{stage} {summary['arch']}: step {summary['step']}, val mIoU {summary['val_miou']:.2f}, "
           f"TC {summary['val_tc']:.2f}; registered {reg.name} version {reg.version} ({reg.alias}); "
