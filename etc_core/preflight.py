@@ -126,23 +126,15 @@ def _dataset(cfg: EtcConfig) -> None:
 def _shards_match(cfg: EtcConfig) -> None:
     """shards.uri holds no shards of another config (the flow stage would refuse them after the runs opened)."""
     from etc_core.data import shards
-    from etc_core.flow.stage import config_hash, stage_identity
+    from etc_core.flow.stage import config_hash, identity_change, stage_identity
 
     manifest = shards.read_manifest(cfg.shards.uri, cfg.s3.endpoint_url, cfg.s3.region)
     identity = stage_identity(cfg)
     if manifest is None or manifest.get("config_hash") == config_hash(identity):
         return
-    old, new = _flat(manifest.get("config", {})), _flat(identity)
-    key = next((k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)), "?")
-    raise ConfigError(f"shards.uri: {cfg.shards.uri} holds shards made with {key}={old.get(key)!r}, this config has "
-                      f"{new.get(key)!r}; choose another shards.uri (and data.root) or delete it, or --force flow")
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
+    key, made, now = identity_change(manifest.get("config", {}), identity)
+    raise ConfigError(f"shards.uri: {cfg.shards.uri} holds shards made with {key}={made!r}, this config has "
+                      f"{now!r}; choose another shards.uri (and data.root) or delete it, or --force flow")
 
 
 def _stores(cfg: EtcConfig, need_shards: bool = False) -> None:

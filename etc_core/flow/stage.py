@@ -124,10 +124,9 @@ def _claim(uri: str, identity: dict, cfg: EtcConfig) -> dict | None:
         stamp = None
     for other in (manifest, stamp):
         if other is not None and other.get("config_hash") != digest:
-            old, new = _flat(other.get("config", {})), _flat(identity)
-            key = next((k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)), "?")
-            raise ConfigError(f"shards.uri: {uri} holds shards made with {key}={old.get(key)!r}, this config has "
-                              f"{new.get(key)!r}; choose another shards.uri or delete it")
+            key, made, now = identity_change(other.get("config", {}), identity)
+            raise ConfigError(f"shards.uri: {uri} holds shards made with {key}={made!r}, this config has "
+                              f"{now!r}; choose another shards.uri or delete it")
     if stamp is None:
         try:
             storage.put_bytes(json.dumps({"config_hash": digest, "config": identity}, sort_keys=True).encode(),
@@ -135,6 +134,14 @@ def _claim(uri: str, identity: dict, cfg: EtcConfig) -> dict | None:
         except storage.UriError as e:
             raise ConfigError(f"shards.uri: {e}") from None
     return manifest
+
+
+def identity_change(stored: dict, identity: dict) -> tuple[str, object, object]:
+    """(dotted key, stored value, this config's value) of the first setting in which a shard set's stored identity
+    (its manifest's or stage.json's `config`) differs from this config's (stage_identity)."""
+    old, new = _flat(stored), _flat(identity)
+    key = next((k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)), "?")
+    return key, old.get(key), new.get(key)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
