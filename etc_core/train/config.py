@@ -103,3 +103,14 @@ def stage_config(cfg: EtcConfig, stage: str) -> EtcConfig:
     section = "teacher" if stage == "teacher" else "student"
     return cfg.model_copy(update={"train": merged_train(cfg.train, override),
                                   section: getattr(cfg, section).model_copy(update={"train": {}})})
+
+
+def worker_resources(train: TrainConfig) -> dict[str, float]:
+    """What a stage's Ray Train workers ask of the cluster together: {"CPU": n, "GPU": m}."""
+    return {"CPU": train.workers * train.cpus_per_worker, "GPU": float(train.workers if train.use_gpu else 0)}
+
+
+def trial_resources(cfg: EtcConfig) -> dict[str, float]:
+    """What one sweep trial holds: its driver (sweep.cpus_per_trial) plus its student's Ray Train workers."""
+    need = worker_resources(stage_config(cfg, "student").train)
+    return need | {"CPU": cfg.sweep.cpus_per_trial + need["CPU"]}
