@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from etc_core.errors import ConfigError
+from etc_core.extras import require
 from etc_core.train.augment import MEAN_RGB, STD_RGB, normalize
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ def export_model(model: nn.Module, meta: dict, out_dir: str | os.PathLike, forma
     if "onnx" in formats and opset < MIN_OPSET:
         raise ConfigError(f"--opset {opset}: the dynamo ONNX exporter writes opset {MIN_OPSET} or newer "
                           f"(the legacy exporter fails on PSP pooling)")
+    if "onnx" in formats:
+        for module in ("onnxscript", "onnxruntime"):  # the exporter, the parity check
+            require(module, "--format onnx")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     wrapper = LogitsOnly(model.cpu().float().eval()).eval()

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from etc_core.extras import require
 from etc_core.infer import InputError
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class FrameSource:
             yield np.stack(batch)
 
     def _video_frames(self) -> Iterator[np.ndarray]:
-        import av
+        import av  # _probe_video required it
 
         try:
             with av.open(self.path) as container:
@@ -91,7 +92,7 @@ def open_frames(spec: str) -> FrameSource:
 
 
 def _probe_video(path: str) -> FrameSource:
-    import av
+    av = require("av", f"reading the video {path}")
 
     try:
         with av.open(path) as container:
@@ -137,7 +138,7 @@ class VideoWriter:
     """Encode uint8 RGB frames into `path` (H.264 when PyAV has it, else MPEG-4); renamed into place on close."""
 
     def __init__(self, path: str | os.PathLike, fps: float = DEFAULT_FPS):
-        import av
+        av = require("av", f"writing the video {path}")
 
         self.path = Path(path)
         self.tmp = self.path.with_name(f"{self.path.stem}.tmp{self.path.suffix}")  # keeps the container's suffix

@@ -21,6 +21,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from etc_core.config import EtcConfig, config_hash
 from etc_core.errors import EtcError
+from etc_core.extras import require
 from etc_core.sweep.space import apply_values, check_space, may_need_teacher, pareto_front, tune_space
 from etc_core.tracking import mlflow as tracking
 from etc_core.train.config import stage_config, trial_resources
@@ -152,6 +153,7 @@ def _concurrency(cfg: EtcConfig) -> int:
 
 def _searcher(cfg: EtcConfig):
     if cfg.sweep.search == "optuna":
+        require("optuna", "sweep.search=optuna")  # Ray's OptunaSearch imports it lazily and asserts
         from ray.tune.search.optuna import OptunaSearch
 
         return OptunaSearch(seed=cfg.sweep.seed)

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from etc_core.config import EtcConfig, ParamSpace, SweepConfig
 from etc_core.errors import ConfigError
+from etc_core.extras import require
 from etc_core.losses.etc import list_terms
 
 SWEEPABLE = ("train.", "student.")  # every trial reads the same shards, so data/shards/flow stay fixed
@@ -46,6 +47,8 @@ def check_space(cfg: EtcConfig) -> None:
     sweep = cfg.sweep
     if not sweep.space:
         raise ConfigError("sweep.space: empty; give at least one dotted key to sweep")
+    if sweep.search == "optuna":
+        require("optuna", "sweep.search=optuna (or sweep.search=random, which needs nothing more)")
     for key, spec in sweep.space.items():
         if not key.startswith(SWEEPABLE):
             raise ConfigError(f"sweep.space.{key}: only train.* and student.* keys can be swept "
