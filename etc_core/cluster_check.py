@@ -11,9 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
-from etc_core.config import EtcConfig, node_local_store
 from etc_core.errors import ConfigError
+from etc_core.tracking.config import node_local_store
+
+if TYPE_CHECKING:  # the aggregate sits above this module (tests/unit/test_layers.py)
+    from etc_core.config import EtcConfig
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from etc_core.config import EtcConfig, flatten
+from etc_core.config import EtcConfig, apply_values, flatten
 from etc_core.metrics import METRICS
-from etc_core.sweep.space import apply_values
 from etc_core.tracking import mlflow as tracking
 from etc_core.tracking.registry import Registered
 

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from etc_core.config import EtcConfig
 from etc_core.errors import ConfigError, EtcError, StorageError
+from etc_core.section import first_difference
+
+if TYPE_CHECKING:  # the aggregate sits above this module (tests/unit/test_layers.py)
+    from etc_core.config import EtcConfig
 
 
 @contextmanager
@@ -129,17 +133,9 @@ def _shards_match(cfg: EtcConfig) -> None:
     identity = stage_identity(cfg)
     if manifest is None or manifest.get("config_hash") == config_hash(identity):
         return
-    old, new = _flat(manifest.get("config", {})), _flat(identity)
-    key = next((k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)), "?")
-    raise ConfigError(f"shards.uri: {cfg.shards.uri} holds shards made with {key}={old.get(key)!r}, this config has "
-                      f"{new.get(key)!r}; choose another shards.uri (and data.root) or delete it, or --force flow")
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
+    key, old, new = first_difference(manifest.get("config", {}), identity)
+    raise ConfigError(f"shards.uri: {cfg.shards.uri} holds shards made with {key}={old!r}, this config has "
+                      f"{new!r}; choose another shards.uri (and data.root) or delete it, or --force flow")
 
 
 def _stores(cfg: EtcConfig, need_shards: bool = False) -> None:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from etc_core.config import EtcConfig
+if TYPE_CHECKING:  # the aggregate sits above this module (tests/unit/test_layers.py)
+    from etc_core.config import EtcConfig
 
 
 def _time_on_pairs(model: str, weights: str, img0: np.ndarray, img1: np.ndarray, flow: np.ndarray,

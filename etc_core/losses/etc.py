@@ -81,6 +81,13 @@ class LossConfig(BaseModel, extra="forbid", frozen=True):
         return self.model_copy(update=update)
 
 
+class StudentLossConfig(LossConfig):
+    """A student's loss: the teacher's terms plus pixel-wise and pair-wise temporal distillation (docs/method.md)."""
+
+    kd_pixel_weight: float = Field(1.0, ge=0)
+    kd_temporal_weight: float = Field(1.0, ge=0)
+
+
 class EtcLoss(nn.Module):
     """Combined ETC loss; returns {<each term's name>, total} (ce, tc, kd_pixel, kd_temporal, total) as 0-dim tensors.
 

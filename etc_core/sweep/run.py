@@ -19,9 +19,10 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from etc_core.config import EtcConfig, config_hash
+from etc_core.config import EtcConfig
 from etc_core.errors import EtcError
 from etc_core.extras import require
+from etc_core.section import config_hash
 from etc_core.sweep.space import apply_values, check_space, may_need_teacher, pareto_front, tune_space
 from etc_core.tracking import mlflow as tracking
 from etc_core.train.config import stage_config, trial_resources

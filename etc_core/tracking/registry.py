@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from etc_core.config import RegistryConfig
 from etc_core.errors import EtcError
 from etc_core.metrics import val_score
+from etc_core.tracking.config import RegistryConfig
 
 log = logging.getLogger(__name__)
 

@@ -7,15 +7,19 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import TYPE_CHECKING
 
-from etc_core.config import EtcConfig, config_hash, flatten
 from etc_core.data import shards
 from etc_core.errors import ConfigError, EtcError, ShardError
+from etc_core.section import config_hash, flatten
 from etc_core.tracking import mlflow as tracking
 from etc_core.tracking.registry import Registered, load_weights, log_and_register
 from etc_core.train.checkpoint import load_checkpoint
 from etc_core.train.config import stage_config, stage_spec
 from etc_core.train.loop import train_loop_per_worker
+
+if TYPE_CHECKING:  # the aggregate sits above this module (tests/unit/test_layers.py)
+    from etc_core.config import EtcConfig
 
 log = logging.getLogger(__name__)
 
