@@ -6,7 +6,7 @@ import difflib
 import re
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 
 from etc_core.losses.etc import LossConfig, StudentLossConfig
 from etc_core.section import Section
@@ -16,10 +16,8 @@ if TYPE_CHECKING:  # etc_core.config imports this module
     from etc_core.config import EtcConfig
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(Section):
     """What teacher and student training share: Ray Train scaling, optimiser, schedule, augmentation, checkpoints."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     max_steps: int = Field(300, ge=1)  # optimizer steps in all
     steps_per_epoch: int = Field(50, ge=1)  # validation, checkpoint and MLflow cadence
