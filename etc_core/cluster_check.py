@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from etc_core.errors import ConfigError
 from etc_core.tracking.config import node_local_store
 
-if TYPE_CHECKING:  # the aggregate sits above this module (tests/unit/test_layers.py)
+if TYPE_CHECKING:  # only named as a type here
     from etc_core.config import EtcConfig
 
 log = logging.getLogger(__name__)

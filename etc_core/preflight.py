@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from etc_core.errors import ConfigError, EtcError, StorageError
 from etc_core.section import first_difference
 
-if TYPE_CHECKING:  # the aggregate sits above this module (tests/unit/test_layers.py)
+if TYPE_CHECKING:  # only named as a type here
     from etc_core.config import EtcConfig
 
 

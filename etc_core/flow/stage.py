@@ -32,7 +32,7 @@ from etc_core.flow.work import Sample, ShardJob
 from etc_core.section import digest as _digest, first_difference
 from etc_core.storage import uri as storage
 
-if TYPE_CHECKING:  # the aggregate sits above this module (tests/unit/test_layers.py)
+if TYPE_CHECKING:  # only named as a type here
     from etc_core.config import EtcConfig
 
 log = logging.getLogger(__name__)

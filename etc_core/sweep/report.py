@@ -20,7 +20,7 @@ from etc_core.tracking import mlflow as tracking
 from etc_core.train.checkpoint import load_checkpoint
 from etc_core.train.run import best_metrics, register_state
 
-if TYPE_CHECKING:  # the aggregate sits above this module (tests/unit/test_layers.py)
+if TYPE_CHECKING:  # only named as a type here
     from etc_core.config import EtcConfig
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from etc_core.train.checkpoint import load_checkpoint
 from etc_core.train.config import stage_config, stage_spec
 from etc_core.train.loop import train_loop_per_worker
 
-if TYPE_CHECKING:  # the aggregate sits above this module (tests/unit/test_layers.py)
+if TYPE_CHECKING:  # only named as a type here
     from etc_core.config import EtcConfig
 
 log = logging.getLogger(__name__)
