@@ -18,9 +18,11 @@ NAMES = {0: "foundations", 1: "data and models", 2: "domain and their config sec
 
 # the most specific entry wins: a module's own name, else its package's
 LAYERS = {
-    # 0: no etc_core imports but each other: errors, registries, storage, locks, Ray start-up, the config base
+    # 0: no etc_core imports but each other: errors, registries, storage, locks, Ray start-up, the config base,
+    # optional dependencies
     "etc_core": 0, "etc_core.errors": 0, "etc_core.registry": 0, "etc_core.quiet": 0, "etc_core.locks": 0,
     "etc_core.ray_utils": 0, "etc_core.section": 0, "etc_core.storage": 0, "etc_core.pipeline_config": 0,
+    "etc_core.extras": 0,
     # 1: datasets (with the data section, validated against the dataset registry), models, flow warping
     "etc_core.data": 1, "etc_core.models": 1, "etc_core.flow": 1, "etc_core.flow.warp": 1,
     "etc_core.tracking": 1, "etc_core.tracking.config": 1,
@@ -51,11 +53,14 @@ def _modules() -> dict[str, Path]:
 
 def layer_of(module: str) -> int | None:
     """The module's own entry, else its package's (not the root's: a new top-level module needs its own line)."""
-    while module and module != "etc_core":
-        if module in LAYERS:
-            return LAYERS[module]
-        module = module.rpartition(".")[0]
-    return LAYERS.get(module) if module == "etc_core" and module in LAYERS else None
+    if module in LAYERS:
+        return LAYERS[module]
+    package = module.rpartition(".")[0]
+    while package and package != "etc_core":
+        if package in LAYERS:
+            return LAYERS[package]
+        package = package.rpartition(".")[0]
+    return None
 
 
 def _type_checking(test: ast.expr) -> bool:
