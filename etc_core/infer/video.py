@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from etc_core.errors import first_line
 from etc_core.extras import require
 from etc_core.infer import InputError
+from etc_core.storage.images import open_image
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ class FrameSource:
                 for frame in container.decode(video=0):
                     yield frame.to_ndarray(format="rgb24")
         except (av.error.FFmpegError, OSError, ValueError) as e:
-            raise InputError(f"{self.path}: unreadable video ({_first_line(e)})") from None
+            raise InputError(f"{self.path}: unreadable video ({first_line(e)})") from None
 
 
 def open_frames(spec: str) -> FrameSource:
@@ -102,20 +104,12 @@ def _probe_video(path: str) -> FrameSource:
             fps = float(stream.average_rate) if stream.average_rate else None
             return FrameSource(path, None, int(stream.frames) or None, fps)
     except (av.error.FFmpegError, OSError, ValueError) as e:
-        raise InputError(f"{path}: unreadable video ({_first_line(e)})") from None
+        raise InputError(f"{path}: unreadable video ({first_line(e)})") from None
 
 
 def _read_image(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except OSError as e:
-        raise InputError(f"{path}: unreadable image ({_first_line(e)})") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    with open_image(path, InputError) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 def write_mask(path: Path, mask: np.ndarray, palette: np.ndarray) -> None:

@@ -62,6 +62,14 @@ class LossConfig(BaseModel, extra="forbid", frozen=True):
         """True when a distillation term is on."""
         return any(term.teacher for term in self.terms_on())
 
+    def check_teacher(self, present: bool) -> None:
+        """The one check (and wording) of a missing teacher: ValueError naming the distillation weights that are on
+        when `present` is False (no teacher model, or no teacher outputs for both frames)."""
+        if not present and self.needs_teacher:
+            weights = "/".join(term.weight for term in self.terms_on() if term.teacher)
+            raise ValueError(f"EtcLoss: {weights} > 0 need a teacher (the frozen teacher model's outputs for "
+                             "frames t and t+k)")
+
     @property
     def needs_next_frame(self) -> bool:
         """True when any term uses frame t+k."""
@@ -114,10 +122,7 @@ class EtcLoss(nn.Module):
         missing_next = [term.weight for term in on if term.next_frame and out.out_next is None]
         if missing_next:
             raise ValueError(f"EtcLoss: {'/'.join(missing_next)} > 0 need the output for frame t+k (out_next)")
-        missing_teacher = [term.weight for term in on if term.teacher and (out.teacher_t is None
-                                                                            or out.teacher_next is None)]
-        if missing_teacher:
-            raise ValueError(f"EtcLoss: {'/'.join(missing_teacher)} > 0 need teacher outputs for both frames")
+        cfg.check_teacher(out.teacher_t is not None and out.teacher_next is not None)
         zero = out.out_t.logits.new_zeros(())
         parts = dict.fromkeys(term_names(), zero)
         weights = {}

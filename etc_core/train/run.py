@@ -184,13 +184,12 @@ def register_state(cfg: EtcConfig, stage: str, state: dict, metrics: dict[str, f
                    run_id: str, manifest: dict, dedupe: bool = True) -> Registered:
     """Rebuild the model from a checkpoint's state and register it into the active MLflow run (once per config),
     with its FPS, its metrics on its LoggedModel and a model card as the version's description."""
-    from etc_core.models import create_model
+    from etc_core.models import from_weights
     from etc_core.tracking.registry import resolve_version
     from etc_core.train.card import measure_fps, model_card
 
     spec = stage_spec(cfg, stage)
-    model = create_model(spec.arch, num_classes=num_classes)
-    model.load_state_dict(state["model"])
+    model = from_weights(spec.arch, num_classes, state["model"])
     found = find_registered(cfg, stage) if dedupe else None
     if found is not None:
         log.info("%s version %s already holds this config; not registering again", found.name, found.version)
