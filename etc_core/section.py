@@ -40,9 +40,14 @@ def config_hash(*sections: BaseModel) -> str:
 
 
 def hash_dump(section: BaseModel) -> dict:
-    """section.model_dump without its HASH_OMIT_AT_DEFAULT fields while they hold their defaults: a key added later,
-    left unset, leaves the hashes (and so the cached stages) of existing configs as they were."""
+    """section.model_dump without its HASH_OMIT_AT_DEFAULT fields while they hold their defaults, at every depth (a
+    section's own models, such as a stage's `loss`, alike): a key added later, left unset, leaves the hashes (and so
+    the cached stages) of existing configs as they were."""
     dump = section.model_dump(mode="json")
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            dump[name] = hash_dump(value)
     for name in getattr(section, "HASH_OMIT_AT_DEFAULT", ()):
         if getattr(section, name) == type(section).model_fields[name].get_default(call_default_factory=True):
             dump.pop(name, None)

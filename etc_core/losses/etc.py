@@ -8,7 +8,7 @@ the names from that list.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, ClassVar, Literal, Mapping, Optional
 
 from pydantic import BaseModel, Field, model_validator
 from torch import Tensor, nn
@@ -35,6 +35,10 @@ def term_names() -> tuple[str, ...]:
 
 class LossConfig(BaseModel, extra="forbid", frozen=True):
     """Weights of the ETC loss terms (teacher-style defaults: CE + TL; a student sets the kd weights, e.g. 1.0)."""
+
+    # a field added from now on goes here too: left at its default, it stays out of every stage's cache key
+    # (etc_core/section.py, hash_dump), so existing configs keep their trained stages (docs/architecture.md)
+    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ()
 
     ce_weight: float = Field(1.0, ge=0)
     aux_weight: float = Field(0.4, ge=0)  # PSPNet auxiliary head, inside the CE term

@@ -21,13 +21,31 @@ def test_digest_is_sha256_of_sorted_json_and_every_hash_goes_through_it():
         ["DataConfig", "TrainConfig", section.hash_dump(cfg.data), section.hash_dump(cfg.train)], 12)
 
 
-def test_hash_dump_omits_default_only_at_top_level():
+def test_hash_dump_omits_defaults_at_every_depth():
     cfg = config.load_config(None, ["student.train.max_steps=5"])
     assert "train" not in section.hash_dump(config.EtcConfig().student)
     assert section.hash_dump(cfg.student)["train"] == {"max_steps": 5}
-    whole = section.hash_dump(config.EtcConfig())  # omitted in the section hashed, not in the sections inside it
-    assert whole["student"]["train"] == {} and "placement_strategy" in whole["train"]
+    whole = section.hash_dump(config.EtcConfig())  # the sections inside a hashed model omit theirs too
+    assert "train" not in whole["student"] and "placement_strategy" not in whole["train"]
     assert "placement_strategy" not in section.hash_dump(config.EtcConfig().train)
+
+
+def test_a_loss_field_added_later_leaves_every_stage_key_as_it_was():
+    from typing import ClassVar
+
+    from etc_core.losses.etc import StudentLossConfig
+    from etc_core.train.config import StudentConfig
+
+    class WithNewTerm(StudentLossConfig):  # what adding a term's weight to LossConfig does
+        HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("new_weight",)
+        new_weight: float = 0.0
+
+    class Student(StudentConfig):
+        loss: WithNewTerm = WithNewTerm()
+
+    Student.__name__ = "StudentConfig"  # the same section name in the hashed payload
+    assert config.config_hash(Student()) == config.config_hash(StudentConfig())
+    assert config.config_hash(Student(loss=WithNewTerm(new_weight=0.5))) != config.config_hash(StudentConfig())
 
 
 def test_flatten_models_and_trees_alike():
