@@ -7,18 +7,33 @@ STAMP := $(VENV)/.installed
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install test demo bench bench-quick clean
+.PHONY: install lock test demo bench bench-quick clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch first, from the pinned builds; then the rest under constraints that hold them.
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	# Linux x86_64: every package at the version and sha256 of requirements.lock (torch 2.14.1 among them), then the
+	# project alone. Elsewhere: torch first, from the pinned builds, then the rest under constraints that hold them.
+	if [ "$$(uname -sm)" = "Linux x86_64" ]; then \
+	    $(PY) -m pip install --quiet --require-hashes --no-deps -r requirements.lock && \
+	    $(PY) -m pip install --quiet --no-deps -e . ; \
+	else \
+	    $(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1 && \
+	    $(PY) -m pip install --quiet -c constraints.txt -e '.[test,infer,sweep]' ; \
+	fi
 	$(PY) -m pip check
 	touch $(STAMP)
+
+# requirements.lock again, after a change to pyproject.toml or constraints.txt (infra/lock.py says how)
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet --dry-run --ignore-installed --report .lock-venv/report.json \
+	    -c constraints.txt torch==2.14.1 torchvision==0.29.1 -e '.[test,infer,sweep]'
+	$(PYTHON) infra/lock.py .lock-venv/report.json requirements.lock
+	rm -rf .lock-venv
 
 # Two test processes (pytest-xdist, worksteal): most tests keep one core busy (Ray start-up, single-threaded
 # training). TEST_WORKERS=0: one process.

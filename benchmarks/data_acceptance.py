@@ -90,7 +90,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("overrides", nargs="*", help="dotted config overrides, as for the pipelines")
     args, base, manifest, started = common.begin(p)
-    from etc_core.sweep.space import apply_values
+    from etc_core.config import apply_values
 
     num_classes = int(manifest["num_classes"])
     runs, curves = [], {}

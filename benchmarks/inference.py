@@ -19,15 +19,12 @@ STUDENTS = ("pspnet18", "pspnet18_slim", "mobilenetv2", "lraspp_mobilenetv3")
 
 
 def latency_ms(predictor, frame: np.ndarray, min_iters: int, budget_s: float) -> float:
-    """Median wall time of one forward (uint8 frame in, class ids out) after one warm-up call."""
-    predictor(frame)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_iters or (time.perf_counter() - start < budget_s and len(times) < 50):
-        t0 = time.perf_counter()
-        predictor(frame)
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    """Median wall time of one forward (uint8 frame in, class ids out) on the CPU after one warm-up call: at
+    least min_iters timed calls, more (up to 50) while within budget_s seconds."""
+    from etc_core.metrics.speed import measure_latency
+
+    return measure_latency(lambda: predictor(frame), torch.device("cpu"), warmup=1, iters=min_iters,
+                           budget_s=budget_s)
 
 
 def _frame(size: tuple[int, int]) -> np.ndarray:

@@ -102,9 +102,8 @@ def run_sweep(base, tune: dict, quick: bool) -> dict:
     every trial fine-tuning seed 0's baseline (trained on the full schedule of `base`) with the `tune` schedule.
     The choice, on val only: the highest val tc_noc among the trials whose val mIoU is at least the baseline's - 0.5
     (else the highest val mIoU). Every trial is kept."""
-    from etc_core.config import ParamSpace
+    from etc_core.config import ParamSpace, apply_values
     from etc_core.sweep.run import run_sweep as sweep
-    from etc_core.sweep.space import apply_values
 
     baseline, _ = common.train_or_reuse(apply_values(base, {"train.seed": 0}), "baseline")
     base_val = max(v for _, v in common.val_curve(base, baseline))
@@ -136,7 +135,7 @@ def main() -> None:
     p.add_argument("--sweep", action="store_true", help="run the sweep of the temporal weight and form, then stop")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, as for the pipelines")
     args, base, _, started = common.begin(p)
-    from etc_core.sweep.space import apply_values
+    from etc_core.config import apply_values
 
     tune = {"train.max_steps": 4 if args.quick else args.finetune_steps,
             "train.steps_per_epoch": 2 if args.quick else max(1, args.finetune_steps // 3)}

@@ -86,7 +86,7 @@ def measure(base, stage: str, steps: int, repeats: int) -> dict:
     import ray
 
     from etc_core.models import create_model
-    from etc_core.sweep.space import apply_values
+    from etc_core.config import apply_values
 
     cfg = apply_values(base, {"train.max_steps": steps, "train.steps_per_epoch": steps, "train.workers": 1,
                               "train.pictures": 0})

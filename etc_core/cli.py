@@ -35,7 +35,7 @@ def _kind_and_root(prog: str, description: str, argv: list[str] | None, kinds: l
 def check_dataset(argv: list[str] | None = None) -> int:
     """Validate a dataset tree of any registered kind; print its clips, frames and labelled frames per split (exit 2
     if broken)."""
-    from etc_core.config import DataConfig
+    from etc_core.data.config import DataConfig
     from etc_core.data.registry import list_datasets, open_dataset
     from etc_core.errors import DatasetError
 

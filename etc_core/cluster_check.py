@@ -11,9 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
-from etc_core.config import EtcConfig, node_local_store
 from etc_core.errors import ConfigError
+from etc_core.tracking.config import node_local_store
+
+if TYPE_CHECKING:  # only named as a type here
+    from etc_core.config import EtcConfig
 
 log = logging.getLogger(__name__)
 
@@ -22,20 +26,18 @@ WAIT_LOG_S = 30.0
 
 def requests(cfg: EtcConfig, stages: tuple[str, ...], sweep: bool = False) -> list[tuple[str, dict[str, float]]]:
     """[(what, {"CPU": n, "GPU": m})] for each training stage, and one sweep trial, that cfg runs."""
-    from etc_core.train.config import stage_config
+    from etc_core.train.config import stage_config, trial_resources, worker_resources
 
     out = []
     for stage in stages:
         t = stage_config(cfg, stage).train
         out.append((f"{stage}: {_keys(cfg, stage)}train.workers={t.workers} x train.cpus_per_worker="
                     f"{t.cpus_per_worker:g}" + (" (train.use_gpu: 1 GPU each)" if t.use_gpu else ""),
-                    {"CPU": t.workers * t.cpus_per_worker, "GPU": float(t.workers if t.use_gpu else 0)}))
+                    worker_resources(t)))
     if sweep:
         t = stage_config(cfg, "student").train
         out.append((f"one sweep trial: sweep.cpus_per_trial={cfg.sweep.cpus_per_trial:g} + train.workers="
-                    f"{t.workers} x train.cpus_per_worker={t.cpus_per_worker:g}",
-                    {"CPU": cfg.sweep.cpus_per_trial + t.workers * t.cpus_per_worker,
-                     "GPU": float(t.workers if t.use_gpu else 0)}))
+                    f"{t.workers} x train.cpus_per_worker={t.cpus_per_worker:g}", trial_resources(cfg)))
     return out
 
 
@@ -49,7 +51,7 @@ def check_cluster(cfg: EtcConfig, stages: tuple[str, ...] = (), sweep: bool = Fa
     """ConfigError when a request can never be met here, or when a relative path would mean a different folder on
     each node; returns the thread logging the wait for an autoscaler (None when nothing is awaited)."""
     import ray
-    from ray._private.state import state  # Ray Train's own pre-check reads the same (worker_group.py)
+    from ray._private.state import state  # private; Ray Train reads the same (guard: tests/unit/test_resources.py)
 
     have = ray.cluster_resources()
     most = state.get_max_resources_from_cluster_config()  # None: no autoscaler, the cluster is what it is

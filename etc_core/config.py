@@ -2,256 +2,48 @@
 
 Defaults live in the model classes only; `configs/*.yaml` state what a scenario changes. Every entry point
 calls `parse_args`, which turns any config problem into one line on stderr and exit code 2.
+
+Each section is defined beside the code it configures (docs/config.md names the module of each); this module only
+gathers them into EtcConfig and loads it, so it sits at the top of the library: nothing in etc_core below the
+stage drivers imports it (tests/unit/test_layers.py). The stable hash, the flattener and the dotted-key setter
+are in etc_core/section.py.
 """
 from __future__ import annotations
 
 import argparse
 import difflib
 import os
-import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
 from etc_core.data.config import DataConfig
 from etc_core.errors import ConfigError
-from etc_core.flow.sources import FlowSourceName
-from etc_core.losses.etc import LossConfig, list_terms
-from etc_core.storage.paths import ENV_RE as _ENV_RE, expand_path as _expand_path, is_relative
-from etc_core.storage.uri import S3Access
-from etc_core.train.config import StageTrain, TrainConfig
+from etc_core.flow.config import FlowConfig, ShardsConfig
+from etc_core.losses.etc import LossConfig, StudentLossConfig
+from etc_core.pipeline_config import PipelineConfig
+from etc_core.ray_utils import RayConfig
+from etc_core.section import (Section, config_hash, flatten, hash_dump as _hash_dump,  # noqa: F401 (re-exported)
+                              set_dotted, with_values)
+from etc_core.storage.config import S3Config
+from etc_core.storage.paths import is_relative
+from etc_core.sweep.config import ParamSpace, SweepConfig, _default_space  # noqa: F401
+from etc_core.tracking.config import DEFAULT_TRACKING_URI, MlflowConfig, RegistryConfig, node_local_store
+from etc_core.train.config import StageTrain, StudentConfig, TeacherConfig, TrainConfig
+
+# Each section is defined beside the code it configures; these names are re-exported for callers outside the library
+# (tests, benchmarks, pipelines). Inside etc_core, a module imports its section from the section's own module.
+__all__ = ["ConfigError", "DEFAULT_TRACKING_URI", "DataConfig", "EtcConfig", "FlowConfig", "LossConfig", "MlflowConfig",
+           "ParamSpace", "PipelineConfig", "RayConfig", "RegistryConfig", "S3Config", "ShardsConfig", "StageTrain",
+           "StudentConfig", "StudentLossConfig", "SweepConfig", "TeacherConfig", "TrainConfig", "apply_values",
+           "config_hash", "flatten", "load_config", "node_local_store", "parse_args"]
+
+apply_values = with_values  # `cfg` with dotted keys set: the one config editor (etc_core/section.py)
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class RayConfig(_Section):
-    """How to reach Ray: `address=None` joins RAY_ADDRESS when set (ray job submit), else starts a local one."""
-
-    address: str | None = None
-    num_cpus: int | None = Field(None, ge=1)
-
-
-def _registered_arch(value: str) -> str:
-    from etc_core.models import is_model, list_models
-
-    if not is_model(value):
-        close = difflib.get_close_matches(value, list_models(), n=1)
-        raise ValueError(f"unknown model {value!r}" + (f" (did you mean {close[0]}?)" if close else
-                                                        f" (known: {', '.join(list_models())})"))
-    return value
-
-
-Arch = Annotated[str, AfterValidator(_registered_arch)]  # a name in etc_core.models' registry
-
-
-def _weights_source(value: str) -> str:
-    if value in ("none", "imagenet"):
-        return value
-    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+)://", value)
-    if scheme and scheme.group(1) != "s3":
-        raise ValueError(f"must be none, imagenet, a local path or s3://bucket/key (scheme {scheme.group(1)!r} "
-                         f"refused)")
-    return value if scheme else _expand_path(value)
-
-
-# backbone init: none, imagenet (torchvision's weights), or a path / s3:// URI of a torchvision-format backbone
-# state dict (docs/method.md); train.head_lr_mult applies whenever the backbone starts from weights
-Pretrained = Annotated[str, AfterValidator(_weights_source)]
-
-
-class TeacherConfig(_Section):
-    """The large teacher: trained with CE + the temporal loss (docs/method.md)."""
-
-    arch: Arch = "pspnet50"
-    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("train",)  # unset: not in the cache key (config_hash)
-
-    pretrained: Pretrained = "none"  # backbone init: none | imagenet | path or s3:// URI of a state dict
-    loss: LossConfig = Field(default_factory=LossConfig)
-    train: StageTrain = Field(default_factory=dict)  # train.* keys for the teacher only (teacher.train.max_steps=...)
-
-
-class StudentLossConfig(LossConfig):
-    """A student's loss: the teacher's terms plus pixel-wise and pair-wise temporal distillation (docs/method.md)."""
-
-    kd_pixel_weight: float = Field(1.0, ge=0)
-    kd_temporal_weight: float = Field(1.0, ge=0)
-
-
-class StudentConfig(_Section):
-    """A compact student; its teacher comes from the MLflow registry (or any models:/ or runs:/ URI)."""
-
-    arch: Arch = "pspnet18"
-    pretrained: Pretrained = "none"  # backbone init: none | imagenet | path or s3:// URI of a state dict
-    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("train",)  # unset: not in the cache key (config_hash)
-
-    loss: StudentLossConfig = Field(default_factory=StudentLossConfig)
-    train: StageTrain = Field(default_factory=dict)  # train.* keys for the student only, not its baseline
-    teacher_uri: str = "models:/etc-teacher@champion"
-    init_from: str | None = None  # fine-tune from: models:/name/3, runs:/<id>, a checkpoint, or `baseline` (full.py:
-    # the per-frame baseline that the same pipeline run trained or reused)
-
-
-class RegistryConfig(_Section):
-    """When a newly registered version becomes `champion` (else it is tagged `candidate`)."""
-
-    champion_metric: Literal["val_miou", "val_tc", "val_score"] = "val_miou"
-    min_improvement: float = Field(0.0, ge=0)  # in metric points over the current champion
-    score_tc_weight: float = Field(0.5, ge=0, le=1)  # val_score = (1 - w) * mIoU + w * TC
-
-
-DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
-
-
-class MlflowConfig(_Section):
-    """Where runs, pictures and models go. tracking_uri: None = $MLFLOW_TRACKING_URI, else SQLite under runs/."""
-
-    tracking_uri: str | None = Field(None, validate_default=True)
-    experiment: str = "etc-pipeline"
-    artifact_root: str = "runs/mlartifacts"  # artifact location of an experiment created on a local store
-
-    @field_validator("tracking_uri")
-    @classmethod
-    def _resolve_uri(cls, value: str | None) -> str:
-        value = value or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-        if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
-            return "sqlite:///" + _expand_path(value[len("sqlite:///"):])  # four slashes: absolute
-        return _ENV_RE.sub(lambda m: os.environ.get(m.group(1), m.group(0)), value)
-
-    @field_validator("artifact_root")
-    @classmethod
-    def _absolute_artifacts(cls, value: str) -> str:
-        return _expand_path(value)
-
-
-class FlowConfig(_Section):
-    """Where training flow comes from (etc_core/flow/sources.py): a ptlflow model (checked before Ray starts) or the
-    dataset's own."""
-
-    source: FlowSourceName = "ground_truth"  # ground_truth: the generated data's exact flow
-    model: str = "rapidflow_it1"  # any ptlflow.get_model_names() entry
-    weights: str = "none"  # ptlflow checkpoint name (things, sintel, ...), a local checkpoint path, or none = random
-    num_actors: int | None = Field(None, ge=1)  # flow-model actors; None: one per gpus_per_actor of the GPUs, else 1
-    cpus_per_actor: int = Field(1, ge=1)  # CPUs each flow actor reserves (its torch threads on CPU)
-    gpus_per_actor: float = Field(1.0, gt=0, le=1)  # on GPU nodes; 0.5 puts two flow actors on each GPU
-    batch_size: int = Field(4, ge=1)  # pairs per flow-model forward pass (what fits in GPU memory)
-    half: bool = False  # fp16 autocast for the flow model on CUDA (float32 on CPU)
-    max_cpus: int | None = Field(None, ge=1)  # CPUs the stage's Ray Data pipeline may hold at once; None: the cluster's
-
-
-class ShardsConfig(_Section):
-    """The WebDataset shards the flow stage writes and training reads: a local folder or s3://bucket/prefix."""
-
-    uri: str = "runs/demo/shards"
-    k: list[int] = Field(default_factory=lambda: [1])  # frame gaps of training pairs (t, t+k); negative allowed
-    max_samples_per_shard: int = Field(64, ge=1)
-    max_shard_bytes: int = Field(256 * 2**20, ge=2**16)
-    seed: int = 0  # shuffled assignment of videos to shards
-
-    @field_validator("uri")
-    @classmethod
-    def _absolute_uri(cls, value: str) -> str:
-        # webdataset would run `pipe:` URLs through a shell and http/gs/... through external tools: refuse them
-        scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):", value)
-        value = _expand_path(value)
-        if (scheme and scheme.group(1) not in ("s3", "file")) or ("://" in value and not value.startswith("s3://")):
-            name = (scheme.group(1) if scheme else value.split("://")[0]) + ":"
-            raise ValueError(f"must be a local path or s3://bucket/prefix (scheme {name!r} refused)")
-        return value.rstrip("/") if value.startswith("s3://") else value
-
-    @field_validator("k")
-    @classmethod
-    def _nonzero_gaps(cls, value: list[int]) -> list[int]:
-        if not value or 0 in value:
-            raise ValueError("frame gaps must be a non-empty list of non-zero integers")
-        return sorted(set(value), key=value.index)
-
-
-class S3Config(_Section):
-    """S3 client settings; credentials come only from the environment / boto3 chain, never from here."""
-
-    endpoint_url: str | None = Field(None, validate_default=True)  # None: $AWS_ENDPOINT_URL, else real AWS
-    region: str | None = None  # None: $AWS_DEFAULT_REGION / boto3's default
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _resolve_endpoint(cls, value: str | None) -> str | None:
-        # read once where the config is loaded (the driver), then carried by the config to every Ray worker, so
-        # boto3 and pyarrow (which ignores $AWS_ENDPOINT_URL) meet the same endpoint on every node
-        return value or os.environ.get("AWS_ENDPOINT_URL") or None
-
-    @property
-    def access(self) -> S3Access:
-        """The S3 access every stage hands to shards, locks, checkpoints and Ray storage (etc_core.storage.uri)."""
-        return S3Access(self.endpoint_url, self.region)
-
-
-class ParamSpace(_Section):
-    """One swept config value: `loguniform`/`uniform` in [low, high], or `choice`/`grid` among `values`."""
-
-    type: Literal["loguniform", "uniform", "choice", "grid"]
-    low: float | None = None
-    high: float | None = None
-    values: list[Any] | None = None  # grid: every value is tried (random search only)
-
-    @model_validator(mode="after")
-    def _matching_bounds(self) -> "ParamSpace":
-        kind, low, high = self.type, self.low, self.high
-        if kind in ("loguniform", "uniform"):
-            if low is None or high is None or self.values is not None:
-                raise ValueError(f"{kind} needs low and high (and no values)")
-            if not low < high:
-                raise ValueError(f"{kind} needs low < high, got low={low} high={high}")
-            if kind == "loguniform" and low <= 0:
-                raise ValueError(f"loguniform needs low > 0, got {low}")
-        elif not self.values or low is not None or high is not None:
-            raise ValueError(f"{kind} needs a non-empty values list (and no low/high)")
-        return self
-
-
-def _default_space() -> dict[str, ParamSpace]:
-    """The weight of every loss term with a sweep range (etc_core.losses.etc.TERMS), then the learning rate."""
-    space = {f"student.loss.{term.weight}": ParamSpace(type="loguniform", low=term.sweep[0], high=term.sweep[1])
-             for term in list_terms() if term.sweep}
-    return space | {"train.lr": ParamSpace(type="loguniform", low=0.001, high=0.1)}
-
-
-class SweepConfig(_Section):
-    """A Ray Tune sweep over student training (pipelines/sweep.py); space keys are dotted train.*/student.* paths.
-
-    The frame gap k is not swept here: shards hold a fixed set of gaps (shards.k), so comparing gaps means
-    comparing shard sets made by separate flow-stage runs.
-    """
-
-    num_samples: int = Field(8, ge=1)  # trials in all (a grid entry multiplies them)
-    metric: Literal["val_miou", "val_tc", "val_score"] = "val_miou"  # maximised; every trial reports all three
-    score_tc_weight: float = Field(0.5, ge=0, le=1)  # val_score = (1 - w) * mIoU + w * TC
-    space: dict[str, ParamSpace] = Field(default_factory=_default_space)
-    search: Literal["optuna", "random"] = "optuna"
-    scheduler: Literal["asha", "fifo"] = "asha"
-    grace_period: int = Field(1, ge=1)  # epochs (reports) before ASHA may stop a trial
-    reduction_factor: float = Field(2.0, gt=1)
-    cpus_per_trial: float = Field(1.0, ge=0)  # the trial's driver; its Ray Train workers ask train.cpus_per_worker
-    max_concurrent_trials: int | None = Field(None, ge=1)  # None: as many as the cluster's CPUs hold
-    seed: int = 0  # of the search algorithm
-    register_best: bool = False  # register the best trial's best checkpoint as etc-student-<arch>
-
-
-class PipelineConfig(_Section):
-    """What pipelines/full.py runs after the flow shards and the teacher."""
-
-    baseline: bool = True  # also train the student per frame (CE only): the "without ETC" row of the table
-    sweep: bool = False  # run the loss-weight sweep (pipelines/sweep.py) before the student
-    ptlflow_timing_pairs: int = Field(8, ge=0)  # time flow.model (random init) on this many pairs; 0 = skip
-    eval_batch_size: int = Field(8, ge=1)
-    lock_wait_s: float = Field(3600, ge=0)  # s to wait for another run's lock on shards.uri / SQLite store; 0 = refuse
-
-
-class EtcConfig(_Section):
+class EtcConfig(Section):
     """The whole configuration; each stage reads its own section."""
 
     data: DataConfig = Field(default_factory=DataConfig)
@@ -269,17 +61,6 @@ class EtcConfig(_Section):
     # (key, value as written) of the paths given relative: resolved against where the command started, they
     # name another folder on another node (etc_core/cluster_check.py). Not a field: not hashed, not dumped.
     _relative: tuple[tuple[str, str], ...] = PrivateAttr(default=())
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any, item: str) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for i, key in enumerate(keys[:-1]):
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {item}: {'.'.join(keys[: i + 1])} is a value, not a section")
-        node = child
-    node[keys[-1]] = value
 
 
 def _describe(err: dict, model: type[BaseModel]) -> tuple[str, str]:
@@ -327,7 +108,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
-        _set_dotted(tree, dotted, value, item)
+        set_dotted(tree, dotted, value, f"override {item}")
         from_override[dotted] = item
     try:
         cfg = EtcConfig.model_validate(tree)
@@ -340,11 +121,6 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
 
 
 PATH_KEYS = ("data.root", "shards.uri", "train.storage_path", "mlflow.artifact_root")
-
-
-def node_local_store(tracking_uri: str) -> bool:
-    """An MLflow store on this machine's disk (sqlite:, file: or a bare path), not a server every node reaches."""
-    return tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
 
 
 def _relative_paths(tree: dict) -> tuple[tuple[str, str], ...]:
@@ -367,44 +143,6 @@ def _relative_paths(tree: dict) -> tuple[tuple[str, str], ...]:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         found.append(("mlflow.tracking_uri", uri))
     return tuple((key, value) for key, value in found if key == "mlflow.tracking_uri" or is_relative(value))
-
-
-def config_hash(*sections: BaseModel) -> str:
-    """A short stable hash of config sections (12 hex chars), for caching stage outputs and naming runs.
-
-    A section's HASH_OMIT_AT_DEFAULT fields count only when they differ from their default, so a field added
-    later leaves the hashes of existing configs (and the stages cached under them) as they were."""
-    import hashlib
-    import json
-
-    payload = json.dumps([type(s).__name__ for s in sections] + [_hash_dump(s) for s in sections], sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-def _hash_dump(section: BaseModel) -> dict:
-    """section.model_dump without its HASH_OMIT_AT_DEFAULT fields while they hold their defaults: a key added later,
-    left unset, leaves the hashes (and so the cached stages) of existing configs as they were."""
-    dump = section.model_dump(mode="json")
-    for name in getattr(section, "HASH_OMIT_AT_DEFAULT", ()):
-        if getattr(section, name) == type(section).model_fields[name].get_default(call_default_factory=True):
-            dump.pop(name, None)
-    return dump
-
-
-def flatten(cfg: BaseModel, prefix: str = "") -> dict[str, Any]:
-    """Flatten a config to {"section.key": value} (for MLflow params and hashing)."""
-    out: dict[str, Any] = {}
-    for key, value in cfg.model_dump().items():
-        _flatten_into(out, f"{prefix}{key}", value)
-    return out
-
-
-def _flatten_into(out: dict, key: str, value: Any) -> None:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flatten_into(out, f"{key}.{k}", v)
-    else:
-        out[key] = value
 
 
 def parse_args(description: str, argv: list[str] | None = None,

@@ -27,3 +27,9 @@ class StorageError(EtcError):
 
 class TrackingError(EtcError):
     """The MLflow tracking store (mlflow.tracking_uri) cannot be reached or refuses a request."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): the reason in a one-line error."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from etc_core.config import EtcConfig, flatten
+from etc_core.config import EtcConfig, apply_values, flatten
 from etc_core.metrics import METRICS
 from etc_core.stages import announce, flow_stage, flow_timing_stage, sweep_stage, train_stage
-from etc_core.sweep.space import apply_values
 from etc_core.tracking import mlflow as tracking
 from etc_core.tracking.registry import Registered
 

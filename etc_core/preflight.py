@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from etc_core.config import EtcConfig
 from etc_core.errors import ConfigError, EtcError, StorageError
+from etc_core.section import first_difference
+
+if TYPE_CHECKING:  # only named as a type here
+    from etc_core.config import EtcConfig
 
 
 @contextmanager
@@ -126,15 +130,15 @@ def _dataset(cfg: EtcConfig) -> None:
 def _shards_match(cfg: EtcConfig) -> None:
     """shards.uri holds no shards of another config (the flow stage would refuse them after the runs opened)."""
     from etc_core.data import shards
-    from etc_core.flow.stage import config_hash, identity_change, stage_identity
+    from etc_core.flow.stage import config_hash, stage_identity
 
     manifest = shards.read_manifest(cfg.shards.uri, cfg.s3.endpoint_url, cfg.s3.region)
     identity = stage_identity(cfg)
     if manifest is None or manifest.get("config_hash") == config_hash(identity):
         return
-    key, made, now = identity_change(manifest.get("config", {}), identity)
-    raise ConfigError(f"shards.uri: {cfg.shards.uri} holds shards made with {key}={made!r}, this config has "
-                      f"{now!r}; choose another shards.uri (and data.root) or delete it, or --force flow")
+    key, old, new = first_difference(manifest.get("config", {}), identity)
+    raise ConfigError(f"shards.uri: {cfg.shards.uri} holds shards made with {key}={old!r}, this config has "
+                      f"{new!r}; choose another shards.uri (and data.root) or delete it, or --force flow")
 
 
 def _stores(cfg: EtcConfig, need_shards: bool = False) -> None:

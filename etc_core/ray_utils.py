@@ -11,9 +11,19 @@ import logging
 import os
 import sys
 
-from etc_core.config import RayConfig
+from pydantic import Field
+
+from etc_core.section import Section
 
 log = logging.getLogger(__name__)
+
+
+class RayConfig(Section):
+    """How to reach Ray: `address=None` joins RAY_ADDRESS when set (ray job submit), else starts a local one."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1)
+
 
 LOOPBACK_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 LOOPBACK_ENV = {LOOPBACK_VAR: "0"}

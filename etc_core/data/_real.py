@@ -14,6 +14,7 @@ from PIL import Image
 
 from etc_core.data.base import IGNORE_INDEX, Clip
 from etc_core.errors import DatasetError
+from etc_core.storage.images import open_image
 
 log = logging.getLogger(__name__)
 
@@ -33,24 +34,13 @@ class ClipIndex:
 
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) from the file header, without decoding the pixels."""
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: missing") from None
-    except OSError as e:
-        raise DatasetError(f"{path}: unreadable image ({e})") from None
+    with open_image(path, decode=False) as im:
+        width, height = im.size
     return height, width
 
 
 def _open(path: Path, native: tuple[int, int] | None) -> Image.Image:
-    try:
-        im = Image.open(path)
-        im.load()
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: missing") from None
-    except OSError as e:
-        raise DatasetError(f"{path}: unreadable image ({e})") from None
+    im = open_image(path)
     if native is not None and (im.height, im.width) != tuple(native):
         raise DatasetError(f"{path}: size {im.height}x{im.width}, expected {native[0]}x{native[1]}")
     return im

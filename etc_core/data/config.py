@@ -3,21 +3,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from etc_core.data.registry import DATASETS
 from etc_core.data.synthetic import Look, Scene
+from etc_core.section import Section
 from etc_core.storage.paths import expand_path
 
 _SCENE, _LOOK = Scene(), Look()  # the generator's defaults are the config's
 DatasetKindName = Annotated[str, AfterValidator(DATASETS.check)]  # a kind registered in etc_core/data/registry.py
 
 
-class DataConfig(BaseModel):
+class DataConfig(Section):
     """The video dataset. `synthetic` is generated (etc_core/data/synthetic.py, docs/data.md); `cityscapes` and
     `camvid` read the official layouts under root. The keys after `resize` apply to synthetic data only."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     kind: DatasetKindName = "synthetic"
     root: str = "runs/demo/data"

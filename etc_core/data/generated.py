@@ -29,6 +29,7 @@ from etc_core.data.base import IGNORE_INDEX, Clip
 from etc_core.data.registry import DatasetKind
 from etc_core.data.synthetic import Look, Scene, class_names, make_clip, pair_flow
 from etc_core.errors import DatasetError
+from etc_core.storage.images import open_image
 
 log = logging.getLogger(__name__)
 
@@ -222,13 +223,8 @@ class GeneratedDataset:
 
     @staticmethod
     def _png(path: Path, shape: tuple) -> np.ndarray:
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im)
-        except FileNotFoundError:
-            raise DatasetError(f"{path}: missing") from None
-        except OSError as e:
-            raise DatasetError(f"{path}: unreadable image ({e})") from None
+        with open_image(path) as im:
+            arr = np.asarray(im)
         if arr.shape != shape:
             raise DatasetError(f"{path}: shape {arr.shape}, expected {shape}")
         return arr

@@ -16,7 +16,7 @@ from etc_core.errors import ConfigError
 from etc_core.registry import Registry
 
 if TYPE_CHECKING:
-    from etc_core.config import FlowConfig
+    from etc_core.flow.config import FlowConfig
     from etc_core.data.config import DataConfig
     from etc_core.flow.estimate import FlowEstimator
 

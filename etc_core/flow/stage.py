@@ -14,23 +14,26 @@ function of the config and a rerun (or a resumed, killed run) writes exactly the
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from etc_core.config import EtcConfig
 from etc_core.data import shards
 from etc_core.errors import ConfigError, EtcError, StorageError
 from etc_core.flow import work
 from etc_core.flow.sources import FlowSource, create_flow_source
 from etc_core.flow.work import Sample, ShardJob
+from etc_core.section import digest as _digest, first_difference
 from etc_core.storage import uri as storage
+
+if TYPE_CHECKING:  # only named as a type here
+    from etc_core.config import EtcConfig
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,8 @@ def stage_identity(cfg: EtcConfig, source: FlowSource | None = None) -> dict:
 
 
 def config_hash(identity: dict) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    """The shard set's hash (the manifest's `config_hash`): etc_core.section.digest of its identity, 16 hex chars."""
+    return _digest(identity, 16)
 
 
 def _clip_layout(dataset, split: str, clip_id: str) -> tuple[int, int, int, list[int]]:
@@ -124,9 +128,9 @@ def _claim(uri: str, identity: dict, cfg: EtcConfig) -> dict | None:
         stamp = None
     for other in (manifest, stamp):
         if other is not None and other.get("config_hash") != digest:
-            key, made, now = identity_change(other.get("config", {}), identity)
-            raise ConfigError(f"shards.uri: {uri} holds shards made with {key}={made!r}, this config has "
-                              f"{now!r}; choose another shards.uri or delete it")
+            key, old, new = first_difference(other.get("config", {}), identity)
+            raise ConfigError(f"shards.uri: {uri} holds shards made with {key}={old!r}, this config has "
+                              f"{new!r}; choose another shards.uri or delete it")
     if stamp is None:
         try:
             storage.put_bytes(json.dumps({"config_hash": digest, "config": identity}, sort_keys=True).encode(),
@@ -134,21 +138,6 @@ def _claim(uri: str, identity: dict, cfg: EtcConfig) -> dict | None:
         except storage.UriError as e:
             raise ConfigError(f"shards.uri: {e}") from None
     return manifest
-
-
-def identity_change(stored: dict, identity: dict) -> tuple[str, object, object]:
-    """(dotted key, stored value, this config's value) of the first setting in which a shard set's stored identity
-    (its manifest's or stage.json's `config`) differs from this config's (stage_identity)."""
-    old, new = _flat(stored), _flat(identity)
-    key = next((k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)), "?")
-    return key, old.get(key), new.get(key)
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
 
 
 def _manifest_complete(manifest: dict, uri: str, cfg: EtcConfig) -> bool:

@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from etc_core.config import EtcConfig
-
-if TYPE_CHECKING:
-    from etc_core.config import FlowConfig
+if TYPE_CHECKING:  # the aggregate sits above this module (tests/unit/test_layers.py)
+    from etc_core.config import EtcConfig
+    from etc_core.flow.config import FlowConfig
     from etc_core.flow.sources import FlowSource
 
 

@@ -231,7 +231,7 @@ def _score_stream(scores: list[_Scores], batches: Iterator[np.ndarray], flow_of:
 
 def _ptlflow(model: str, weights: str, data: DataConfig | None):
     """The estimator of ptlflow model `model` with `weights`, checked first (the flow-source registry's entry)."""
-    from etc_core.config import FlowConfig
+    from etc_core.flow.config import FlowConfig
     from etc_core.flow.sources import create_flow_source
 
     source = create_flow_source(FlowConfig(source="ptlflow", model=model, weights=weights))

@@ -1,6 +1,6 @@
 """Export a model to TorchScript and ONNX, each checked against the eager model (max abs diff of logits).
 
-Both exports take normalised frames float32 [B,3,H,W] (etc_core.train.augment.normalize) and return logits
+Both exports take normalised frames float32 [B,3,H,W] (etc_core.models.normalize) and return logits
 [B,K,H,W]. TorchScript is scripted, so any batch and size work. ONNX goes through the dynamo exporter
 (torch.export + onnxscript): the legacy tracer cannot export PSP's adaptive pooling at most sizes. The ONNX
 graph takes any batch at the export size: adaptive pooling bins are fixed for that size, so resize frames to
@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from etc_core.errors import ConfigError
-from etc_core.train.augment import MEAN_RGB, STD_RGB, normalize
+from etc_core.extras import require
+from etc_core.models.preprocess import MEAN_RGB, STD_RGB, normalize
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ def export_model(model: nn.Module, meta: dict, out_dir: str | os.PathLike, forma
     if "onnx" in formats and opset < MIN_OPSET:
         raise ConfigError(f"--opset {opset}: the dynamo ONNX exporter writes opset {MIN_OPSET} or newer "
                           f"(the legacy exporter fails on PSP pooling)")
+    if "onnx" in formats:
+        for module in ("onnxscript", "onnxruntime"):  # the exporter, the parity check
+            require(module, "--format onnx")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     wrapper = LogitsOnly(model.cpu().float().eval()).eval()

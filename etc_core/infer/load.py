@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -12,8 +11,6 @@ from etc_core.infer import InputError
 from etc_core.tracking.registry import RegistryError, load_model
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "state.pt"  # etc_core.train.checkpoint.STATE_FILE
 
 
 def load_any(spec: str, tracking_uri: str | None = None) -> tuple[nn.Module, dict]:
@@ -38,15 +35,14 @@ def load_any(spec: str, tracking_uri: str | None = None) -> tuple[nn.Module, dic
 
 
 def _load_checkpoint(spec: str) -> tuple[nn.Module, dict]:
-    from etc_core.models import create_model
+    from etc_core.models import from_weights
+    from etc_core.train.checkpoint import checkpoint_file, load_checkpoint
 
-    path = Path(spec)
-    if path.is_dir():
-        path = path / STATE_FILE
+    path = checkpoint_file(spec)
     if not path.is_file():
         raise InputError(f"{spec}: not a models:/ or runs:/ URI and no checkpoint file there")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(path)
     except Exception as e:  # noqa: BLE001 - torch.load raises many types for a bad file
         raise InputError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
             from None
@@ -54,13 +50,11 @@ def _load_checkpoint(spec: str) -> tuple[nn.Module, dict]:
     if missing:
         raise InputError(f"{path}: not a training checkpoint (missing {', '.join(missing)})")
     try:
-        model = create_model(state["arch"], num_classes=int(state["num_classes"]))
-        model.load_state_dict(state["model"])
+        model = from_weights(state["arch"], state["num_classes"], state["model"])
     except (ValueError, RuntimeError) as e:
         raise InputError(f"{path}: weights do not fit {state['arch']} ({str(e).splitlines()[0][:200]})") from None
     log.info("loaded %s (%d classes) from %s", state["arch"], state["num_classes"], path)
-    return model.eval(), {"arch": state["arch"], "num_classes": int(state["num_classes"]),
-                          "source": os.fspath(path)}
+    return model, {"arch": state["arch"], "num_classes": int(state["num_classes"]), "source": os.fspath(path)}
 
 
 def pick_device(name: str | None) -> torch.device:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from etc_core.errors import ConfigError
 from etc_core.infer.video import DEFAULT_FPS, VideoWriter, open_frames, overlay, write_mask, write_png
 from etc_core.tracking.pictures import palette
-from etc_core.train.augment import normalize
+from etc_core.models.preprocess import normalize
 
 log = logging.getLogger(__name__)
 

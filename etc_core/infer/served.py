@@ -28,12 +28,12 @@ class EtcSegmenter(mlflow.pyfunc.PythonModel):
 
         from etc_core.infer.load import pick_device
         from etc_core.infer.predict import Predictor
-        from etc_core.models import create_model
+        from etc_core.models import from_weights
 
         with open(context.artifacts["meta"]) as f:
             meta = json.load(f)
-        model = create_model(meta["arch"], num_classes=int(meta["num_classes"]))
-        model.load_state_dict(torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True))
+        model = from_weights(meta["arch"], meta["num_classes"],
+                             torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True))
         size = meta.get("input_size")
         self.num_classes = int(meta["num_classes"])
         self.predictor = Predictor(model, pick_device("auto"), size=tuple(size) if size else None)

@@ -15,7 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from etc_core.errors import first_line
+from etc_core.extras import require
 from etc_core.infer import InputError
+from etc_core.storage.images import open_image
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +63,14 @@ class FrameSource:
             yield np.stack(batch)
 
     def _video_frames(self) -> Iterator[np.ndarray]:
-        import av
+        import av  # _probe_video required it
 
         try:
             with av.open(self.path) as container:
                 for frame in container.decode(video=0):
                     yield frame.to_ndarray(format="rgb24")
         except (av.error.FFmpegError, OSError, ValueError) as e:
-            raise InputError(f"{self.path}: unreadable video ({_first_line(e)})") from None
+            raise InputError(f"{self.path}: unreadable video ({first_line(e)})") from None
 
 
 def open_frames(spec: str) -> FrameSource:
@@ -91,7 +94,7 @@ def open_frames(spec: str) -> FrameSource:
 
 
 def _probe_video(path: str) -> FrameSource:
-    import av
+    av = require("av", f"reading the video {path}")
 
     try:
         with av.open(path) as container:
@@ -101,20 +104,12 @@ def _probe_video(path: str) -> FrameSource:
             fps = float(stream.average_rate) if stream.average_rate else None
             return FrameSource(path, None, int(stream.frames) or None, fps)
     except (av.error.FFmpegError, OSError, ValueError) as e:
-        raise InputError(f"{path}: unreadable video ({_first_line(e)})") from None
+        raise InputError(f"{path}: unreadable video ({first_line(e)})") from None
 
 
 def _read_image(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except OSError as e:
-        raise InputError(f"{path}: unreadable image ({_first_line(e)})") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    with open_image(path, InputError) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 def write_mask(path: Path, mask: np.ndarray, palette: np.ndarray) -> None:
@@ -137,7 +132,7 @@ class VideoWriter:
     """Encode uint8 RGB frames into `path` (H.264 when PyAV has it, else MPEG-4); renamed into place on close."""
 
     def __init__(self, path: str | os.PathLike, fps: float = DEFAULT_FPS):
-        import av
+        av = require("av", f"writing the video {path}")
 
         self.path = Path(path)
         self.tmp = self.path.with_name(f"{self.path.stem}.tmp{self.path.suffix}")  # keeps the container's suffix

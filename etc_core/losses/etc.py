@@ -8,7 +8,7 @@ the names from that list.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, ClassVar, Literal, Mapping, Optional
 
 from pydantic import BaseModel, Field, model_validator
 from torch import Tensor, nn
@@ -36,6 +36,10 @@ def term_names() -> tuple[str, ...]:
 class LossConfig(BaseModel, extra="forbid", frozen=True):
     """Weights of the ETC loss terms (teacher-style defaults: CE + TL; a student sets the kd weights, e.g. 1.0)."""
 
+    # a field added from now on goes here too: left at its default, it stays out of every stage's cache key
+    # (etc_core/section.py, hash_dump), so existing configs keep their trained stages (docs/architecture.md)
+    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ()
+
     ce_weight: float = Field(1.0, ge=0)
     aux_weight: float = Field(0.4, ge=0)  # PSPNet auxiliary head, inside the CE term
     tc_weight: float = Field(0.1, ge=0)  # temporal loss; official flow config st_weight: 0.1
@@ -62,6 +66,14 @@ class LossConfig(BaseModel, extra="forbid", frozen=True):
         """True when a distillation term is on."""
         return any(term.teacher for term in self.terms_on())
 
+    def check_teacher(self, present: bool) -> None:
+        """The one check (and wording) of a missing teacher: ValueError naming the distillation weights that are on
+        when `present` is False (no teacher model, or no teacher outputs for both frames)."""
+        if not present and self.needs_teacher:
+            weights = "/".join(term.weight for term in self.terms_on() if term.teacher)
+            raise ValueError(f"EtcLoss: {weights} > 0 need a teacher (the frozen teacher model's outputs for "
+                             "frames t and t+k)")
+
     @property
     def needs_next_frame(self) -> bool:
         """True when any term uses frame t+k."""
@@ -79,6 +91,13 @@ class LossConfig(BaseModel, extra="forbid", frozen=True):
             if term.etc:
                 update |= {term.weight: 0.0, **term.off}
         return self.model_copy(update=update)
+
+
+class StudentLossConfig(LossConfig):
+    """A student's loss: the teacher's terms plus pixel-wise and pair-wise temporal distillation (docs/method.md)."""
+
+    kd_pixel_weight: float = Field(1.0, ge=0)
+    kd_temporal_weight: float = Field(1.0, ge=0)
 
 
 class EtcLoss(nn.Module):
@@ -107,10 +126,7 @@ class EtcLoss(nn.Module):
         missing_next = [term.weight for term in on if term.next_frame and out.out_next is None]
         if missing_next:
             raise ValueError(f"EtcLoss: {'/'.join(missing_next)} > 0 need the output for frame t+k (out_next)")
-        missing_teacher = [term.weight for term in on if term.teacher and (out.teacher_t is None
-                                                                            or out.teacher_next is None)]
-        if missing_teacher:
-            raise ValueError(f"EtcLoss: {'/'.join(missing_teacher)} > 0 need teacher outputs for both frames")
+        cfg.check_teacher(out.teacher_t is not None and out.teacher_next is not None)
         zero = out.out_t.logits.new_zeros(())
         parts = dict.fromkeys(term_names(), zero)
         weights = {}

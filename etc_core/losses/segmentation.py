@@ -8,13 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from etc_core.data.base import IGNORE_INDEX
 from etc_core.losses.term import Outputs, Term
 
 log = logging.getLogger(__name__)
-
-# the label value of etc_core.data.base.IGNORE_INDEX; not imported from there because etc_core.config imports
-# this package and etc_core.data imports etc_core.config (a test keeps the two equal)
-IGNORE_INDEX = 255
 
 
 def cross_entropy(logits: Tensor, label: Tensor, class_weight: Optional[Tensor] = None) -> Tensor:

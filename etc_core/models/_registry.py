@@ -7,7 +7,7 @@ building the network.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
@@ -65,3 +65,14 @@ def create_model(name: str, num_classes: int, pretrained: bool | str = False, s3
     model = _model_entrypoints[name](num_classes=num_classes, pretrained=pretrained, **kwargs)
     log.debug("created %s (num_classes=%d, pretrained=%s, %s)", name, num_classes, pretrained, kwargs)
     return model
+
+
+def from_weights(name: str, num_classes: int, state_dict: Mapping[str, Any]) -> nn.Module:
+    """The one door from saved weights to a network: build registered model `name` with `num_classes` outputs
+    (random init: no pretrained backbone is read), load `state_dict` strictly, return it on the CPU in eval mode.
+
+    Unknown name or bad num_classes: ValueError; weights that do not fit: RuntimeError (load_state_dict's).
+    """
+    model = create_model(name, num_classes=int(num_classes))
+    model.load_state_dict(state_dict)
+    return model.eval()

@@ -11,14 +11,17 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from etc_core.config import EtcConfig, flatten
+from etc_core.section import flatten
 from etc_core.tracking import mlflow as tracking
 from etc_core.train.checkpoint import load_checkpoint
 from etc_core.train.run import best_metrics, register_state
+
+if TYPE_CHECKING:  # only named as a type here
+    from etc_core.config import EtcConfig
 
 log = logging.getLogger(__name__)
 

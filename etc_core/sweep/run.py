@@ -19,11 +19,13 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from etc_core.config import EtcConfig, config_hash
+from etc_core.config import EtcConfig
 from etc_core.errors import EtcError
+from etc_core.extras import require
+from etc_core.section import config_hash
 from etc_core.sweep.space import apply_values, check_space, may_need_teacher, pareto_front, tune_space
 from etc_core.tracking import mlflow as tracking
-from etc_core.train.config import stage_config
+from etc_core.train.config import stage_config, trial_resources
 from etc_core.train.run import make_trainer, read_manifest, resolve_init, resolve_teacher
 
 log = logging.getLogger(__name__)
@@ -139,7 +141,7 @@ def _concurrency(cfg: EtcConfig) -> int:
     """Trials at once: each holds cpus_per_trial while its Ray Train workers wait for theirs, so more deadlock."""
     import ray
 
-    per_trial = cfg.sweep.cpus_per_trial + cfg.train.workers * cfg.train.cpus_per_worker
+    per_trial = trial_resources(cfg)["CPU"]  # the same request etc_core/cluster_check.py checks
     cpus = ray.cluster_resources().get("CPU", 1)
     fits = max(1, int(cpus // per_trial) if per_trial else int(cpus))
     if cfg.sweep.max_concurrent_trials is None:
@@ -152,6 +154,7 @@ def _concurrency(cfg: EtcConfig) -> int:
 
 def _searcher(cfg: EtcConfig):
     if cfg.sweep.search == "optuna":
+        require("optuna", "sweep.search=optuna")  # Ray's OptunaSearch imports it lazily and asserts
         from ray.tune.search.optuna import OptunaSearch
 
         return OptunaSearch(seed=cfg.sweep.seed)

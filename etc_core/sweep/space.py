@@ -3,38 +3,26 @@ and the Pareto front of (mIoU, TC).
 """
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from etc_core.config import EtcConfig, ParamSpace, SweepConfig
 from etc_core.errors import ConfigError
+from etc_core.extras import require
 from etc_core.losses.etc import list_terms
+from etc_core.section import with_values
+from etc_core.sweep.config import ParamSpace, SweepConfig
+
+if TYPE_CHECKING:  # the aggregate sits above this module (tests/unit/test_layers.py)
+    from etc_core.config import EtcConfig
 
 SWEEPABLE = ("train.", "student.")  # every trial reads the same shards, so data/shards/flow stay fixed
 
 
 def apply_values(base: EtcConfig, values: dict[str, Any]) -> EtcConfig:
-    """`base` with each dotted key (`student.loss.tc_weight`) set to its value, validated; ConfigError names the key."""
-    tree = base.model_dump(mode="json")
-    for dotted, value in values.items():
-        node, keys = tree, dotted.split(".")
-        for i, key in enumerate(keys[:-1]):
-            if not isinstance(node.get(key), dict):
-                raise ConfigError(f"{dotted}: {'.'.join(keys[:i + 1])} is not a config section")
-            node = node[key]
-        if keys[-1] not in node:
-            close = difflib.get_close_matches(keys[-1], list(node), n=1)
-            raise ConfigError(f"{dotted}: unknown key" + (f" (did you mean {close[0]}?)" if close else ""))
-        node[keys[-1]] = value
-    try:
-        return EtcConfig.model_validate(tree)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise ConfigError(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}, got {err.get('input')!r}") from None
+    """`base` with each dotted key (`student.loss.tc_weight`) set to its value, validated; ConfigError names the key
+    (etc_core.section.with_values, the one config editor; also etc_core.config.apply_values)."""
+    return with_values(base, values)
 
 
 def _corners(spec: ParamSpace) -> list[Any]:
@@ -46,6 +34,8 @@ def check_space(cfg: EtcConfig) -> None:
     sweep = cfg.sweep
     if not sweep.space:
         raise ConfigError("sweep.space: empty; give at least one dotted key to sweep")
+    if sweep.search == "optuna":
+        require("optuna", "sweep.search=optuna (or sweep.search=random, which needs nothing more)")
     for key, spec in sweep.space.items():
         if not key.startswith(SWEEPABLE):
             raise ConfigError(f"sweep.space.{key}: only train.* and student.* keys can be swept "

@@ -9,8 +9,6 @@ not after MLflow's own default of about four minutes.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import re
@@ -23,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from etc_core.config import MlflowConfig
 from etc_core.errors import TrackingError
+from etc_core.section import digest as _digest
+from etc_core.tracking.config import MlflowConfig
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +198,7 @@ def shards_dataset(uri: str, manifest: dict):
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    digest = _digest(manifest, 16, default=str)
     data = manifest.get("config", {}).get("data", {})
     name = "shards" + (f"-{data['name']}" if isinstance(data, dict) and data.get("name") else "")
     with warnings.catch_warnings():  # a local path matches MLflow's "" and "file" sources alike: it says so

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from etc_core.config import RegistryConfig
 from etc_core.errors import EtcError
 from etc_core.metrics import val_score
+from etc_core.tracking.config import RegistryConfig
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +195,7 @@ def load_weights(uri: str) -> tuple[dict, dict]:
 
 def load_model(uri: str) -> tuple[torch.nn.Module, dict]:
     """Rebuild a registered model from its weights (weights-only loading); returns (model in eval mode, meta)."""
-    from etc_core.models import create_model
+    from etc_core.models import from_weights
 
     meta, state = load_weights(uri)
-    model = create_model(meta["arch"], num_classes=meta["num_classes"])
-    model.load_state_dict(state)
-    return model.eval(), meta
+    return from_weights(meta["arch"], meta["num_classes"], state), meta

@@ -12,17 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from etc_core.data.base import IGNORE_INDEX
+from etc_core.models.preprocess import MEAN_RGB
 
-MEAN_RGB = (0.485, 0.456, 0.406)
-STD_RGB = (0.229, 0.224, 0.225)
 NO_FLOW = 1e4  # padded pixels: flow that samples far outside the frame
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 RGB [B,3,H,W] -> float ImageNet-normalised [B,3,H,W] (the network's input)."""
-    mean = torch.tensor(MEAN_RGB, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD_RGB, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255 - mean) / std
 
 
 class PairAugment:

@@ -1,8 +1,11 @@
-"""Training checkpoints: one plain dict (model, optimizer, scheduler, scaler, step, RNG), loaded weights-only."""
+"""Training checkpoints: one plain dict (model, optimizer, scheduler, scaler, step, RNG, arch, num_classes) in
+`state.pt`, loaded weights-only: the one reader of a checkpoint, for the Ray Train resume, the registration of the
+best checkpoint and `--model ckpt/state.pt` (etc_core/infer/load.py) alike."""
 from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +38,12 @@ def save_checkpoint(directory: str, **state) -> str:
     return path
 
 
-def load_checkpoint(directory: str, map_location: str | torch.device = "cpu") -> dict:
-    """Load directory/state.pt with weights_only=True (no pickled code runs)."""
-    return torch.load(os.path.join(directory, STATE_FILE), map_location=map_location, weights_only=True)
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """The checkpoint file of `path`: path/state.pt for a directory, else path itself."""
+    path = Path(path)
+    return path / STATE_FILE if path.is_dir() else path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint (a directory holding state.pt, or the file) with weights_only=True (no pickled code runs)."""
+    return torch.load(checkpoint_file(path), map_location=map_location, weights_only=True)

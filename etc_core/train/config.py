@@ -1,21 +1,23 @@
-"""The `train` config section, and the per-stage `teacher.train` / `student.train` overrides on top of it."""
+"""The `train` config section, the per-stage `teacher.train` / `student.train` overrides on top of it, and the
+`teacher` and `student` sections (what each training stage trains: etc_core/train/run.py)."""
 from __future__ import annotations
 
 import difflib
+import re
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 
+from etc_core.losses.etc import LossConfig, StudentLossConfig
+from etc_core.section import Section
 from etc_core.storage.paths import expand_path
 
 if TYPE_CHECKING:  # etc_core.config imports this module
     from etc_core.config import EtcConfig
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(Section):
     """What teacher and student training share: Ray Train scaling, optimiser, schedule, augmentation, checkpoints."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     max_steps: int = Field(300, ge=1)  # optimizer steps in all
     steps_per_epoch: int = Field(50, ge=1)  # validation, checkpoint and MLflow cadence
@@ -74,6 +76,59 @@ STAGES = ("teacher", "student", "baseline")
 StageTrain = Annotated[dict[str, Any], AfterValidator(_train_override)]
 
 
+def _registered_arch(value: str) -> str:
+    from etc_core.models import is_model, list_models
+
+    if not is_model(value):
+        close = difflib.get_close_matches(value, list_models(), n=1)
+        raise ValueError(f"unknown model {value!r}" + (f" (did you mean {close[0]}?)" if close else
+                                                        f" (known: {', '.join(list_models())})"))
+    return value
+
+
+Arch = Annotated[str, AfterValidator(_registered_arch)]  # a name in etc_core.models' registry
+
+
+def _weights_source(value: str) -> str:
+    if value in ("none", "imagenet"):
+        return value
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+)://", value)
+    if scheme and scheme.group(1) != "s3":
+        raise ValueError(f"must be none, imagenet, a local path or s3://bucket/key (scheme {scheme.group(1)!r} "
+                         f"refused)")
+    return value if scheme else expand_path(value)
+
+
+# backbone init: none, imagenet (torchvision's weights), or a path / s3:// URI of a torchvision-format backbone
+# state dict (docs/method.md); train.head_lr_mult applies whenever the backbone starts from weights
+Pretrained = Annotated[str, AfterValidator(_weights_source)]
+
+
+class TeacherConfig(Section):
+    """The large teacher: trained with CE + the temporal loss (docs/method.md)."""
+
+    arch: Arch = "pspnet50"
+    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("train",)  # unset: not in the cache key (config_hash)
+
+    pretrained: Pretrained = "none"  # backbone init: none | imagenet | path or s3:// URI of a state dict
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: StageTrain = Field(default_factory=dict)  # train.* keys for the teacher only (teacher.train.max_steps=...)
+
+
+class StudentConfig(Section):
+    """A compact student; its teacher comes from the MLflow registry (or any models:/ or runs:/ URI)."""
+
+    arch: Arch = "pspnet18"
+    pretrained: Pretrained = "none"  # backbone init: none | imagenet | path or s3:// URI of a state dict
+    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("train",)  # unset: not in the cache key (config_hash)
+
+    loss: StudentLossConfig = Field(default_factory=StudentLossConfig)
+    train: StageTrain = Field(default_factory=dict)  # train.* keys for the student only, not its baseline
+    teacher_uri: str = "models:/etc-teacher@champion"
+    init_from: str | None = None  # fine-tune from: models:/name/3, runs:/<id>, a checkpoint, or `baseline` (full.py:
+    # the per-frame baseline that the same pipeline run trained or reused)
+
+
 def merged_train(train: TrainConfig, override: dict[str, Any]) -> TrainConfig:
     """`train` with a stage's overrides applied (the section that stage trains with)."""
     return train.model_copy(update=override) if override else train
@@ -103,3 +158,14 @@ def stage_config(cfg: EtcConfig, stage: str) -> EtcConfig:
     section = "teacher" if stage == "teacher" else "student"
     return cfg.model_copy(update={"train": merged_train(cfg.train, override),
                                   section: getattr(cfg, section).model_copy(update={"train": {}})})
+
+
+def worker_resources(train: TrainConfig) -> dict[str, float]:
+    """What a stage's Ray Train workers ask of the cluster together: {"CPU": n, "GPU": m}."""
+    return {"CPU": train.workers * train.cpus_per_worker, "GPU": float(train.workers if train.use_gpu else 0)}
+
+
+def trial_resources(cfg: EtcConfig) -> dict[str, float]:
+    """What one sweep trial holds: its driver (sweep.cpus_per_trial) plus its student's Ray Train workers."""
+    need = worker_resources(stage_config(cfg, "student").train)
+    return need | {"CPU": cfg.sweep.cpus_per_trial + need["CPU"]}

@@ -8,7 +8,7 @@ from torch import nn
 
 from etc_core.metrics import SegScores, warp_labels
 from etc_core.tracking.pictures import colorize, grid
-from etc_core.train.augment import normalize
+from etc_core.models.preprocess import normalize
 
 PICTURE_COLUMNS = ("frame", "label", "prediction", "next prediction warped", "disagreement")
 

@@ -21,9 +21,9 @@ from etc_core.config import EtcConfig
 from etc_core.data import shards
 from etc_core.losses import EtcLoss, Outputs, term_names
 from etc_core.metrics import METRICS, val_score
-from etc_core.models import SegOutput, create_model, paired_dropout
+from etc_core.models import SegOutput, create_model, freeze, from_weights, normalize, paired_dropout
 from etc_core.tracking.mlflow import RunLogger
-from etc_core.train.augment import PairAugment, normalize
+from etc_core.train.augment import PairAugment
 from etc_core.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from etc_core.train.config import STAGES, stage_config, stage_spec  # noqa: F401 (re-exported)
 from etc_core.train.evaluate import evaluate
@@ -86,9 +86,7 @@ def forward_pair(model, teacher, loss_fn: EtcLoss, data: dict, use_amp: bool = F
     data: img_t, img_next [B,3,H,W] normalised (the batch EtcLoss reads)
     """
     cfg = loss_fn.cfg
-    if cfg.needs_teacher and teacher is None:
-        raise ValueError(f"EtcLoss: {'/'.join(t.weight for t in cfg.terms_on() if t.teacher)} > 0 need a teacher "
-                         "model")
+    cfg.check_teacher(teacher is not None)
     img_t, img_next = data["img_t"], data["img_next"]
     n = len(img_t)
     with torch.autocast(img_t.device.type, dtype=torch.float16, enabled=use_amp):
@@ -181,6 +179,7 @@ def train_loop_per_worker(config: dict) -> None:
                 group[k] = v.to(device)
 
     teacher = frozen_teacher(config.get("teacher"), device) if spec.loss.needs_teacher else None
+    spec.loss.check_teacher(teacher is not None)  # before the first step
     loss_fn = EtcLoss(spec.loss).to(device)
     logger = RunLogger(cfg.mlflow.tracking_uri, config["run_id"]) if rank == 0 and config.get("run_id") else None
     augment = PairAugment(crop=t.crop, scale=t.scale, flip=t.flip) if t.crop else None
@@ -221,14 +220,12 @@ def train_loop_per_worker(config: dict) -> None:
             break
 
 
-def frozen_teacher(teacher_ref, device: torch.device) -> torch.nn.Module:
+def frozen_teacher(teacher_ref, device: torch.device) -> torch.nn.Module | None:
+    """The teacher network from its (meta, state dict) (or an ObjectRef of it), frozen, on `device`; None for None."""
     if teacher_ref is None:
-        raise ValueError("student: distillation weights are > 0 but no teacher was passed")
+        return None
     meta, state = ray.get(teacher_ref) if isinstance(teacher_ref, ray.ObjectRef) else teacher_ref
-    teacher = create_model(meta["arch"], num_classes=meta["num_classes"])
-    teacher.load_state_dict(state)
-    teacher.requires_grad_(False)
-    return teacher.to(device).eval()
+    return freeze(from_weights(meta["arch"], meta["num_classes"], state)).to(device)
 
 
 def train_epoch(model, teacher, loss_fn, opt, sched, scaler, cfg: EtcConfig, epoch: int, step0: int, steps: int,

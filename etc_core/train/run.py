@@ -7,15 +7,19 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import TYPE_CHECKING
 
-from etc_core.config import EtcConfig, config_hash, flatten
 from etc_core.data import shards
 from etc_core.errors import ConfigError, EtcError, ShardError
+from etc_core.section import config_hash, flatten
 from etc_core.tracking import mlflow as tracking
 from etc_core.tracking.registry import Registered, load_weights, log_and_register
 from etc_core.train.checkpoint import load_checkpoint
 from etc_core.train.config import stage_config, stage_spec
 from etc_core.train.loop import train_loop_per_worker
+
+if TYPE_CHECKING:  # only named as a type here
+    from etc_core.config import EtcConfig
 
 log = logging.getLogger(__name__)
 
@@ -180,13 +184,12 @@ def register_state(cfg: EtcConfig, stage: str, state: dict, metrics: dict[str, f
                    run_id: str, manifest: dict, dedupe: bool = True) -> Registered:
     """Rebuild the model from a checkpoint's state and register it into the active MLflow run (once per config),
     with its FPS, its metrics on its LoggedModel and a model card as the version's description."""
-    from etc_core.models import create_model
+    from etc_core.models import from_weights
     from etc_core.tracking.registry import resolve_version
     from etc_core.train.card import measure_fps, model_card
 
     spec = stage_spec(cfg, stage)
-    model = create_model(spec.arch, num_classes=num_classes)
-    model.load_state_dict(state["model"])
+    model = from_weights(spec.arch, num_classes, state["model"])
     found = find_registered(cfg, stage) if dedupe else None
     if found is not None:
         log.info("%s version %s already holds this config; not registering again", found.name, found.version)

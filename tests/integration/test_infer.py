@@ -18,10 +18,9 @@ from etc_core.data.generated import GeneratedDataset, write_dataset
 from etc_core.data.synthetic import make_clip
 from etc_core.infer.video import write_video
 from etc_core.metrics import mean_iou, temporal_consistency
-from etc_core.models import create_model
+from etc_core.models import create_model, normalize
 from etc_core.tracking import mlflow as tracking
 from etc_core.tracking.registry import log_and_register
-from etc_core.train.augment import normalize
 from tests.conftest import run_python
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from etc_core.config import load_config
+from etc_core.models import normalize
 from etc_core.tracking.registry import load_model, logged_model_id
-from etc_core.train.augment import normalize
 from etc_core.train.run import run_training
 from tests.conftest import registered_checkpoints, run_dirs, run_python, wait_for
 

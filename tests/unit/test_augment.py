@@ -4,7 +4,8 @@ import torch
 
 from etc_core.data.synthetic import Look, make_clip, pair_flow
 from etc_core.flow import in_frame_mask, warp
-from etc_core.train.augment import PairAugment, normalize
+from etc_core.models import normalize
+from etc_core.train.augment import PairAugment
 
 
 def _sample(k: int):

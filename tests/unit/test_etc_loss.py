@@ -160,7 +160,7 @@ def test_teacher_is_required_only_for_kd():
     torch.testing.assert_close(parts["total"], parts["ce"] + 0.1 * parts["tc"])
     with pytest.raises(ValueError, match="kd_temporal_weight > 0 need a teacher"):
         loss_of(EtcLoss(LossConfig(kd_temporal_weight=1.0)), student, make_batch())
-    with pytest.raises(ValueError, match="kd_pixel_weight > 0 need teacher outputs"):
+    with pytest.raises(ValueError, match="kd_pixel_weight > 0 need a teacher"):
         out = student(make_batch()["img_t"])
         EtcLoss(LossConfig(kd_pixel_weight=1.0))(Outputs(out, out), make_batch())
     with pytest.raises(ValueError, match="tc_weight > 0 need the output for frame t\\+k"):

@@ -49,10 +49,10 @@ def test_ray_cluster_yaml_has_head_and_gpu_workers():
     assert gpu_workers and all(types[n]["min_workers"] == 0 for n in gpu_workers)
     assert any(types[n]["max_workers"] >= 1 for n in gpu_workers)
     setup = "\n".join(cfg["setup_commands"])
-    assert "-c constraints.txt torch torchvision" in setup and "-c constraints.txt -e ." in setup
-    assert setup.index("torch torchvision") < setup.index("-e .")  # the Makefile's order
+    assert "--require-hashes --no-deps -r requirements.lock" in setup and "--no-deps -e ." in setup
+    assert setup.index("requirements.lock") < setup.index("-e .")  # the Makefile's order
     installs = [c for c in cfg["setup_commands"] if "pip install" in c and "--upgrade pip" not in c]
-    assert installs and all("-c constraints.txt" in c for c in installs)  # every package held by constraints.txt
+    assert installs and all("--no-deps" in c for c in installs)  # nothing beyond the lock's files
     assert "." in cfg["file_mounts"].values()
     start = "\n".join(cfg["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in start

@@ -111,3 +111,13 @@ def test_metrics_on_gpu_match_cpu():
     gpu = TemporalConsistency(3, device="cuda")
     gpu.update(preds[:-1].cuda(), preds[1:].cuda(), flows.cuda())
     assert gpu.value() == pytest.approx(cpu.value())
+
+
+@pytest.mark.parametrize("budget_s, calls", [(0.0, 2 + 4), (60.0, 2 + 7)])
+def test_measure_latency_times_iters_calls_then_up_to_max_iters_within_the_budget(budget_s, calls):
+    from etc_core.metrics.speed import measure_latency
+
+    seen = []
+    ms = measure_latency(lambda: seen.append(1), torch.device("cpu"), warmup=2, iters=4, budget_s=budget_s,
+                         max_iters=7)
+    assert len(seen) == calls and 0 <= ms < 1000

@@ -6,7 +6,8 @@ import urllib.error
 import pytest
 import torch
 
-from etc_core.models import PretrainedWeightsError, SegOutput, create_model, is_model, list_models, register_model
+from etc_core.models import (PretrainedWeightsError, SegOutput, create_model, from_weights, is_model, list_models,
+                             register_model)
 from etc_core.models import _registry
 
 NUM_CLASSES = 5
@@ -140,3 +141,21 @@ def test_width_mult_makes_smaller_students():
         slim = sum(p.numel() for p in slim_model.parameters())
         assert slim < full / 2
         assert slim_model(torch.randn(1, 3, 64, 64)).logits.shape == (1, NUM_CLASSES, 64, 64)
+
+
+def test_from_weights_rebuilds_the_same_network():
+    torch.manual_seed(0)
+    trained = create_model("pspnet18_slim", NUM_CLASSES)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p) * 0.01)  # not the random init create_model would give again
+    trained.eval()
+    rebuilt = from_weights("pspnet18_slim", str(NUM_CLASSES), trained.state_dict())
+    assert not rebuilt.training
+    x = torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x).logits, trained(x).logits)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        from_weights("pspnet18_slim", NUM_CLASSES + 1, trained.state_dict())
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        from_weights("nope", NUM_CLASSES, trained.state_dict())

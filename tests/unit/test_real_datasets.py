@@ -191,3 +191,18 @@ def test_download_help_and_real_configs_load(capsys, monkeypatch, tmp_path):
     assert cs.train.batch_size * cs.train.workers == 8 and cs.train.max_steps == 200 * cs.train.steps_per_epoch
     cv = load_config(REPO / "configs" / "camvid.yaml")
     assert cv.data.kind == "camvid" and cv.train.crop == (720, 720) and cv.shards.k == [-2, -1, 1, 2, 3]
+
+
+@pytest.mark.parametrize("error", [DatasetError, ValueError])
+def test_open_image_raises_the_callers_error_in_one_line(tmp_path, error):
+    from etc_core.storage.images import open_image
+
+    with pytest.raises(error, match=r"^\S*nothing.png: missing$"):
+        open_image(tmp_path / "nothing.png", error)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(error, match=r"^\S*broken.png: unreadable image \(cannot identify image file [^\n]*\)$"):
+        open_image(tmp_path / "broken.png", error)
+    Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(tmp_path / "ok.png")
+    with open_image(tmp_path / "ok.png", error, decode=False) as im:
+        assert im.size == (7, 5)
+    assert np.asarray(open_image(tmp_path / "ok.png", error)).shape == (5, 7, 3)

@@ -41,7 +41,7 @@ def test_temporal_loss_is_zero_on_an_identical_pair_with_zero_flow_in_train_mode
     assert epoch_terms({f"train_{k}": v for k, v in values.items()}).split()[::2] == [
         "ce", "tc", "kd_pixel", "kd_temporal", "logit_norm"]
     # the control can fail: the same forward without a shared mask gives a clearly non-zero loss
-    from etc_core.train.augment import normalize
+    from etc_core.models import normalize
 
     x = normalize(_identical_pair_batch()["img0"])
     out = model(torch.cat([x, x]))
