@@ -70,9 +70,10 @@ def build_training(cfg: EtcConfig, arch: str, num_classes: int, use_amp: bool, p
     pretrained: the backbone's weights (none, imagenet, or a path / s3:// URI read at cfg.s3); init_state: a whole
     model's weights to fine-tune from (student.init_from)."""
     t = cfg.train
-    model = create_model(arch, num_classes=num_classes, pretrained=pretrained, s3=cfg.s3.access)
-    if init_state is not None:
-        model.load_state_dict(init_state)
+    if init_state is not None:  # the whole network from those weights (a backbone's would be overwritten: not read)
+        model = from_weights(arch, num_classes, init_state).train()
+    else:
+        model = create_model(arch, num_classes=num_classes, pretrained=pretrained, s3=cfg.s3.access)
     opt = build_optimizer(model, cfg, pretrained=pretrained != "none")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / t.max_steps) ** t.poly_power)
     return model, opt, sched, torch.amp.GradScaler("cuda", enabled=use_amp)

@@ -79,6 +79,11 @@ def test_warm_start_weights_are_the_ones_training_starts_from():
     model, *_ = build_training(cfg, "pspnet18_slim", K, use_amp=False, init_state=source.state_dict())
     for a, b in zip(model.state_dict().values(), source.state_dict().values()):
         assert torch.equal(a, b)
+    assert model.training
+    # the backbone weights a warm start would overwrite are not read (this file does not exist)
+    warm, *_ = build_training(cfg, "pspnet18_slim", K, use_amp=False, pretrained="/nonexistent/backbone.pt",
+                              init_state=source.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(warm.state_dict().values(), source.state_dict().values()))
 
 
 def test_the_baseline_never_inherits_the_students_warm_start_or_ramp():
