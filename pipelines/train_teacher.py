@@ -5,9 +5,10 @@
     infra/submit.sh --entry pipelines/train_teacher.py --config configs/cityscapes.yaml   # a cluster
 
 Needs the shards of pipelines/precompute_flow.py at shards.uri. A version already registered from the same config
-(tag etc.config_hash) is reused, not trained again; rerunning an interrupted config resumes its Ray Train run from
-the last checkpoint (same storage_path and run name). The new version takes the `champion` alias when it beats the
-current champion on registry.champion_metric, else `candidate` (an alias names one version at a time).
+(tag etc.config_hash) is reused, not trained again; --force trains and registers a new one. Rerunning an
+interrupted config resumes its Ray Train run from the last checkpoint (same storage_path and run name). The new
+version takes the `champion` alias when it beats the current champion on registry.champion_metric, else
+`candidate` (an alias names one version at a time).
 The stage's driver, shared with pipelines/full.py and the benchmarks: etc_core/stages.py, train_stage.
 """
 from __future__ import annotations
@@ -24,7 +25,8 @@ STAGE = "teacher"
 
 
 def main(argv: list[str] | None = None, stage: str = STAGE) -> int:
-    cfg, _ = parse_args(__doc__.splitlines()[0], argv)
+    cfg, args = parse_args(__doc__.splitlines()[0], argv, lambda p: p.add_argument(
+        "--force", action="store_true", help="train and register again even when a version from this config exists"))
     from etc_core.cluster_check import check_cluster
     from etc_core.preflight import check_training
     from etc_core.ray_utils import init_ray
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None, stage: str = STAGE) -> int:
     from etc_core.stages import train_stage
 
     check_cluster(cfg, (stage,))
-    trained = train_stage(cfg, stage)
+    trained = train_stage(cfg, stage, force=args.force)
     reg, summary = trained.registered, trained.summary
     if trained.reused:
         print(f"{stage}: {reg.name} version {reg.version} was trained from this config before; reused, nothing "

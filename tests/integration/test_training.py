@@ -112,6 +112,13 @@ def test_killed_driver_resumes_from_checkpoint_step(tiny_shards, tmp_path, ray_l
     assert "teacher epoch" in console and "teacher done" in console
     assert not [n for n in ("Reporting training result", "TrainingReport(", "Moving model to device",
                             "Checkpoint successfully created") if n in console], console[-3000:]
+    again = run_python(*cmd, timeout=200)  # finished and registered: reused, nothing trained
+    assert again.returncode == 0 and "etc-teacher version 1 was trained from this config before; reused" in \
+        again.stdout, again.stderr[-3000:]
+    assert "teacher epoch" not in again.stderr
+    forced = run_python(*cmd, "--force", timeout=400)  # a fresh Ray Train run, a new version
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert "registered etc-teacher version 2" in forced.stdout and "resumed from checkpoint" not in forced.stderr
 
 
 @pytest.mark.slow
