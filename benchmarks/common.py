@@ -146,6 +146,75 @@ def val_curve(cfg, registered) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val/miou")) if run_id else []
 
 
+# The fields of a stage's key that name places, not content: the bench root, the checkout, the stores' URIs.
+PLACES = {"data": ("root",), "shards": ("uri",), "train": ("storage_path",)}
+
+
+def bench_key(cfg, stage: str, refs: dict | None = None) -> str:
+    """A trained model's key in the ledger: what its stage's cache key covers (etc_core/train/run.py, stage_hash:
+    data, shards, training and the stage's section) and the flow source, without the places (PLACES), and with the
+    models it starts from or distils from (`init_from`, `teacher_uri`: registry URIs, which depend on the store)
+    replaced by their own keys in `refs`. Equal keys in two checkouts or sessions: the same training."""
+    from etc_core.section import digest, hash_dump
+    from etc_core.train.config import stage_config, stage_spec
+
+    cfg = stage_config(cfg, stage)
+    parts = {name: hash_dump(getattr(cfg, name)) for name in ("data", "shards", "train", "flow")}
+    for name, fields in PLACES.items():
+        for field in fields:
+            parts[name].pop(field, None)
+    spec = hash_dump(stage_spec(cfg, stage))
+    for field in ("init_from", "teacher_uri"):
+        spec.pop(field, None)
+    return digest([stage, parts, spec, refs or {}], 12)
+
+
+def commit() -> str:
+    """The checkout's commit (with `+dirty` when the working tree differs from it), or `unknown`."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        dirty = git("status", "--porcelain", "--", "etc_core", "benchmarks", "configs", ":!benchmarks/results")
+        return git("rev-parse", "--short=12", "HEAD") + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+class Ledger:
+    """Scored rows kept across runs and sessions in a committed JSON file (benchmarks/results/<name>.json), one per
+    bench_key: a long benchmark killed or stopped keeps what it finished, and a rerun trains only what has no row.
+    Each row records the commit and date it was measured at; a row measured again under the same key is compared
+    (CPU training here is deterministic: a difference is reported, and the first measurement kept beside it)."""
+
+    def __init__(self, name: str):
+        self.path = RESULTS / f"{name}.json"
+        self.rows: dict[str, dict] = json.loads(self.path.read_text())["rows"] if self.path.exists() else {}
+
+    def get(self, key: str) -> dict | None:
+        return self.rows.get(key)
+
+    def put(self, key: str, row: dict, compare: tuple[str, ...] = ()) -> dict:
+        """Keep `row` under `key` (written at once, atomically); an existing row stays, with the differences of
+        `compare` fields noted in its `remeasured` list."""
+        old = self.rows.get(key)
+        if old is not None:
+            diff = {k: row[k] - old[k] for k in compare if k in row and k in old}
+            if any(abs(v) > 1e-6 for v in diff.values()):
+                print(f"ledger {key}: measured again with different results: {diff}", flush=True)
+            old.setdefault("remeasured", []).append({"commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
+                                                     "diff": diff})
+        else:
+            self.rows[key] = {**row, "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M")}
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"rows": self.rows}, indent=1, default=float))
+        tmp.replace(self.path)
+        return self.rows[key]
+
+
 def begin(p: argparse.ArgumentParser):
     """Parse a benchmark's arguments (which end with dotted overrides), then make its config, start Ray and
     ensure the shards: returns (args, config, shards manifest, start time)."""

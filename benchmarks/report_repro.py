@@ -104,13 +104,23 @@ def reproduce_section(r: dict) -> list[str]:
               "| difference | mIoU | TC | TC-noc | flicker interior |", "|---|---|---|---|---|"]
     for name, d in r["paired"].items():
         lines.append(f"| {name} | " + " | ".join(_ci(d[k]) for k in METRICS[:4]) + " |")
-    gap = [g for g in r["kd_gap_closure"] if g == g]
+    gap = {s: g for s, g in r["kd_gap_closure"].items() if g == g}
     lines += ["", "- KD gap closure (S_KD − S_TL) / (T − S_TL) in mIoU: "
-              + (f"{statistics.fmean(gap):.2f} (per seed: {', '.join(f'{g:.2f}' for g in r['kd_gap_closure'])})"
-                 if gap else "undefined (the teacher is not above +TL)")]
+              + (f"{statistics.fmean(gap.values()):.2f} (per seed: "
+                 + ", ".join(f"{s}: {g:.2f}" for s, g in r["kd_gap_closure"].items()) + ")"
+                 if gap else "undefined (no seed has +TL, +TL+KD and a teacher above +TL)")]
     for name, vals in r["tc_noc_above_smoothing_curve"].items():
-        shown = ", ".join("outside the curve" if v is None else f"{v:+.2f}" for v in vals)
-        lines.append(f"- {name}: TC-noc above the baseline's blur curve at equal mIoU, per seed: {shown}")
+        shown = ", ".join(f"{s}: " + ("outside the curve" if v is None else f"{v:+.2f}") for s, v in vals.items())
+        lines.append(f"- {name}: TC-noc above the baseline's blur curve at equal mIoU, per seed: {shown or '-'}")
+    if not r["complete"]:
+        by_variant: dict[str, list] = {}
+        for m in r["missing"]:
+            by_variant.setdefault(m["variant"], []).append(m["seed"])
+        lines.append("- **Not complete**: no row yet for " + "; ".join(
+            f"{v} (seeds {', '.join(map(str, s))})" for v, s in by_variant.items())
+            + ". The statistics above are over the seeds that have both rows.")
+    lines.append(f"- Rows measured at commits {', '.join(r['measured_at'])} (benchmarks/results/"
+                 "reproduce_ledger.json keeps every row with its commit and date).")
     return lines + ["", "![mIoU vs TC-noc](figures/repro_miou_tc.png)", ""]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -71,13 +72,16 @@ def ci95(values: list[float]) -> dict:
     return {"mean": mean, "ci95": half, "n": n, "values": values}
 
 
-def paired(runs: list[dict], a: str, b: str, seeds: list[int]) -> dict:
-    by = {(r["seed"], r["variant"]): r for r in runs}
-    return {k: ci95([by[(s, a)][k] - by[(s, b)][k] for s in seeds]) for k in METRICS[:4]}
+def paired(runs: list[dict], a: str, b: str) -> dict | None:
+    """Mean and 95 % CI of the per-seed differences a - b of the first four metrics, over the seeds with both rows."""
+    by = {(r["seed"], r["variant"]): r for r in runs if r["seed"] is not None}
+    seeds = sorted({s for s, v in by if v == a} & {s for s, v in by if v == b})
+    return {k: ci95([by[(s, a)][k] - by[(s, b)][k] for s in seeds]) for k in METRICS[:4]} if seeds else None
 
 
 def smoothing_curve(cfg, registered) -> list[dict]:
-    """The baseline's test mIoU / TC / tc_noc / flicker under test-time Gaussian blur of its logits."""
+    """The baseline's test mIoU / TC / tc_noc / flicker under test-time Gaussian blur of its logits (SIGMAS; the
+    reproduction puts the unblurred baseline, sigma 0, at the curve's top)."""
     from etc_core.infer.evaluate import evaluate_models
     from etc_core.tracking.registry import load_model
 
@@ -89,12 +93,15 @@ def smoothing_curve(cfg, registered) -> list[dict]:
 
 
 def above_curve(point: dict, curve: list[dict], key: str = "tc_noc") -> float | None:
-    """point[key] minus the curve's `key` at point's mIoU (linear interpolation); None outside the curve."""
+    """point[key] minus the curve's `key` at point's mIoU (linear interpolation). Beyond the curve's top (a point
+    more accurate than the unblurred baseline): the margin over the top when the point is above it there too (it
+    then beats every point of the curve on both axes), else None; None below the curve's lowest mIoU."""
     pts = sorted((c["miou"], c[key]) for c in curve)
     for (m0, v0), (m1, v1) in zip(pts, pts[1:]):
         if m0 <= point["miou"] <= m1:
             return point[key] - (v0 + (v1 - v0) * (point["miou"] - m0) / max(m1 - m0, 1e-9))
-    return None
+    top_miou, top = pts[-1]
+    return point[key] - top if point["miou"] > top_miou and point[key] > top else None
 
 
 def run_sweep(base, tune: dict, quick: bool) -> dict:
@@ -147,43 +154,108 @@ def main() -> None:
         command = " ".join(["python -m benchmarks.reproduce --sweep", *flags])
         common.save("reproduce_sweep" + suffix, {"command": command, **result}, started)
         return
-    runs, curves = [], {}
-    teacher, secs = common.train_or_reuse(apply_values(base, {"train.seed": 0}), "teacher")
-    teacher_row = common.score(base, teacher)
-    for seed in args.seeds:
-        cfg = apply_values(base, {"train.seed": seed, "student.teacher_uri": teacher.model_uri})
-        baseline, b_secs = common.train_or_reuse(cfg, "baseline")
-        rows = common.score(cfg, baseline)
-        runs.append({"seed": seed, "variant": "baseline", "train_s": b_secs, "model_uri": baseline.model_uri,
-                     **{k: rows[0][k] for k in METRICS}})
-        runs.append({"seed": seed, "variant": "teacher", "train_s": secs, "model_uri": teacher.model_uri,
-                     **{k: teacher_row[0][k] for k in METRICS}})
-        if seed == args.seeds[0]:
-            refs = [{"seed": None, "variant": r["model"], **{k: r[k] for k in METRICS}} for r in rows[1:]]
-        curves[seed] = smoothing_curve(cfg, baseline)
-        for name, overrides in STUDENTS.items():
-            student_cfg = apply_values(cfg, {**tune, "student.init_from": baseline.model_uri, **overrides})
-            registered, s_secs = common.train_or_reuse(student_cfg, "student")
-            row = common.score(student_cfg, registered)[0]
-            runs.append({"seed": seed, "variant": name, "train_s": s_secs, "model_uri": registered.model_uri,
-                         **{k: row[k] for k in METRICS}})
-            print(f"seed {seed} {name}: " + " ".join(f"{k} {row[k]:.2f}" for k in METRICS), flush=True)
-    seeds = args.seeds
-    by = {(r["seed"], r["variant"]): r for r in runs}
-    diffs = {f"{a} - {b}": paired(runs, a, b, seeds) for a, b in (
-        ("+TL", "baseline"), ("+TL+KD", "baseline"), ("+TL+KD", "+TL"), ("control: lambda=0", "baseline"),
-        ("+TL", "control: lambda=0"), ("control: TL zero flow", "control: lambda=0"))}
-    gap = [(by[(s, "+TL+KD")]["miou"] - by[(s, "+TL")]["miou"]) / (by[(s, "teacher")]["miou"] - by[(s, "+TL")]["miou"])
-           if by[(s, "teacher")]["miou"] > by[(s, "+TL")]["miou"] else float("nan") for s in seeds]
-    above = {name: [above_curve(by[(s, name)], curves[s]) for s in seeds] for name in ("+TL", "+TL+KD")}
-    config = {k: v for k, v in base.model_dump(mode="json").items() if k in ("data", "shards", "train", "teacher",
-                                                                                "student")}
-    common.save("reproduce" + suffix, {
-        "command": " ".join(["python -m benchmarks.reproduce --seeds", *map(str, seeds), *flags]),
-        "seeds": seeds, "split": "test", "finetune_steps": tune["train.max_steps"], "runs": runs + refs,
-        "smoothing": {str(s): c for s, c in curves.items()}, "paired": diffs, "kd_gap_closure": gap,
-        "tc_noc_above_smoothing_curve": above, "config": config}, started)
+    ledger = common.Ledger("reproduce_ledger" + suffix)
+    plan = Plan(base, args.seeds, tune)
+    done = {}  # bench key -> registered model, in this run's store
 
+    def model(cfg, stage: str, key: str, seed: int, variant: str):
+        """The model of `key`, trained (or reused from the store) and scored on test into the ledger once per run."""
+        if key not in done:
+            done[key], secs = common.train_or_reuse(cfg, stage)
+            began = time.perf_counter()
+            rows = common.score(cfg, done[key])
+            row = {"seed": seed, "variant": variant, "train_s": secs, **{k: rows[0][k] for k in METRICS}}
+            if stage == "baseline":
+                row["references"] = [{"variant": r["model"], **{k: r[k] for k in METRICS}} for r in rows[1:]]
+                unblurred = {"sigma": 0.0, **{k: row[k] for k in METRICS}}
+                row["smoothing"] = [unblurred, *smoothing_curve(cfg, done[key])]
+            row["score_s"] = round(time.perf_counter() - began, 1)
+            ledger.put(key, row, compare=METRICS)
+            print(f"seed {seed} {variant}: " + " ".join(f"{k} {row[k]:.2f}" for k in METRICS), flush=True)
+        return done[key]
+
+    def student(seed: int, name: str, teacher=None) -> None:
+        cfg, key = plan.students[seed][name]
+        baseline = model(plan.seeds[seed], "baseline", plan.baseline[seed], seed, "baseline")
+        cfg = apply_values(cfg, {"student.init_from": baseline.model_uri,
+                                 **({"student.teacher_uri": teacher.model_uri} if teacher else {})})
+        model(cfg, "student", key, seed, name)
+
+    # Without the teacher first, seed by seed (the claim and its controls), then the teacher and the KD students.
+    for seed in args.seeds:
+        if ledger.get(plan.baseline[seed]) is None:
+            model(plan.seeds[seed], "baseline", plan.baseline[seed], seed, "baseline")
+        for name in plan.missing(ledger, seed, kd=False):
+            student(seed, name)
+    if any(plan.missing(ledger, seed, kd=True) for seed in args.seeds):
+        teacher = model(plan.teacher_cfg, "teacher", plan.teacher, 0, "teacher")
+        for seed in args.seeds:
+            for name in plan.missing(ledger, seed, kd=True):
+                student(seed, name, teacher)
+    common.save("reproduce" + suffix, {
+        "command": " ".join(["python -m benchmarks.reproduce --seeds", *map(str, args.seeds), *flags]),
+        "finetune_steps": tune["train.max_steps"], **plan.result(ledger), "config": {
+            k: v for k, v in base.model_dump(mode="json").items() if k in ("data", "shards", "train", "teacher",
+                                                                           "student")}}, started)
+
+
+class Plan:
+    """Every model of the reproduction and its ledger key (common.bench_key): the teacher (seed 0), and per seed the
+    baseline and the students of STUDENTS, each fine-tuned from that seed's baseline."""
+
+    def __init__(self, base, seeds: list[int], tune: dict):
+        from etc_core.config import apply_values
+
+        self.teacher_cfg = apply_values(base, {"train.seed": 0})
+        self.teacher = common.bench_key(self.teacher_cfg, "teacher")
+        self.seeds = {s: apply_values(base, {"train.seed": s}) for s in seeds}
+        self.baseline = {s: common.bench_key(cfg, "baseline") for s, cfg in self.seeds.items()}
+        self.students = {s: {} for s in seeds}
+        for s, cfg in self.seeds.items():
+            for name, overrides in STUDENTS.items():
+                student = apply_values(cfg, {**tune, **overrides})
+                refs = {"init_from": self.baseline[s],
+                        **({"teacher": self.teacher} if student.student.loss.needs_teacher else {})}
+                self.students[s][name] = (student, common.bench_key(student, "student", refs))
+
+    def missing(self, ledger, seed: int, kd: bool) -> list[str]:
+        """The students of `seed` (with KD, or without) that have no ledger row yet."""
+        return [name for name, (cfg, key) in self.students[seed].items()
+                if cfg.student.loss.needs_teacher == kd and ledger.get(key) is None]
+
+    def result(self, ledger) -> dict:
+        """reproduce.json's body from the ledger rows of this plan: every row found, what is missing, the paired
+        differences, KD's gap closure and the distance above the blur curve, over the seeds that have the rows."""
+        runs, curves, refs, missing, commits = [], {}, None, [], set()
+        teacher = ledger.get(self.teacher)
+        for seed in self.seeds:
+            keys = [("baseline", self.baseline[seed])] + [(n, k) for n, (_, k) in self.students[seed].items()]
+            for name, key in keys + [("teacher", self.teacher)]:
+                row = ledger.get(key)
+                if row is None:
+                    missing.append({"seed": seed, "variant": name})
+                    continue
+                runs.append({"seed": seed, "variant": name, "train_s": row["train_s"], "measured": row["commit"],
+                             **{k: row[k] for k in METRICS}})
+                commits.add(row["commit"])
+                if name == "baseline":
+                    curves[seed] = row["smoothing"]
+                    refs = refs or [{"seed": None, **r} for r in row["references"]]
+        by = {(r["seed"], r["variant"]): r for r in runs}
+        seeds = [s for s in self.seeds if all((s, v) in by for v in ("+TL", "+TL+KD", "teacher"))]
+        gap = {s: (by[(s, "+TL+KD")]["miou"] - by[(s, "+TL")]["miou"]) / (by[(s, "teacher")]["miou"]
+                                                                          - by[(s, "+TL")]["miou"])
+               if teacher and by[(s, "teacher")]["miou"] > by[(s, "+TL")]["miou"] else float("nan") for s in seeds}
+        above = {name: {s: above_curve(by[(s, name)], curves[s]) for s in curves if (s, name) in by}
+                 for name in ("+TL", "+TL+KD")}
+        pairs = (("+TL", "baseline"), ("+TL+KD", "baseline"), ("+TL+KD", "+TL"), ("control: lambda=0", "baseline"),
+                 ("+TL", "control: lambda=0"), ("control: TL zero flow", "control: lambda=0"))
+        diffs = {f"{a} - {b}": d for a, b in pairs if (d := paired(runs, a, b)) is not None}
+        return {"seeds": list(self.seeds), "split": "test", "complete": not missing, "missing": missing,
+                "measured_at": sorted(commits), "runs": runs + (refs or []),
+                "smoothing": {str(s): c for s, c in curves.items()}, "paired": diffs,
+                "kd_gap_closure": {str(s): g for s, g in gap.items()},
+                "tc_noc_above_smoothing_curve": {n: {str(s): v for s, v in d.items()} for n, d in above.items()}}
 
 if __name__ == "__main__":
     main()

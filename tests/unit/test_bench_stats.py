@@ -15,7 +15,9 @@ def test_above_curve_interpolates_at_equal_miou():
     curve = [{"miou": 60.0, "tc_noc": 80.0}, {"miou": 50.0, "tc_noc": 90.0}]  # blur: less mIoU, more TC
     assert reproduce.above_curve({"miou": 55.0, "tc_noc": 86.0}, curve) == pytest.approx(1.0)
     assert reproduce.above_curve({"miou": 55.0, "tc_noc": 84.0}, curve) == pytest.approx(-1.0)
-    assert reproduce.above_curve({"miou": 65.0, "tc_noc": 84.0}, curve) is None  # outside the curve
+    assert reproduce.above_curve({"miou": 45.0, "tc_noc": 95.0}, curve) is None  # below the curve's mIoU
+    assert reproduce.above_curve({"miou": 65.0, "tc_noc": 84.0}, curve) == pytest.approx(4.0)  # beats its top
+    assert reproduce.above_curve({"miou": 65.0, "tc_noc": 79.0}, curve) is None  # more accurate, less consistent
 
 
 def test_smoothed_blurs_logits_and_keeps_constant_maps():
@@ -35,3 +37,66 @@ def test_smoothed_blurs_logits_and_keeps_constant_maps():
     spike[0, 0, 8, 8] = 1.0
     out = reproduce.Smoothed(Fixed(spike), 1.0)(None).logits
     assert out.sum() == pytest.approx(1.0, rel=1e-5) and out.max() < 0.2 and out[0, 0, 8, 8] == out.max()
+
+
+def _bench(tmp_path, *overrides):
+    from benchmarks import common
+    from etc_core.config import load_config
+
+    return load_config(common.CONFIG, [f"data.root={tmp_path}/data", f"shards.uri={tmp_path}/shards",
+                                       f"train.storage_path={tmp_path}/ray", *overrides])
+
+
+def test_bench_key_ignores_places_and_store_uris_and_follows_what_trains(tmp_path):
+    from benchmarks.common import bench_key
+
+    a, b = _bench(tmp_path / "a"), _bench(tmp_path / "b")  # another checkout or bench root: the same training
+    assert bench_key(a, "baseline") == bench_key(b, "baseline")
+    assert bench_key(_bench(tmp_path, "student.init_from=models:/x/1", "student.teacher_uri=models:/t/2"),
+                     "student") == bench_key(_bench(tmp_path, "student.init_from=models:/y/9"), "student")
+    seeded = _bench(tmp_path, "train.seed=1")
+    assert bench_key(seeded, "baseline") != bench_key(a, "baseline")
+    assert bench_key(a, "student", {"init_from": "k1"}) != bench_key(a, "student", {"init_from": "k2"})
+    assert bench_key(a, "student") != bench_key(a, "baseline") != bench_key(a, "teacher")
+    assert bench_key(_bench(tmp_path, "student.loss.tc_weight=1.0"), "student") != bench_key(a, "student")
+
+
+def test_ledger_keeps_rows_across_instances_and_notes_a_remeasured_difference(tmp_path, monkeypatch, capsys):
+    from benchmarks import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    ledger = common.Ledger("ledger")
+    ledger.put("k", {"miou": 50.0, "tc": 70.0}, compare=("miou", "tc"))
+    again = common.Ledger("ledger")  # a later run (or session) reads what the first wrote
+    assert again.get("k")["miou"] == 50.0 and again.get("k")["commit"] and again.get("missing") is None
+    again.put("k", {"miou": 50.0, "tc": 70.0}, compare=("miou", "tc"))
+    assert "different" not in capsys.readouterr().out
+    again.put("k", {"miou": 51.0, "tc": 70.0}, compare=("miou", "tc"))
+    assert "measured again with different results" in capsys.readouterr().out
+    kept = common.Ledger("ledger").get("k")
+    assert kept["miou"] == 50.0 and [r["diff"]["miou"] for r in kept["remeasured"]] == [0.0, 1.0]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_plan_result_counts_only_seeds_with_both_rows_and_lists_what_is_missing(tmp_path, monkeypatch):
+    from benchmarks import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    plan = reproduce.Plan(_bench(tmp_path), [0, 1, 2], {"train.max_steps": 600})
+    ledger = common.Ledger("ledger")
+    row = {"train_s": 1.0, "miou": 60.0, "tc": 70.0, "tc_noc": 75.0, "flicker_interior": 2.0,
+           "flicker_boundary": 15.0}
+    curve = [{"sigma": 1.0, **row, "miou": 61.0, "tc_noc": 74.0}, {"sigma": 3.0, **row, "miou": 55.0, "tc_noc": 80.0}]
+    for seed, tc_noc in ((0, 1.0), (1, 3.0)):  # two seeds: baseline and +TL, no KD, no teacher yet
+        ledger.put(plan.baseline[seed], {**row, "references": [{"variant": "ground truth", **row}],
+                                         "smoothing": curve})
+        ledger.put(plan.students[seed]["+TL"][1], {**row, "tc_noc": 75.0 + tc_noc})
+    ledger.put(plan.baseline[2], {**row, "references": [], "smoothing": curve})
+    r = plan.result(ledger)
+    assert not r["complete"] and {"seed": 2, "variant": "+TL"} in r["missing"]
+    assert {"seed": 0, "variant": "teacher"} in r["missing"]
+    d = r["paired"]["+TL - baseline"]["tc_noc"]
+    assert d["n"] == 2 and d["mean"] == pytest.approx(2.0)
+    assert set(r["paired"]) == {"+TL - baseline"} and r["kd_gap_closure"] == {}
+    assert r["tc_noc_above_smoothing_curve"]["+TL"]["0"] == pytest.approx(1.0)  # curve: 75 at mIoU 60
+    assert [x["variant"] for x in r["runs"] if x["seed"] is None] == ["ground truth"]
