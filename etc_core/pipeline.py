@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from etc_core.config import EtcConfig, apply_values, flatten
+from etc_core.config import EtcConfig, apply_values, flatten, load_config
 from etc_core.metrics import METRICS
 from etc_core.stages import announce, flow_stage, flow_timing_stage, sweep_stage, train_stage
 from etc_core.tracking import mlflow as tracking
@@ -50,7 +50,6 @@ def run_pipeline(cfg: EtcConfig, force: tuple[str, ...] = ()) -> PipelineResult:
 
 
 def _run_stages(cfg: EtcConfig, force: tuple[str, ...]) -> PipelineResult:
-    from etc_core.config import load_config
     from etc_core.data.registry import open_dataset
 
     result = PipelineResult()
