@@ -45,7 +45,8 @@ demo: $(STAMP)
 	$(PY) pipelines/full.py --config configs/demo.yaml
 
 # Every benchmark from a clean runs/bench/, then docs/benchmarks.md (many hours on 2 cores: the reproduction trains
-# 26 models; each script's last wall time is on that page).
+# 26 models; each script's last wall time is on that page). The reproduction resumes from its ledger
+# (benchmarks/results/reproduce_ledger.json): only models without a row are trained; `--remeasure` trains them all.
 BENCH := data_acceptance reproduce train_overhead inference flow_stage soak
 bench: $(STAMP)
 	rm -rf runs/bench

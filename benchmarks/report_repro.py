@@ -115,7 +115,7 @@ def reproduce_section(r: dict) -> list[str]:
     if not r["complete"]:
         by_variant: dict[str, list] = {}
         for m in r["missing"]:
-            by_variant.setdefault(m["variant"], []).append(m["seed"])
+            by_variant.setdefault(m["variant"] + (f", {m['reason']}" if "reason" in m else ""), []).append(m["seed"])
         lines.append("- **Not complete**: no row yet for " + "; ".join(
             f"{v} (seeds {', '.join(map(str, s))})" for v, s in by_variant.items())
             + ". The statistics above are over the seeds that have both rows.")

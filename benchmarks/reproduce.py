@@ -11,6 +11,12 @@ and fixed in configs/reproduce.yaml. Every row is scored on test; differences ar
     python -m benchmarks.reproduce --sweep ray.num_cpus=3   # once: the sweep of lambda and form, on val (a trial's
                                                             # driver holds a logical CPU beside its 2-CPU worker)
     python -m benchmarks.reproduce                  # seeds 0-4
+
+Every trained model's test row goes into benchmarks/results/reproduce_ledger.json as soon as it is scored, under a key
+of what trained it (common.bench_key): a stopped run, rerun, trains only what has no row, and the rows of several runs
+(or sessions; CPU training here is deterministic) make one result. --remeasure trains everything again and checks that
+the rows come out the same. A student is paired only with the baseline (and teacher) it started from: the metrics of
+those, as measured when it was trained, are kept in its row and compared with theirs.
 """
 from __future__ import annotations
 
@@ -140,6 +146,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--finetune-steps", type=int, default=600, help="train.max_steps of every fine-tuned student")
     p.add_argument("--sweep", action="store_true", help="run the sweep of the temporal weight and form, then stop")
+    p.add_argument("--remeasure", action="store_true", help="train every model again, even those with a ledger row "
+                   "(the ledger keeps its rows and notes any difference: a check that the figures reproduce)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, as for the pipelines")
     args, base, _, started = common.begin(p)
     from etc_core.config import apply_values
@@ -156,47 +164,56 @@ def main() -> None:
         return
     ledger = common.Ledger("reproduce_ledger" + suffix)
     plan = Plan(base, args.seeds, tune)
-    done = {}  # bench key -> registered model, in this run's store
+    done = {}  # bench key -> (registered model in this run's store, its row as measured in this run)
 
-    def model(cfg, stage: str, key: str, seed: int, variant: str):
-        """The model of `key`, trained (or reused from the store) and scored on test into the ledger once per run."""
+    def model(cfg, stage: str, key: str, seed: int, variant: str, started_from: dict | None = None):
+        """The model of `key`, trained (or reused from the store) and scored on test into the ledger once per run.
+        started_from: the rows (as measured in this run) of the models it starts from or distils from."""
         if key not in done:
-            done[key], secs = common.train_or_reuse(cfg, stage)
+            registered, secs = common.train_or_reuse(cfg, stage)
             began = time.perf_counter()
-            rows = common.score(cfg, done[key])
-            row = {"seed": seed, "variant": variant, "train_s": secs, **{k: rows[0][k] for k in METRICS}}
+            rows = common.score(cfg, registered)
+            row = {"seed": seed, "variant": variant, "train_s": secs, **{k: rows[0][k] for k in METRICS},
+                   **{name: {k: r[k] for k in METRICS} for name, r in (started_from or {}).items()}}
             if stage == "baseline":
                 row["references"] = [{"variant": r["model"], **{k: r[k] for k in METRICS}} for r in rows[1:]]
                 unblurred = {"sigma": 0.0, **{k: row[k] for k in METRICS}}
-                row["smoothing"] = [unblurred, *smoothing_curve(cfg, done[key])]
+                row["smoothing"] = [unblurred, *smoothing_curve(cfg, registered)]
             row["score_s"] = round(time.perf_counter() - began, 1)
             ledger.put(key, row, compare=METRICS)
+            done[key] = registered, row
             print(f"seed {seed} {variant}: " + " ".join(f"{k} {row[k]:.2f}" for k in METRICS), flush=True)
         return done[key]
 
     def student(seed: int, name: str, teacher=None) -> None:
         cfg, key = plan.students[seed][name]
-        baseline = model(plan.seeds[seed], "baseline", plan.baseline[seed], seed, "baseline")
+        baseline, b_row = model(plan.seeds[seed], "baseline", plan.baseline[seed], seed, "baseline")
         cfg = apply_values(cfg, {"student.init_from": baseline.model_uri,
-                                 **({"student.teacher_uri": teacher.model_uri} if teacher else {})})
-        model(cfg, "student", key, seed, name)
+                                 **({"student.teacher_uri": teacher[0].model_uri} if teacher else {})})
+        model(cfg, "student", key, seed, name, {"baseline": b_row, **({"teacher": teacher[1]} if teacher else {})})
 
+    known = {} if args.remeasure else ledger.rows  # what needs no training: the ledger's rows, or nothing
     # Without the teacher first, seed by seed (the claim and its controls), then the teacher and the KD students.
     for seed in args.seeds:
-        if ledger.get(plan.baseline[seed]) is None:
+        if plan.baseline[seed] not in known:
             model(plan.seeds[seed], "baseline", plan.baseline[seed], seed, "baseline")
-        for name in plan.missing(ledger, seed, kd=False):
+        for name in plan.missing(known, seed, kd=False):
             student(seed, name)
-    if any(plan.missing(ledger, seed, kd=True) for seed in args.seeds):
+    if any(plan.missing(known, seed, kd=True) for seed in args.seeds):
         teacher = model(plan.teacher_cfg, "teacher", plan.teacher, 0, "teacher")
         for seed in args.seeds:
-            for name in plan.missing(ledger, seed, kd=True):
+            for name in plan.missing(known, seed, kd=True):
                 student(seed, name, teacher)
     common.save("reproduce" + suffix, {
         "command": " ".join(["python -m benchmarks.reproduce --seeds", *map(str, args.seeds), *flags]),
         "finetune_steps": tune["train.max_steps"], **plan.result(ledger), "config": {
             k: v for k, v in base.model_dump(mode="json").items() if k in ("data", "shards", "train", "teacher",
                                                                            "student")}}, started)
+
+
+def _same(measured: dict, row: dict | None) -> bool:
+    """Whether a model's metrics as measured when another model started from it equal its ledger row."""
+    return row is not None and all(abs(measured[k] - row[k]) <= 1e-6 for k in METRICS)
 
 
 class Plan:
@@ -218,10 +235,10 @@ class Plan:
                         **({"teacher": self.teacher} if student.student.loss.needs_teacher else {})}
                 self.students[s][name] = (student, common.bench_key(student, "student", refs))
 
-    def missing(self, ledger, seed: int, kd: bool) -> list[str]:
-        """The students of `seed` (with KD, or without) that have no ledger row yet."""
+    def missing(self, known: dict, seed: int, kd: bool) -> list[str]:
+        """The students of `seed` (with KD, or without) whose key is not in `known` (the ledger's rows)."""
         return [name for name, (cfg, key) in self.students[seed].items()
-                if cfg.student.loss.needs_teacher == kd and ledger.get(key) is None]
+                if cfg.student.loss.needs_teacher == kd and key not in known]
 
     def result(self, ledger) -> dict:
         """reproduce.json's body from the ledger rows of this plan: every row found, what is missing, the paired
@@ -234,6 +251,11 @@ class Plan:
                 row = ledger.get(key)
                 if row is None:
                     missing.append({"seed": seed, "variant": name})
+                    continue
+                other = [ref for ref, ref_key in (("baseline", self.baseline[seed]), ("teacher", self.teacher))
+                         if ref in row and not _same(row[ref], ledger.get(ref_key))]
+                if other:  # its baseline or teacher was trained again since and came out different: not paired
+                    missing.append({"seed": seed, "variant": name, "reason": f"trained from another {other[0]}"})
                     continue
                 runs.append({"seed": seed, "variant": name, "train_s": row["train_s"], "measured": row["commit"],
                              **{k: row[k] for k in METRICS}})

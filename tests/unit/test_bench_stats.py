@@ -90,10 +90,12 @@ def test_plan_result_counts_only_seeds_with_both_rows_and_lists_what_is_missing(
     for seed, tc_noc in ((0, 1.0), (1, 3.0)):  # two seeds: baseline and +TL, no KD, no teacher yet
         ledger.put(plan.baseline[seed], {**row, "references": [{"variant": "ground truth", **row}],
                                          "smoothing": curve})
-        ledger.put(plan.students[seed]["+TL"][1], {**row, "tc_noc": 75.0 + tc_noc})
+        ledger.put(plan.students[seed]["+TL"][1], {**row, "tc_noc": 75.0 + tc_noc, "baseline": row})
     ledger.put(plan.baseline[2], {**row, "references": [], "smoothing": curve})
+    ledger.put(plan.students[2]["+TL"][1], {**row, "baseline": {**row, "miou": 59.0}})  # another baseline's student
     r = plan.result(ledger)
-    assert not r["complete"] and {"seed": 2, "variant": "+TL"} in r["missing"]
+    assert not r["complete"]
+    assert {"seed": 2, "variant": "+TL", "reason": "trained from another baseline"} in r["missing"]
     assert {"seed": 0, "variant": "teacher"} in r["missing"]
     d = r["paired"]["+TL - baseline"]["tc_noc"]
     assert d["n"] == 2 and d["mean"] == pytest.approx(2.0)
