@@ -134,16 +134,28 @@ def score(cfg, registered, split: str = "test") -> list[dict]:
     return rows
 
 
-def val_curve(cfg, registered) -> list[tuple[int, float]]:
-    """(step, val mIoU) of every validation of the run that trained `registered` (from MLflow)."""
+def _training_run(cfg, registered):
+    """(MLflow client, id of the run that trained `registered`, or None)."""
     import mlflow
 
     from etc_core.tracking import mlflow as tracking
 
     tracking.setup(cfg.mlflow)
     client = mlflow.MlflowClient()
-    run_id = client.get_model_version(registered.name, registered.version).tags.get("etc.run_id")
+    return client, client.get_model_version(registered.name, registered.version).tags.get("etc.run_id")
+
+
+def val_curve(cfg, registered) -> list[tuple[int, float]]:
+    """(step, val mIoU) of every validation of the run that trained `registered` (from MLflow)."""
+    client, run_id = _training_run(cfg, registered)
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val/miou")) if run_id else []
+
+
+def training_seconds(cfg, registered) -> float:
+    """Wall seconds of the MLflow run that trained `registered` (for a model reused from the store), 0 if unknown."""
+    client, run_id = _training_run(cfg, registered)
+    info = client.get_run(run_id).info if run_id else None
+    return (info.end_time - info.start_time) / 1000 if info and info.end_time else 0.0
 
 
 # The fields of a stage's key that name places, not content: the bench root, the checkout, the stores' URIs.

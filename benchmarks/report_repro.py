@@ -120,7 +120,8 @@ def reproduce_section(r: dict) -> list[str]:
             f"{v} (seeds {', '.join(map(str, s))})" for v, s in by_variant.items())
             + ". The statistics above are over the seeds that have both rows.")
     lines.append(f"- Rows measured at commits {', '.join(r['measured_at'])} (benchmarks/results/"
-                 "reproduce_ledger.json keeps every row with its commit and date).")
+                 "reproduce_ledger.json keeps every row with its commit and date); training and scoring them took "
+                 f"{r['compute_s'] / 3600:.1f} h of this machine in all.")
     return lines + ["", "![mIoU vs TC-noc](figures/repro_miou_tc.png)", ""]
 
 

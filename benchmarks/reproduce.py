@@ -171,6 +171,7 @@ def main() -> None:
         started_from: the rows (as measured in this run) of the models it starts from or distils from."""
         if key not in done:
             registered, secs = common.train_or_reuse(cfg, stage)
+            secs = secs or common.training_seconds(cfg, registered)  # trained by an earlier run into this store
             began = time.perf_counter()
             rows = common.score(cfg, registered)
             row = {"seed": seed, "variant": variant, "train_s": secs, **{k: rows[0][k] for k in METRICS},
@@ -273,7 +274,11 @@ class Plan:
         pairs = (("+TL", "baseline"), ("+TL+KD", "baseline"), ("+TL+KD", "+TL"), ("control: lambda=0", "baseline"),
                  ("+TL", "control: lambda=0"), ("control: TL zero flow", "control: lambda=0"))
         diffs = {f"{a} - {b}": d for a, b in pairs if (d := paired(runs, a, b)) is not None}
+        used = {k: ledger.get(k) for k in [self.teacher, *self.baseline.values()]
+                + [k for students in self.students.values() for _, k in students.values()]}
+        compute = sum(r["train_s"] + r.get("score_s", 0.0) for r in used.values() if r)
         return {"seeds": list(self.seeds), "split": "test", "complete": not missing, "missing": missing,
+                "compute_s": round(compute, 1),
                 "measured_at": sorted(commits), "runs": runs + (refs or []),
                 "smoothing": {str(s): c for s, c in curves.items()}, "paired": diffs,
                 "kd_gap_closure": {str(s): g for s, g in gap.items()},
