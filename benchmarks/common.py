@@ -236,5 +236,7 @@ def begin(p: argparse.ArgumentParser):
     logging.basicConfig(level=logging.WARNING)
     started = time.time()
     base = bench_config(*args.overrides, quick=args.quick)
+    if getattr(args, "from_ledger", False):  # only reads results: no Ray, no shards
+        return args, base, None, started
     start_ray(base)
     return args, base, ensure_shards(base), started

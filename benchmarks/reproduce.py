@@ -146,6 +146,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--finetune-steps", type=int, default=600, help="train.max_steps of every fine-tuned student")
     p.add_argument("--sweep", action="store_true", help="run the sweep of the temporal weight and form, then stop")
+    p.add_argument("--from-ledger", action="store_true", help="train nothing: write the result from the ledger's "
+                   "rows as they are (a run in progress, or one stopped before the end)")
     p.add_argument("--remeasure", action="store_true", help="train every model again, even those with a ledger row "
                    "(the ledger keeps its rows and notes any difference: a check that the figures reproduce)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, as for the pipelines")
@@ -195,12 +197,12 @@ def main() -> None:
 
     known = {} if args.remeasure else ledger.rows  # what needs no training: the ledger's rows, or nothing
     # Without the teacher first, seed by seed (the claim and its controls), then the teacher and the KD students.
-    for seed in args.seeds:
+    for seed in [] if args.from_ledger else args.seeds:
         if plan.baseline[seed] not in known:
             model(plan.seeds[seed], "baseline", plan.baseline[seed], seed, "baseline")
         for name in plan.missing(known, seed, kd=False):
             student(seed, name)
-    if any(plan.missing(known, seed, kd=True) for seed in args.seeds):
+    if not args.from_ledger and any(plan.missing(known, seed, kd=True) for seed in args.seeds):
         teacher = model(plan.teacher_cfg, "teacher", plan.teacher, 0, "teacher")
         for seed in args.seeds:
             for name in plan.missing(known, seed, kd=True):
