@@ -33,8 +33,11 @@ def machine_section(results: list[dict]) -> list[str]:
              f"(torch uses {m['torch_threads']} threads)", f"- GPU: {m['gpu'] or 'none'}",
              f"- Python {m['python']} on {m['os']}",
              "- " + ", ".join(f"{k} {val}" for k, val in v.items()), "",
-             "| benchmark | date | wall time | command |", "|---|---|---|---|"]
-    lines += [f"| {r['name']} | {r['date']} | {r['wall_s'] / 60:.1f} min | `{r['command']}` |" for r in results]
+             "Sessions get different machines of this kind (the VM build in the OS string changes, and so can the "
+             "CPU's speed): each ratio below compares runs of one script on one machine; the table says which.", "",
+             "| benchmark | date | wall time | machine | command |", "|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['date']} | {r['wall_s'] / 60:.1f} min | {r['machine']['cpu']}, "
+              f"{r['machine']['os']} | `{r['command']}` |" for r in results]
     return lines + [""]
 
 
