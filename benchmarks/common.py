@@ -208,6 +208,7 @@ class Ledger:
     def __init__(self, name: str):
         self.path = RESULTS / f"{name}.json"
         self.rows: dict[str, dict] = json.loads(self.path.read_text())["rows"] if self.path.exists() else {}
+        self.commit = commit()  # the code this run loaded (later commits to the checkout do not change it)
 
     def get(self, key: str) -> dict | None:
         return self.rows.get(key)
@@ -220,10 +221,10 @@ class Ledger:
             diff = {k: row[k] - old[k] for k in compare if k in row and k in old}
             if any(abs(v) > 1e-6 for v in diff.values()):
                 print(f"ledger {key}: measured again with different results: {diff}", flush=True)
-            old.setdefault("remeasured", []).append({"commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            old.setdefault("remeasured", []).append({"commit": self.commit, "date": time.strftime("%Y-%m-%d %H:%M"),
                                                      "diff": diff})
         else:
-            self.rows[key] = {**row, "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M")}
+            self.rows[key] = {**row, "commit": self.commit, "date": time.strftime("%Y-%m-%d %H:%M")}
         RESULTS.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"rows": self.rows}, indent=1, default=float))

@@ -100,6 +100,12 @@ def reproduce_section(r: dict) -> list[str]:
     for name in names:
         rows = [x for x in r["runs"] if x["variant"] == name]
         lines.append(_row(name if rows[0]["seed"] is None else f"{name} (mean ± std, {len(rows)} seeds)", rows))
+    lines += ["", "Per seed, on test (blur: the baseline's logits blurred at test time, Gaussian σ in pixels):", "",
+              "| seed | row | " + " | ".join(TITLES) + " |", "|---|---|" + "---|" * len(METRICS)]
+    for seed in r["seeds"]:
+        rows = [x for x in r["runs"] if x["seed"] == seed]
+        rows += [{"variant": f"blur σ = {c['sigma']:g}", **c} for c in r["smoothing"].get(str(seed), [])[1:]]
+        lines += [f"| {seed} " + _row(x["variant"], [x]) for x in rows]
     lines += ["", "Paired differences on test (mean ± 95 % CI half-width over seeds):", "",
               "| difference | mIoU | TC | TC-noc | flicker interior |", "|---|---|---|---|---|"]
     for name, d in r["paired"].items():
