@@ -274,7 +274,8 @@ class Plan:
         above = {name: {s: above_curve(by[(s, name)], curves[s]) for s in curves if (s, name) in by}
                  for name in ("+TL", "+TL+KD")}
         pairs = (("+TL", "baseline"), ("+TL+KD", "baseline"), ("+TL+KD", "+TL"), ("control: lambda=0", "baseline"),
-                 ("+TL", "control: lambda=0"), ("control: TL zero flow", "control: lambda=0"))
+                 ("+TL", "control: lambda=0"), ("control: TL zero flow", "control: lambda=0"),
+                 ("+TL", "control: TL zero flow"))  # the last: what the motion compensation itself adds
         diffs = {f"{a} - {b}": d for a, b in pairs if (d := paired(runs, a, b)) is not None}
         used = {k: ledger.get(k) for k in [self.teacher, *self.baseline.values()]
                 + [k for students in self.students.values() for _, k in students.values()]}
