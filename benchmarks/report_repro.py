@@ -149,7 +149,9 @@ def reproduce_figure(r: dict, figures) -> None:
             ax.scatter([p["miou"] for p in pts], [p["tc_noc"] for p in pts], color=colour, s=20, label=name)
     ax.set_xlabel("test mIoU (%)")
     ax.set_ylabel("test TC-noc (%)")
-    ax.set_title(f"{len(r['seeds'])} seeds, dots: one per seed")
+    seeds = {x["seed"] for x in r["runs"] if x["seed"] is not None}
+    ax.set_title(f"{len(seeds)} seeds so far, dots: one per seed" if not r.get("complete", True)
+                 else f"{len(seeds)} seeds, dots: one per seed")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(figures / "repro_miou_tc.png", dpi=120)
