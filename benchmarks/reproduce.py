@@ -247,7 +247,6 @@ class Plan:
         """reproduce.json's body from the ledger rows of this plan: every row found, what is missing, the paired
         differences, KD's gap closure and the distance above the blur curve, over the seeds that have the rows."""
         runs, curves, refs, missing, commits = [], {}, None, [], set()
-        teacher = ledger.get(self.teacher)
         for seed in self.seeds:
             keys = [("baseline", self.baseline[seed])] + [(n, k) for n, (_, k) in self.students[seed].items()]
             for name, key in keys + [("teacher", self.teacher)]:
@@ -270,7 +269,7 @@ class Plan:
         seeds = [s for s in self.seeds if all((s, v) in by for v in ("+TL", "+TL+KD", "teacher"))]
         gap = {s: (by[(s, "+TL+KD")]["miou"] - by[(s, "+TL")]["miou"]) / (by[(s, "teacher")]["miou"]
                                                                           - by[(s, "+TL")]["miou"])
-               if teacher and by[(s, "teacher")]["miou"] > by[(s, "+TL")]["miou"] else float("nan") for s in seeds}
+               if by[(s, "teacher")]["miou"] > by[(s, "+TL")]["miou"] else float("nan") for s in seeds}
         above = {name: {s: above_curve(by[(s, name)], curves[s]) for s in curves if (s, name) in by}
                  for name in ("+TL", "+TL+KD")}
         pairs = (("+TL", "baseline"), ("+TL+KD", "baseline"), ("+TL+KD", "+TL"), ("control: lambda=0", "baseline"),
