@@ -107,11 +107,25 @@ def pspnet18(num_classes: int, pretrained=False, **kwargs) -> PSPNet:
     return _pspnet_torchvision("pspnet18", 18, num_classes, pretrained, **kwargs)
 
 
+def _pspnet_timm(name: str, width: int, num_classes: int, pretrained, **kwargs) -> PSPNet:
+    """PSPNet on a ResNet-18 layout `width` times narrower than ResNet-18 (timm ResNet, channels 64/width-512/width,
+    head and aux heads narrowed alike); its backbone from a weights file in this timm ResNet's own format."""
+    if is_imagenet(pretrained):
+        raise no_pretrained(name, f"the 1/{width}-width ResNet-18 was never trained on ImageNet")
+    channels = tuple(c // width for c in (64, 128, 256, 512))
+    resnet = timm_resnet.ResNet(timm_resnet.BasicBlock, [2, 2, 2, 2], channels=channels, stem_width=channels[0])
+    load_backbone(resnet, name, pretrained)
+    return PSPNet(ResNetTrunk(resnet), channels[2], channels[3], num_classes, head_ch=256 // width,
+                  aux_ch=128 // width, **kwargs)
+
+
 @register_model
 def pspnet18_slim(num_classes: int, pretrained=False, **kwargs) -> PSPNet:
-    """PSPNet on a ResNet-18 layout at 1/4 width (timm ResNet, channels 16-128): for tests and the CPU demo."""
-    if is_imagenet(pretrained):
-        raise no_pretrained("pspnet18_slim", "the quarter-width ResNet-18 was never trained on ImageNet")
-    resnet = timm_resnet.ResNet(timm_resnet.BasicBlock, [2, 2, 2, 2], channels=(16, 32, 64, 128), stem_width=16)
-    load_backbone(resnet, "pspnet18_slim", pretrained)  # a weights file in this timm ResNet's own format
-    return PSPNet(ResNetTrunk(resnet), 64, 128, num_classes, head_ch=64, aux_ch=32, **kwargs)
+    """PSPNet on a ResNet-18 layout at 1/4 width (channels 16-128): for tests and the CPU demo."""
+    return _pspnet_timm("pspnet18_slim", 4, num_classes, pretrained, **kwargs)
+
+
+@register_model
+def pspnet18_half(num_classes: int, pretrained=False, **kwargs) -> PSPNet:
+    """PSPNet on a ResNet-18 layout at 1/2 width (channels 32-256): a CPU-sized teacher for pspnet18_slim."""
+    return _pspnet_timm("pspnet18_half", 2, num_classes, pretrained, **kwargs)
