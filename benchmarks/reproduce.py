@@ -204,7 +204,11 @@ def main() -> None:
             student(seed, name)
     if not args.from_ledger and any(plan.missing(known, seed, kd=True) for seed in args.seeds):
         teacher = model(plan.teacher_cfg, "teacher", plan.teacher, 0, "teacher")
-        for seed in args.seeds:
+        from etc_core.train.run import find_registered
+
+        # seeds whose baseline this store already holds first: the others train theirs again (a session's store is
+        # lost with it; the ledger keeps rows, not weights)
+        for seed in sorted(args.seeds, key=lambda s: find_registered(plan.seeds[s], "baseline") is None):
             for name in plan.missing(known, seed, kd=True):
                 student(seed, name, teacher)
     common.save("reproduce" + suffix, {
