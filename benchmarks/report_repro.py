@@ -95,11 +95,15 @@ def reproduce_section(r: dict) -> list[str]:
              f"the temporal loss on {s['tc_on']} at weight {s['tc_weight']:g} (chosen by the sweep on val, "
              "`benchmarks/results/reproduce_sweep.json`); scored on **test**. Controls: λ = 0 (the baseline trained "
              "for the same extra steps), the temporal loss with zero flow, and test-time blur of the baseline's "
-             "logits.", "", "| row | " + " | ".join(TITLES) + " |", "|---|" + "---|" * len(METRICS)]
+             f"logits. Baseline and students: {r['config']['student']['arch']}; the teacher: "
+             f"{r['config']['teacher']['arch']}, one (seed 0), on the baseline's schedule.", "",
+             "| row | " + " | ".join(TITLES) + " |", "|---|" + "---|" * len(METRICS)]
     names = list(dict.fromkeys(x["variant"] for x in r["runs"]))
     for name in names:
         rows = [x for x in r["runs"] if x["variant"] == name]
-        lines.append(_row(name if rows[0]["seed"] is None else f"{name} (mean ± std, {len(rows)} seeds)", rows))
+        label = (name if rows[0]["seed"] is None else f"{name} (seed {rows[0]['seed']})" if len(rows) == 1
+                 else f"{name} (mean ± std, {len(rows)} seeds)")
+        lines.append(_row(label, rows))
     lines += ["", "Per seed, on test (blur: the baseline's logits blurred at test time, Gaussian σ in pixels):", "",
               "| seed | row | " + " | ".join(TITLES) + " |", "|---|---|" + "---|" * len(METRICS)]
     for seed in r["seeds"]:
