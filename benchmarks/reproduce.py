@@ -251,9 +251,16 @@ class Plan:
         """reproduce.json's body from the ledger rows of this plan: every row found, what is missing, the paired
         differences, KD's gap closure and the distance above the blur curve, over the seeds that have the rows."""
         runs, curves, refs, missing, commits = [], {}, None, [], set()
+        teacher = ledger.get(self.teacher)  # one model (seed 0): one row, the reference of every seed's KD student
+        if teacher is None:
+            missing.append({"seed": 0, "variant": "teacher"})
+        else:
+            runs.append({"seed": 0, "variant": "teacher", "train_s": teacher["train_s"],
+                         "measured": teacher["commit"], **{k: teacher[k] for k in METRICS}})
+            commits.add(teacher["commit"])
         for seed in self.seeds:
             keys = [("baseline", self.baseline[seed])] + [(n, k) for n, (_, k) in self.students[seed].items()]
-            for name, key in keys + [("teacher", self.teacher)]:
+            for name, key in keys:
                 row = ledger.get(key)
                 if row is None:
                     missing.append({"seed": seed, "variant": name})
@@ -270,10 +277,9 @@ class Plan:
                     curves[seed] = row["smoothing"]
                     refs = refs or [{"seed": None, **r} for r in row["references"]]
         by = {(r["seed"], r["variant"]): r for r in runs}
-        seeds = [s for s in self.seeds if all((s, v) in by for v in ("+TL", "+TL+KD", "teacher"))]
-        gap = {s: (by[(s, "+TL+KD")]["miou"] - by[(s, "+TL")]["miou"]) / (by[(s, "teacher")]["miou"]
-                                                                          - by[(s, "+TL")]["miou"])
-               if by[(s, "teacher")]["miou"] > by[(s, "+TL")]["miou"] else float("nan") for s in seeds}
+        seeds = [s for s in self.seeds if teacher and all((s, v) in by for v in ("+TL", "+TL+KD"))]
+        gap = {s: (by[(s, "+TL+KD")]["miou"] - by[(s, "+TL")]["miou"]) / (teacher["miou"] - by[(s, "+TL")]["miou"])
+               if teacher["miou"] > by[(s, "+TL")]["miou"] else float("nan") for s in seeds}
         above = {name: {s: above_curve(by[(s, name)], curves[s]) for s in curves if (s, name) in by}
                  for name in ("+TL", "+TL+KD")}
         pairs = (("+TL", "baseline"), ("+TL+KD", "baseline"), ("+TL+KD", "+TL"), ("control: lambda=0", "baseline"),

@@ -102,3 +102,23 @@ def test_plan_result_counts_only_seeds_with_both_rows_and_lists_what_is_missing(
     assert set(r["paired"]) == {"+TL - baseline"} and r["kd_gap_closure"] == {}
     assert r["tc_noc_above_smoothing_curve"]["+TL"]["0"] == pytest.approx(1.0)  # curve: 75 at mIoU 60
     assert [x["variant"] for x in r["runs"] if x["seed"] is None] == ["ground truth"]
+
+
+def test_plan_result_lists_the_one_teacher_once_and_measures_every_seeds_gap_against_it(tmp_path, monkeypatch):
+    from benchmarks import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    plan = reproduce.Plan(_bench(tmp_path), [0, 1], {"train.max_steps": 600})
+    ledger = common.Ledger("ledger")
+    row = {"train_s": 1.0, "miou": 60.0, "tc": 70.0, "tc_noc": 75.0, "flicker_interior": 2.0,
+           "flicker_boundary": 15.0}
+    teacher = {**row, "miou": 62.0}
+    ledger.put(plan.teacher, teacher)
+    for seed, kd in ((0, 61.0), (1, 60.5)):
+        ledger.put(plan.baseline[seed], {**row, "references": [], "smoothing": [{"sigma": 0.0, **row}]})
+        ledger.put(plan.students[seed]["+TL"][1], {**row, "baseline": row})
+        ledger.put(plan.students[seed]["+TL+KD"][1], {**row, "miou": kd, "baseline": row, "teacher": teacher})
+    r = plan.result(ledger)
+    assert [(x["seed"], x["miou"]) for x in r["runs"] if x["variant"] == "teacher"] == [(0, 62.0)]
+    assert r["kd_gap_closure"] == {"0": pytest.approx(0.5), "1": pytest.approx(0.25)}
+    assert {"seed": 0, "variant": "teacher"} not in r["missing"]
