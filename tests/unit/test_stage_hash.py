@@ -12,7 +12,7 @@ STAGES = ("teacher", "baseline", "student")
 # As loaded from a checkout at /work/main (paths are absolute in the key): runs already registered under these
 # keys, and the benchmark resuming them, depend on them staying put.
 # reproduce: configs/reproduce.yaml at 4000 steps, with the swept temporal weight (logits, 0.3) of 2026-12-01.
-PINNED = {"reproduce": ([], ("45b9a64c9538", "4cb571e8e65b", "98fba6a43229")),
+PINNED = {"reproduce": ([], ("ad55c4d22a5a", "4cb571e8e65b", "98fba6a43229")),  # teacher: pspnet18_half
           "demo": ([], ("0d0fe5103970", "dc6378985302", "f8934ea8d489"))}  # student: tc_weight 0.3 (2026-12-02)
 
 
