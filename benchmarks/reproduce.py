@@ -251,32 +251,29 @@ class Plan:
         """reproduce.json's body from the ledger rows of this plan: every row found, what is missing, the paired
         differences, KD's gap closure and the distance above the blur curve, over the seeds that have the rows."""
         runs, curves, refs, missing, commits = [], {}, None, [], set()
-        teacher = ledger.get(self.teacher)  # one model (seed 0): one row, the reference of every seed's KD student
-        if teacher is None:
-            missing.append({"seed": 0, "variant": "teacher"})
-        else:
-            runs.append({"seed": 0, "variant": "teacher", "train_s": teacher["train_s"],
-                         "measured": teacher["commit"], **{k: teacher[k] for k in METRICS}})
-            commits.add(teacher["commit"])
+        # the teacher is one model (seed 0): one row, the reference of every seed's KD student
+        entries = [(0, "teacher", self.teacher)]
         for seed in self.seeds:
-            keys = [("baseline", self.baseline[seed])] + [(n, k) for n, (_, k) in self.students[seed].items()]
-            for name, key in keys:
-                row = ledger.get(key)
-                if row is None:
-                    missing.append({"seed": seed, "variant": name})
-                    continue
-                other = [ref for ref, ref_key in (("baseline", self.baseline[seed]), ("teacher", self.teacher))
-                         if ref in row and not _same(row[ref], ledger.get(ref_key))]
-                if other:  # its baseline or teacher was trained again since and came out different: not paired
-                    missing.append({"seed": seed, "variant": name, "reason": f"trained from another {other[0]}"})
-                    continue
-                runs.append({"seed": seed, "variant": name, "train_s": row["train_s"], "measured": row["commit"],
-                             **{k: row[k] for k in METRICS}})
-                commits.add(row["commit"])
-                if name == "baseline":
-                    curves[seed] = row["smoothing"]
-                    refs = refs or [{"seed": None, **r} for r in row["references"]]
+            entries += [(seed, "baseline", self.baseline[seed])]
+            entries += [(seed, name, key) for name, (_, key) in self.students[seed].items()]
+        for seed, name, key in entries:
+            row = ledger.get(key)
+            if row is None:
+                missing.append({"seed": seed, "variant": name})
+                continue
+            other = [ref for ref, ref_key in (("baseline", self.baseline.get(seed)), ("teacher", self.teacher))
+                     if ref in row and not _same(row[ref], ledger.get(ref_key))]
+            if other:  # its baseline or teacher was trained again since and came out different: not paired
+                missing.append({"seed": seed, "variant": name, "reason": f"trained from another {other[0]}"})
+                continue
+            runs.append({"seed": seed, "variant": name, "train_s": row["train_s"], "measured": row["commit"],
+                         **{k: row[k] for k in METRICS}})
+            commits.add(row["commit"])
+            if name == "baseline":
+                curves[seed] = row["smoothing"]
+                refs = refs or [{"seed": None, **r} for r in row["references"]]
         by = {(r["seed"], r["variant"]): r for r in runs}
+        teacher = by.get((0, "teacher"))
         seeds = [s for s in self.seeds if teacher and all((s, v) in by for v in ("+TL", "+TL+KD"))]
         gap = {s: (by[(s, "+TL+KD")]["miou"] - by[(s, "+TL")]["miou"]) / (teacher["miou"] - by[(s, "+TL")]["miou"])
                if teacher["miou"] > by[(s, "+TL")]["miou"] else float("nan") for s in seeds}

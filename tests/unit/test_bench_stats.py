@@ -122,3 +122,6 @@ def test_plan_result_lists_the_one_teacher_once_and_measures_every_seeds_gap_aga
     assert [(x["seed"], x["miou"]) for x in r["runs"] if x["variant"] == "teacher"] == [(0, 62.0)]
     assert r["kd_gap_closure"] == {"0": pytest.approx(0.5), "1": pytest.approx(0.25)}
     assert {"seed": 0, "variant": "teacher"} not in r["missing"]
+    other = reproduce.Plan(_bench(tmp_path), [1], {"train.max_steps": 600}).result(ledger)  # seed 0 not among them
+    assert [x["seed"] for x in other["runs"] if x["variant"] == "teacher"] == [0] and other["kd_gap_closure"] == {
+        "1": pytest.approx(0.25)}
