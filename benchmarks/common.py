@@ -202,13 +202,17 @@ def commit() -> str:
 class Ledger:
     """Scored rows kept across runs and sessions in a committed JSON file (benchmarks/results/<name>.json), one per
     bench_key: a long benchmark killed or stopped keeps what it finished, and a rerun trains only what has no row.
-    Each row records the commit and date it was measured at; a row measured again under the same key is compared
-    (CPU training here is deterministic: a difference is reported, and the first measurement kept beside it)."""
+    Each row records the commit, date and CPU it was measured at; a row measured again under the same key is compared
+    (CPU training is deterministic on one CPU model, not across models: a difference is reported, and the first
+    measurement kept beside it). Rows set aside on purpose (supersede) stay in the file, with the reason."""
 
     def __init__(self, name: str):
         self.path = RESULTS / f"{name}.json"
-        self.rows: dict[str, dict] = json.loads(self.path.read_text())["rows"] if self.path.exists() else {}
+        kept = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.rows: dict[str, dict] = kept.get("rows", {})
+        self.superseded: list[dict] = kept.get("superseded", [])
         self.commit = commit()  # the code this run loaded (later commits to the checkout do not change it)
+        self.cpu = machine()["cpu"]
 
     def get(self, key: str) -> dict | None:
         return self.rows.get(key)
@@ -224,12 +228,24 @@ class Ledger:
             old.setdefault("remeasured", []).append({"commit": self.commit, "date": time.strftime("%Y-%m-%d %H:%M"),
                                                      "diff": diff})
         else:
-            self.rows[key] = {**row, "commit": self.commit, "date": time.strftime("%Y-%m-%d %H:%M")}
+            self.rows[key] = {**row, "commit": self.commit, "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": self.cpu}
+        self._write()
+        return self.rows[key]
+
+    def supersede(self, keys: list[str], reason: str) -> None:
+        """Set the rows of `keys` aside (kept in the file's `superseded` list with `reason`): a rerun trains them
+        again and puts new rows in their place."""
+        date = time.strftime("%Y-%m-%d %H:%M")
+        self.superseded += [{"key": k, "reason": reason, "date": date, "row": self.rows.pop(k)}
+                            for k in keys if k in self.rows]
+        self._write()
+
+    def _write(self) -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"rows": self.rows}, indent=1, default=float))
+        tmp.write_text(json.dumps({"rows": self.rows, **({"superseded": self.superseded} if self.superseded else {})},
+                                  indent=1, default=float))
         tmp.replace(self.path)
-        return self.rows[key]
 
 
 def begin(p: argparse.ArgumentParser):

@@ -150,8 +150,13 @@ def main() -> None:
                    "rows as they are (a run in progress, or one stopped before the end)")
     p.add_argument("--remeasure", action="store_true", help="train every model again, even those with a ledger row "
                    "(the ledger keeps its rows and notes any difference: a check that the figures reproduce)")
+    p.add_argument("--supersede", metavar="REASON", help="set the ledger rows of --seeds aside (the teacher's stays; "
+                   "they are kept in the ledger with REASON) and train those models again, e.g. to pair a KD student "
+                   "with a baseline trained on this CPU model")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, as for the pipelines")
     args, base, _, started = common.begin(p)
+    if args.supersede and (args.from_ledger or args.sweep):
+        p.error("--supersede trains models again: it cannot go with --from-ledger or --sweep")
     from etc_core.config import apply_values
 
     tune = {"train.max_steps": 4 if args.quick else args.finetune_steps,
@@ -166,6 +171,9 @@ def main() -> None:
         return
     ledger = common.Ledger("reproduce_ledger" + suffix)
     plan = Plan(base, args.seeds, tune)
+    if args.supersede:
+        ledger.supersede([plan.baseline[s] for s in args.seeds]
+                         + [key for s in args.seeds for _, key in plan.students[s].values()], args.supersede)
     done = {}  # bench key -> (registered model in this run's store, its row as measured in this run)
 
     def model(cfg, stage: str, key: str, seed: int, variant: str, started_from: dict | None = None):

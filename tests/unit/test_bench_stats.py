@@ -78,6 +78,24 @@ def test_ledger_keeps_rows_across_instances_and_notes_a_remeasured_difference(tm
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_ledger_sets_superseded_rows_aside_with_their_reason_and_keeps_them(tmp_path, monkeypatch):
+    from benchmarks import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    ledger = common.Ledger("ledger")
+    ledger.put("a", {"miou": 50.0})
+    ledger.put("b", {"miou": 60.0})
+    assert ledger.get("a")["cpu"] == common.machine()["cpu"]  # determinism holds per CPU model: each row says which
+    ledger.supersede(["a", "not there"], "trained on another CPU model")
+    again = common.Ledger("ledger")
+    assert again.get("a") is None and again.get("b")["miou"] == 60.0
+    assert [(s["key"], s["reason"], s["row"]["miou"]) for s in again.superseded] == [
+        ("a", "trained on another CPU model", 50.0)]
+    again.put("a", {"miou": 51.0})  # trained again: the new row takes the key, the old one stays aside
+    last = common.Ledger("ledger")
+    assert last.get("a")["miou"] == 51.0 and last.superseded[0]["row"]["miou"] == 50.0
+
+
 def test_plan_result_counts_only_seeds_with_both_rows_and_lists_what_is_missing(tmp_path, monkeypatch):
     from benchmarks import common
 
