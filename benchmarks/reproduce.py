@@ -14,9 +14,13 @@ and fixed in configs/reproduce.yaml. Every row is scored on test; differences ar
 
 Every trained model's test row goes into benchmarks/results/reproduce_ledger.json as soon as it is scored, under a key
 of what trained it (common.bench_key): a stopped run, rerun, trains only what has no row, and the rows of several runs
-(or sessions; CPU training here is deterministic) make one result. --remeasure trains everything again and checks that
-the rows come out the same. A student is paired only with the baseline (and teacher) it started from: the metrics of
-those, as measured when it was trained, are kept in its row and compared with theirs.
+(or sessions) make one result. --remeasure trains everything again and checks that the rows come out the same: CPU
+training is deterministic on one CPU model, not across models (every row names its CPU). A student is paired only
+with the baseline (and teacher) it started from: the metrics of those, as measured when it was trained, are kept in
+its row and compared with theirs. A seed whose baseline came out different on this session's CPU trains again as a
+whole with --supersede (its old rows stay in the ledger, set aside with the reason):
+
+    python -m benchmarks.reproduce --seeds 0 1 2 --supersede "trained on another CPU model"
 """
 from __future__ import annotations
 
