@@ -13,7 +13,7 @@ STAGES = ("teacher", "baseline", "student")
 # keys, and the benchmark resuming them, depend on them staying put.
 # reproduce: configs/reproduce.yaml at 4000 steps, with the swept temporal weight (logits, 0.3) of 2026-12-01.
 PINNED = {"reproduce": ([], ("ad55c4d22a5a", "4cb571e8e65b", "98fba6a43229")),  # teacher: pspnet18_half
-          "demo": ([], ("0d0fe5103970", "dc6378985302", "f8934ea8d489"))}  # student: tc_weight 0.3 (2026-12-02)
+          "demo": ([], ("8c0c9c66a51a", "dc6378985302", "f8934ea8d489"))}  # teacher: pspnet18_half (2026-12-02)
 
 
 @pytest.mark.parametrize("name", PINNED)
