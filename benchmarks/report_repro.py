@@ -131,7 +131,13 @@ def reproduce_section(r: dict) -> list[str]:
             + ". The statistics above are over the seeds that have both rows.")
     lines.append(f"- Rows measured at commits {', '.join(r['measured_at'])} (benchmarks/results/"
                  "reproduce_ledger.json keeps every row with its commit and date); training and scoring them took "
-                 f"{r['compute_s'] / 3600:.1f} h of this machine in all.")
+                 f"{r['compute_s'] / 3600:.1f} h in all. Rows by CPU: " + "; ".join(
+                     f"{n} on {cpu}" for cpu, n in r.get("cpus", {}).items())
+                 + " (rows name their CPU since 2026-12-02 16:35).")
+    for group in r.get("superseded", []):
+        seeds = sorted({x["seed"] for x in group["rows"]})
+        lines.append(f"- Set aside on {group['date']} ({len(group['rows'])} rows of seeds "
+                     f"{', '.join(map(str, seeds))}, kept in the ledger's `superseded` list): {group['reason']}.")
     return lines + ["", "![mIoU vs TC-noc](figures/repro_miou_tc.png)", ""]
 
 

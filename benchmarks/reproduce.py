@@ -235,6 +235,13 @@ def _same(measured: dict, row: dict | None) -> bool:
     return row is not None and all(abs(measured[k] - row[k]) <= 1e-6 for k in METRICS)
 
 
+def _count(names) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 class Plan:
     """Every model of the reproduction and its ledger key (common.bench_key): the teacher (seed 0), and per seed the
     baseline and the students of STUDENTS, each fine-tuned from that seed's baseline."""
@@ -298,8 +305,14 @@ class Plan:
         used = {k: ledger.get(k) for k in [self.teacher, *self.baseline.values()]
                 + [k for students in self.students.values() for _, k in students.values()]}
         compute = sum(r["train_s"] + r.get("score_s", 0.0) for r in used.values() if r)
+        aside: dict[str, dict] = {}  # rows set aside (Ledger.supersede), grouped by reason
+        for s in ledger.superseded:
+            group = aside.setdefault(s["reason"], {"reason": s["reason"], "date": s["date"], "rows": []})
+            group["rows"].append({"seed": s["row"]["seed"], "variant": s["row"]["variant"],
+                                  "measured": s["row"]["commit"], **{k: s["row"][k] for k in METRICS}})
         return {"seeds": list(self.seeds), "split": "test", "complete": not missing, "missing": missing,
-                "compute_s": round(compute, 1),
+                "compute_s": round(compute, 1), "cpus": _count(r.get("cpu", "an unrecorded CPU") for r in used.values() if r),
+                "superseded": list(aside.values()),
                 "measured_at": sorted(commits), "runs": runs + (refs or []),
                 "smoothing": {str(s): c for s, c in curves.items()}, "paired": diffs,
                 "kd_gap_closure": {str(s): g for s, g in gap.items()},

@@ -109,8 +109,9 @@ def test_plan_result_counts_only_seeds_with_both_rows_and_lists_what_is_missing(
         ledger.put(plan.baseline[seed], {**row, "references": [{"variant": "ground truth", **row}],
                                          "smoothing": curve})
         ledger.put(plan.students[seed]["+TL"][1], {**row, "tc_noc": 75.0 + tc_noc, "baseline": row})
-    ledger.put(plan.baseline[2], {**row, "references": [], "smoothing": curve})
-    ledger.put(plan.students[2]["+TL"][1], {**row, "baseline": {**row, "miou": 59.0}})  # another baseline's student
+    ledger.put(plan.baseline[2], {**row, "seed": 2, "variant": "baseline", "references": [], "smoothing": curve})
+    ledger.put(plan.students[2]["+TL"][1], {**row, "seed": 2, "variant": "+TL",
+                                            "baseline": {**row, "miou": 59.0}})  # another baseline's student
     r = plan.result(ledger)
     assert not r["complete"]
     assert {"seed": 2, "variant": "+TL", "reason": "trained from another baseline"} in r["missing"]
@@ -120,6 +121,12 @@ def test_plan_result_counts_only_seeds_with_both_rows_and_lists_what_is_missing(
     assert set(r["paired"]) == {"+TL - baseline"} and r["kd_gap_closure"] == {}
     assert r["tc_noc_above_smoothing_curve"]["+TL"]["0"] == pytest.approx(1.0)  # curve: 75 at mIoU 60
     assert [x["variant"] for x in r["runs"] if x["seed"] is None] == ["ground truth"]
+    assert r["cpus"] == {common.machine()["cpu"]: 6} and r["superseded"] == []
+    ledger.supersede([plan.baseline[2], plan.students[2]["+TL"][1]], "trained on another CPU model")
+    r = plan.result(ledger)  # seed 2 is to be trained again: missing, its old rows listed with the reason
+    assert {"seed": 2, "variant": "baseline"} in r["missing"] and {"seed": 2, "variant": "+TL"} in r["missing"]
+    assert [(g["reason"], [(x["seed"], x["variant"], x["miou"]) for x in g["rows"]]) for g in r["superseded"]] == [
+        ("trained on another CPU model", [(2, "baseline", 60.0), (2, "+TL", 60.0)])]
 
 
 def test_plan_result_lists_the_one_teacher_once_and_measures_every_seeds_gap_against_it(tmp_path, monkeypatch):
