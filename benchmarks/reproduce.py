@@ -298,9 +298,11 @@ class Plan:
                if teacher["miou"] > by[(s, "+TL")]["miou"] else float("nan") for s in seeds}
         above = {name: {s: above_curve(by[(s, name)], curves[s]) for s in curves if (s, name) in by}
                  for name in ("+TL", "+TL+KD")}
+        # against lambda=0: the ETC terms at an equal number of steps (every student trains 600 steps more than the
+        # baseline); the last: what the motion compensation itself adds
         pairs = (("+TL", "baseline"), ("+TL+KD", "baseline"), ("+TL+KD", "+TL"), ("control: lambda=0", "baseline"),
-                 ("+TL", "control: lambda=0"), ("control: TL zero flow", "control: lambda=0"),
-                 ("+TL", "control: TL zero flow"))  # the last: what the motion compensation itself adds
+                 ("+TL", "control: lambda=0"), ("+TL+KD", "control: lambda=0"),
+                 ("control: TL zero flow", "control: lambda=0"), ("+TL", "control: TL zero flow"))
         diffs = {f"{a} - {b}": d for a, b in pairs if (d := paired(runs, a, b)) is not None}
         used = {k: ledger.get(k) for k in [self.teacher, *self.baseline.values()]
                 + [k for students in self.students.values() for _, k in students.values()]}

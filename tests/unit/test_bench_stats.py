@@ -143,7 +143,9 @@ def test_plan_result_lists_the_one_teacher_once_and_measures_every_seeds_gap_aga
         ledger.put(plan.baseline[seed], {**row, "references": [], "smoothing": [{"sigma": 0.0, **row}]})
         ledger.put(plan.students[seed]["+TL"][1], {**row, "baseline": row})
         ledger.put(plan.students[seed]["+TL+KD"][1], {**row, "miou": kd, "baseline": row, "teacher": teacher})
+        ledger.put(plan.students[seed]["control: lambda=0"][1], {**row, "miou": 61.0, "baseline": row})
     r = plan.result(ledger)
+    assert r["paired"]["+TL+KD - control: lambda=0"]["miou"]["mean"] == pytest.approx(-0.25)  # at equal steps
     assert [(x["seed"], x["miou"]) for x in r["runs"] if x["variant"] == "teacher"] == [(0, 62.0)]
     assert r["kd_gap_closure"] == {"0": pytest.approx(0.5), "1": pytest.approx(0.25)}
     assert {"seed": 0, "variant": "teacher"} not in r["missing"]
