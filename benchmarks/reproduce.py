@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -235,13 +236,6 @@ def _same(measured: dict, row: dict | None) -> bool:
     return row is not None and all(abs(measured[k] - row[k]) <= 1e-6 for k in METRICS)
 
 
-def _count(names) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for name in names:
-        counts[name] = counts.get(name, 0) + 1
-    return counts
-
-
 class Plan:
     """Every model of the reproduction and its ledger key (common.bench_key): the teacher (seed 0), and per seed the
     baseline and the students of STUDENTS, each fine-tuned from that seed's baseline."""
@@ -313,7 +307,8 @@ class Plan:
             group["rows"].append({"seed": s["row"]["seed"], "variant": s["row"]["variant"],
                                   "measured": s["row"]["commit"], **{k: s["row"][k] for k in METRICS}})
         return {"seeds": list(self.seeds), "split": "test", "complete": not missing, "missing": missing,
-                "compute_s": round(compute, 1), "cpus": _count(r.get("cpu", "an unrecorded CPU") for r in used.values() if r),
+                "compute_s": round(compute, 1),
+                "cpus": dict(Counter(r.get("cpu", "an unrecorded CPU") for r in used.values() if r)),
                 "superseded": list(aside.values()),
                 "measured_at": sorted(commits), "runs": runs + (refs or []),
                 "smoothing": {str(s): c for s, c in curves.items()}, "paired": diffs,
