@@ -301,9 +301,9 @@ class Plan:
         used = {k: ledger.get(k) for k in [self.teacher, *self.baseline.values()]
                 + [k for students in self.students.values() for _, k in students.values()]}
         compute = sum(r["train_s"] + r.get("score_s", 0.0) for r in used.values() if r)
-        aside: dict[str, dict] = {}  # rows set aside (Ledger.supersede), grouped by reason
+        aside: dict[tuple, dict] = {}  # rows set aside (Ledger.supersede), one group per call: reason and date
         for s in ledger.superseded:
-            group = aside.setdefault(s["reason"], {"reason": s["reason"], "date": s["date"], "rows": []})
+            group = aside.setdefault((s["reason"], s["date"]), {"reason": s["reason"], "date": s["date"], "rows": []})
             group["rows"].append({"seed": s["row"]["seed"], "variant": s["row"]["variant"],
                                   "measured": s["row"]["commit"], **{k: s["row"][k] for k in METRICS}})
         return {"seeds": list(self.seeds), "split": "test", "complete": not missing, "missing": missing,
