@@ -6,6 +6,8 @@ Per model and split it accumulates, over frames and consecutive pairs (docs/conv
   tc_noc               pixels visible in both frames only (needs the generator's validity mask)
   flicker_interior     among valid pixels whose label does not change along the flow, the percent whose
   flicker_boundary     prediction does (needs labels on both frames), >= 3 px from a label edge / within 3 px
+  mvc8, mvc16          VSPW's video consistency over windows of 8 / 16 labelled frames of each clip (vc.py),
+                       rebuilt from the pairs (t, t+1) of a shard batch's keys or from a clip's frame batches
 A metric a source cannot give is None, never a stand-in. `reference_predictions` gives the two reference rows
 every table carries: the ground truth itself and the stride-8 oracle.
 """
@@ -19,9 +21,11 @@ from torch import Tensor
 from etc_core.data.base import IGNORE_INDEX
 from etc_core.metrics.miou import ConfusionMatrix, as_tensor
 from etc_core.metrics.tc import TemporalConsistency, warp_labels
+from etc_core.metrics.vc import ClipBuffer
 
 EDGE_RADIUS = 3  # a pixel is interior when every pixel within this Chebyshev distance has its label
-METRICS = ("miou", "tc", "tc_noc", "flicker_interior", "flicker_boundary")
+METRICS = ("miou", "tc", "tc_noc", "flicker_interior", "flicker_boundary", "mvc8", "mvc16")
+VC_WINDOWS = (8, 16)  # mVC8 and mVC16, the windows VSPW reports
 REFERENCES = ("ground truth", "stride-8 oracle")
 
 
@@ -83,6 +87,7 @@ class SegScores:
         self.tc = TemporalConsistency(num_classes, device=device)
         self.tc_noc = TemporalConsistency(num_classes, device=device)
         self.flicker = Flicker(device)
+        self.clips = ClipBuffer(min(VC_WINDOWS))
         self.frames = self.pairs = 0
         self._seen = {"labels": False, "valid": False, "label_pairs": False}
 
@@ -90,12 +95,18 @@ class SegScores:
     def device(self) -> torch.device:
         return self.cm.mat.device
 
-    def update_frames(self, pred: np.ndarray | Tensor, label: np.ndarray | Tensor) -> None:
-        """mIoU on predictions [B,H,W] of labelled frames (255 = unlabelled pixels, skipped)."""
+    def update_frames(self, pred: np.ndarray | Tensor, label: np.ndarray | Tensor, clip: str | None = None,
+                      t0: int = 0) -> None:
+        """mIoU on predictions [B,H,W] of labelled frames (255 = unlabelled pixels, skipped); given `clip`, the
+        frames are t0 .. t0+B-1 of that clip and count for mVC too."""
         label = as_tensor(label, self.device)
         if (label != IGNORE_INDEX).any():
             self._seen["labels"] = True
             self.cm.update(pred, label)
+        if clip is not None:
+            pred = as_tensor(pred, self.device)
+            for i in range(len(label)):
+                self.clips.add(clip, t0 + i, pred[i], label[i])
         self.frames += len(label)
 
     def update_pairs(self, pred_t, pred_next, flow, label_t=None, label_next=None, valid=None) -> None:
@@ -120,20 +131,27 @@ class SegScores:
 
     def update_batch(self, batch: dict, pred0: Tensor, pred1: Tensor) -> None:
         """A shard loader batch (etc_core.data.shards.collate) and the predictions of its two frames [B,H,W]:
-        mIoU on frame t, TC / tc_noc / flicker on the pair (label1 and valid where the batch has them)."""
+        mIoU on frame t, TC / tc_noc / flicker on the pair (label1 and valid where the batch has them), and the
+        frames of its (t, t+1) pairs kept for mVC by the batch's keys."""
         label = batch["label"].to(self.device)
         label1 = batch["label1"].to(self.device) if "label1" in batch else None
         valid = batch["valid"].to(self.device) if "valid" in batch else None
         self.update_frames(pred0, label)
         self.update_pairs(pred0, pred1, batch["flow"], label, label1, valid)
+        if "key" in batch:
+            self.clips.add_pairs(batch["key"], as_tensor(pred0, self.device), as_tensor(pred1, self.device),
+                                 label, label1)
 
     def result(self) -> dict[str, float | None]:
-        """{miou, tc, tc_noc, flicker_interior, flicker_boundary} in percent (None: not measurable here)."""
+        """{miou, tc, tc_noc, flicker_interior, flicker_boundary, mvc8, mvc16} in percent (None: not measurable
+        here; mvc16 needs clips of more than 16 labelled frames)."""
         interior, boundary = self.flicker.value() if self._seen["label_pairs"] else (None, None)
+        mvc = self.clips.consistency(VC_WINDOWS)
         return {"miou": _finite(self.cm.mean_iou()) if self._seen["labels"] else None,
                 "tc": _finite(self.tc.value()) if self.pairs else None,
                 "tc_noc": _finite(self.tc_noc.value()) if self._seen["valid"] else None,
-                "flicker_interior": interior, "flicker_boundary": boundary}
+                "flicker_interior": interior, "flicker_boundary": boundary,
+                **{f"mvc{n}": mvc[n] for n in VC_WINDOWS}}
 
 
 def stride_oracle(labels: Tensor, num_classes: int, stride: int = 8) -> Tensor:
