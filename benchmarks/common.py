@@ -68,15 +68,28 @@ QUICK = ["train.max_steps=4", "train.steps_per_epoch=2", "data.num_videos=4", "d
          "train.crop=[32, 48]", "train.batch_size=2"]
 
 
-def bench_config(*overrides: str, quick: bool = False):
-    """configs/reproduce.yaml with the bench's own data, shards, MLflow store and Ray storage under runs/bench/
-    (runs/bench/quick/ and tiny sizes for --quick)."""
+def bench_root(config: str | os.PathLike = CONFIG) -> Path:
+    """Where a bench config's runs go: runs/bench/ for configs/reproduce.yaml, runs/bench/<name>/ for another."""
+    name = Path(config).stem
+    return ROOT if name == CONFIG.stem else ROOT / name
+
+
+def suffix(config: str | os.PathLike = CONFIG) -> str:
+    """What a result file's name adds for a bench config other than configs/reproduce.yaml: `_motion` for
+    configs/reproduce_motion.yaml."""
+    name = Path(config).stem
+    return "" if name == CONFIG.stem else "_" + name.removeprefix(CONFIG.stem + "_")
+
+
+def bench_config(*overrides: str, quick: bool = False, config: str | os.PathLike = CONFIG):
+    """A bench config (configs/reproduce.yaml unless named) with the bench's own data, shards, MLflow store and Ray
+    storage under bench_root(config) (its quick/ folder and tiny sizes for --quick)."""
     from etc_core.config import load_config
 
-    root = ROOT / "quick" if quick else ROOT
+    root = bench_root(config) / "quick" if quick else bench_root(config)
     paths = [f"data.root={root}/data", f"shards.uri={root}/shards", f"mlflow.tracking_uri=sqlite:///{root}/mlflow.db",
              f"mlflow.artifact_root={root}/mlartifacts", f"train.storage_path={root}/ray_results"]
-    return load_config(str(CONFIG), [*paths, *(QUICK if quick else []), *overrides])
+    return load_config(str(config), [*paths, *(QUICK if quick else []), *overrides])
 
 
 def start_ray(cfg) -> None:
@@ -109,9 +122,13 @@ def spread(values: list[float]) -> dict:
             "min": min(values), "max": max(values), "n": len(values), "values": values}
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, config: bool = False) -> argparse.ArgumentParser:
+    """The arguments every benchmark takes; config=True: also --config, the bench config it runs on."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="tiny sizes: check the script runs (numbers meaningless)")
+    if config:
+        p.add_argument("--config", default=str(CONFIG.relative_to(REPO)), help="the bench config (default: %(default)s; "
+                       "another one runs under runs/bench/<its name>/ and names its results with its suffix)")
     return p
 
 
@@ -256,7 +273,7 @@ def begin(p: argparse.ArgumentParser):
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     started = time.time()
-    base = bench_config(*args.overrides, quick=args.quick)
+    base = bench_config(*args.overrides, quick=args.quick, config=REPO / getattr(args, "config", CONFIG))
     if getattr(args, "from_ledger", False):  # only reads results: no Ray, no shards
         return args, base, None, started
     start_ray(base)

@@ -11,6 +11,8 @@ and fixed in configs/reproduce.yaml. Every row is scored on test; differences ar
     python -m benchmarks.reproduce --sweep ray.num_cpus=3   # once: the sweep of lambda and form, on val (a trial's
                                                             # driver holds a logical CPU beside its 2-CPU worker)
     python -m benchmarks.reproduce                  # seeds 0-4
+    python -m benchmarks.reproduce --config configs/reproduce_motion.yaml   # the motion study (MOTION_STUDENTS):
+                                                    # benchmarks/results/reproduce_motion.json and its own ledger
 
 Every trained model's test row goes into benchmarks/results/reproduce_ledger.json as soon as it is scored, under a key
 of what trained it (common.bench_key): a stopped run, rerun, trains only what has no row, and the rows of several runs
@@ -35,7 +37,8 @@ from torch import nn
 
 from benchmarks import common
 
-METRICS = ("miou", "tc", "tc_noc", "flicker_interior", "flicker_boundary")
+METRICS = ("miou", "tc", "tc_noc", "flicker_interior", "flicker_boundary")  # compared when a model is measured again
+SCORED = (*METRICS, "mvc8")  # every row's metrics (mvc8: VSPW's video consistency; rows measured before it lack it)
 NO_KD = {"student.loss.kd_pixel_weight": 0.0, "student.loss.kd_temporal_weight": 0.0}
 STUDENTS = {  # name -> overrides of the fine-tuned student (all start from the seed's baseline)
     "+TL": NO_KD,
@@ -43,6 +46,12 @@ STUDENTS = {  # name -> overrides of the fine-tuned student (all start from the 
     "control: lambda=0": {**NO_KD, "student.loss.tc_weight": 0.0, "student.loss.ce_weight": 1.0},
     "control: TL zero flow": {**NO_KD, "student.loss.tc_flow": "zero"},
 }
+# The motion study (configs/reproduce_motion.yaml, issue 33): does motion compensation matter when the pairs move?
+# No teacher; one more arm trains on the flow a user's pipeline would estimate (DIS, flow.source=dis, shards of its
+# own) instead of the exact flow. Every arm is scored on the exact-flow test shards.
+MOTION_STUDENTS = {name: STUDENTS[name] for name in ("+TL", "control: lambda=0", "control: TL zero flow")}
+MOTION_STUDENTS["+TL dis flow"] = {**NO_KD, "flow.source": "dis"}
+STUDIES = {"": STUDENTS, "_motion": MOTION_STUDENTS}  # by the bench config's suffix (common.suffix)
 # The swept temporal weights, per form: each tuple is one grid sweep (every value tried once), run in order. Logits:
 # around the official 0.1. The probability form's squared differences are one to two orders smaller than the
 # logits' (probabilities lie in [0, 1]; the baseline's logits have a norm of about 10), so its grid sits higher.
@@ -147,7 +156,7 @@ def run_sweep(base, tune: dict, quick: bool) -> dict:
 
 
 def main() -> None:
-    p = common.parser(__doc__.splitlines()[0])
+    p = common.parser(__doc__.splitlines()[0], config=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--finetune-steps", type=int, default=600, help="train.max_steps of every fine-tuned student")
     p.add_argument("--sweep", action="store_true", help="run the sweep of the temporal weight and form, then stop")
@@ -166,16 +175,16 @@ def main() -> None:
 
     tune = {"train.max_steps": 4 if args.quick else args.finetune_steps,
             "train.steps_per_epoch": 2 if args.quick else max(1, args.finetune_steps // 3)}
-    suffix = "_quick" if args.quick else ""
+    suffix = common.suffix(args.config) + ("_quick" if args.quick else "")
     # the command line as run, defaults spelled out (the sweep's fine-tune schedule included)
-    flags = [*(["--quick"] if args.quick else []), "--finetune-steps", str(args.finetune_steps), *args.overrides]
+    flags = [*(["--quick"] if args.quick else []), "--config", args.config, "--finetune-steps", str(args.finetune_steps), *args.overrides]
     if args.sweep:
         result = run_sweep(base, tune, args.quick)
         command = " ".join(["python -m benchmarks.reproduce --sweep", *flags])
         common.save("reproduce_sweep" + suffix, {"command": command, **result}, started)
         return
-    ledger = common.Ledger("reproduce_ledger" + suffix)
-    plan = Plan(base, args.seeds, tune)
+    ledger = common.Ledger("reproduce" + common.suffix(args.config) + "_ledger" + ("_quick" if args.quick else ""))
+    plan = Plan(base, args.seeds, tune, STUDIES[common.suffix(args.config)])
     if args.supersede:
         ledger.supersede([plan.baseline[s] for s in args.seeds]
                          + [key for s in args.seeds for _, key in plan.students[s].values()], args.supersede)
@@ -188,21 +197,24 @@ def main() -> None:
             registered, secs = common.train_or_reuse(cfg, stage)
             secs = secs or common.training_seconds(cfg, registered)  # trained by an earlier run into this store
             began = time.perf_counter()
-            rows = common.score(cfg, registered)
-            row = {"seed": seed, "variant": variant, "train_s": secs, **{k: rows[0][k] for k in METRICS},
+            rows = common.score(base, registered)  # on the exact-flow test shards, whatever flow it trained with
+            row = {"seed": seed, "variant": variant, "train_s": secs, **{k: rows[0].get(k) for k in SCORED},
                    **{name: {k: r[k] for k in METRICS} for name, r in (started_from or {}).items()}}
             if stage == "baseline":
-                row["references"] = [{"variant": r["model"], **{k: r[k] for k in METRICS}} for r in rows[1:]]
+                row["references"] = [{"variant": r["model"], **{k: r.get(k) for k in SCORED}} for r in rows[1:]]
                 unblurred = {"sigma": 0.0, **{k: row[k] for k in METRICS}}
                 row["smoothing"] = [unblurred, *smoothing_curve(cfg, registered)]
             row["score_s"] = round(time.perf_counter() - began, 1)
             ledger.put(key, row, compare=METRICS)
             done[key] = registered, row
-            print(f"seed {seed} {variant}: " + " ".join(f"{k} {row[k]:.2f}" for k in METRICS), flush=True)
+            print(f"seed {seed} {variant}: " + " ".join(f"{k} {row[k]:.2f}" for k in SCORED if row[k] is not None),
+                  flush=True)
         return done[key]
 
     def student(seed: int, name: str, teacher=None) -> None:
         cfg, key = plan.students[seed][name]
+        if cfg.shards.uri != base.shards.uri:  # trains on flow of another source: its own shards, made once
+            common.ensure_shards(cfg)
         baseline, b_row = model(plan.seeds[seed], "baseline", plan.baseline[seed], seed, "baseline")
         cfg = apply_values(cfg, {"student.init_from": baseline.model_uri,
                                  **({"student.teacher_uri": teacher[0].model_uri} if teacher else {})})
@@ -240,16 +252,18 @@ class Plan:
     """Every model of the reproduction and its ledger key (common.bench_key): the teacher (seed 0), and per seed the
     baseline and the students of STUDENTS, each fine-tuned from that seed's baseline."""
 
-    def __init__(self, base, seeds: list[int], tune: dict):
+    def __init__(self, base, seeds: list[int], tune: dict, students: dict[str, dict] = STUDENTS):
         from etc_core.config import apply_values
 
         self.teacher_cfg = apply_values(base, {"train.seed": 0})
         self.teacher = common.bench_key(self.teacher_cfg, "teacher")
         self.seeds = {s: apply_values(base, {"train.seed": s}) for s in seeds}
         self.baseline = {s: common.bench_key(cfg, "baseline") for s, cfg in self.seeds.items()}
-        self.students = {s: {} for s in seeds}
+        self.students: dict[int, dict] = {s: {} for s in seeds}
         for s, cfg in self.seeds.items():
-            for name, overrides in STUDENTS.items():
+            for name, overrides in students.items():
+                if overrides.get("flow.source", cfg.flow.source) != cfg.flow.source:  # its flow: shards of its own
+                    overrides = {**overrides, "shards.uri": f"{cfg.shards.uri}_{overrides['flow.source']}"}
                 student = apply_values(cfg, {**tune, **overrides})
                 refs = {"init_from": self.baseline[s],
                         **({"teacher": self.teacher} if student.student.loss.needs_teacher else {})}
@@ -264,8 +278,9 @@ class Plan:
         """reproduce.json's body from the ledger rows of this plan: every row found, what is missing, the paired
         differences, KD's gap closure and the distance above the blur curve, over the seeds that have the rows."""
         runs, curves, refs, missing, commits = [], {}, None, [], set()
-        # the teacher is one model (seed 0): one row, the reference of every seed's KD student
-        entries = [(0, "teacher", self.teacher)]
+        # the teacher is one model (seed 0): one row, the reference of every seed's KD student (when there is one)
+        kd = any(cfg.student.loss.needs_teacher for students in self.students.values() for cfg, _ in students.values())
+        entries = [(0, "teacher", self.teacher)] if kd else []
         for seed in self.seeds:
             entries += [(seed, "baseline", self.baseline[seed])]
             entries += [(seed, name, key) for name, (_, key) in self.students[seed].items()]
@@ -280,7 +295,7 @@ class Plan:
                 missing.append({"seed": seed, "variant": name, "reason": f"trained from another {other[0]}"})
                 continue
             runs.append({"seed": seed, "variant": name, "train_s": row["train_s"], "measured": row["commit"],
-                         **{k: row[k] for k in METRICS}})
+                         **{k: row.get(k) for k in SCORED}})
             commits.add(row["commit"])
             if name == "baseline":
                 curves[seed] = row["smoothing"]
@@ -296,9 +311,10 @@ class Plan:
         # baseline); the last: what the motion compensation itself adds
         pairs = (("+TL", "baseline"), ("+TL+KD", "baseline"), ("+TL+KD", "+TL"), ("control: lambda=0", "baseline"),
                  ("+TL", "control: lambda=0"), ("+TL+KD", "control: lambda=0"),
-                 ("control: TL zero flow", "control: lambda=0"), ("+TL", "control: TL zero flow"))
+                 ("control: TL zero flow", "control: lambda=0"), ("+TL", "control: TL zero flow"),
+                 ("+TL dis flow", "control: lambda=0"), ("+TL dis flow", "+TL"))
         diffs = {f"{a} - {b}": d for a, b in pairs if (d := paired(runs, a, b)) is not None}
-        used = {k: ledger.get(k) for k in [self.teacher, *self.baseline.values()]
+        used = {k: ledger.get(k) for k in [*([self.teacher] if kd else []), *self.baseline.values()]
                 + [k for students in self.students.values() for _, k in students.values()]}
         compute = sum(r["train_s"] + r.get("score_s", 0.0) for r in used.values() if r)
         aside: dict[tuple, dict] = {}  # rows set aside (Ledger.supersede), one group per call: reason and date

@@ -1,7 +1,7 @@
 """The `data` config section: which dataset, and for the generated one its size, scene and nuisances."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
@@ -17,6 +17,9 @@ DatasetKindName = Annotated[str, AfterValidator(DATASETS.check)]  # a kind regis
 class DataConfig(Section):
     """The video dataset. `synthetic` is generated (etc_core/data/synthetic.py, docs/data.md); `cityscapes` and
     `camvid` read the official layouts under root. The keys after `resize` apply to synthetic data only."""
+
+    # keys added later: left at their default they stay out of every cache key (stages cached before them stay valid)
+    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("camera_pan", "camera_zoom")
 
     kind: DatasetKindName = "synthetic"
     root: str = "runs/demo/data"
@@ -37,6 +40,8 @@ class DataConfig(Section):
     lookalike: bool = _SCENE.lookalike  # class pairs share colour and texture, differ in shape and size
     pair_scale: float = Field(_SCENE.pair_scale, gt=0, le=2)  # look-alikes: relative size of a pair's second class
     jitter: float = Field(_SCENE.jitter, ge=0)  # camera jitter, pixels (std per frame; carried by the flow)
+    camera_pan: float = Field(_SCENE.camera_pan, ge=0)  # camera pan, pixels per frame (0: a still camera)
+    camera_zoom: float = Field(_SCENE.camera_zoom, ge=0, le=0.1)  # camera zoom, |log-scale| per frame at most
     # per-frame nuisances (change pixels only); docs/data.md says why these strengths
     noise: float = Field(_LOOK.noise, ge=0, le=1)  # global gain / offset per frame
     motion_blur: float = Field(_LOOK.motion_blur, ge=0, le=1)  # exposure, fraction of the frame interval

@@ -35,17 +35,20 @@ log = logging.getLogger(__name__)
 
 FORMAT = "etc-generated-v2"
 SPLITS = ("train", "val", "test")
-_SCENE_KEYS = ("object_scale", "thin_objects", "lookalike", "pair_scale", "jitter")
+_SCENE_KEYS = ("object_scale", "thin_objects", "lookalike", "pair_scale", "jitter", "camera_pan", "camera_zoom")
+_OMIT_AT_DEFAULT = {"camera_pan": 0.0, "camera_zoom": 0.0}  # added later: absent from the spec of a still camera
 _LOOK_KEYS = ("noise", "motion_blur", "illumination", "shot_noise", "read_noise", "jpeg_quality")
 _SPEC_KEYS = ("seed", "num_frames", "height", "width", "num_classes", "label_every", "label_offset",
               *_SCENE_KEYS, *_LOOK_KEYS)
 
 
 def _spec(cfg: DataConfig) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(cfg, k)) for k in _SPEC_KEYS)}
+    spec = {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(cfg, k)) for k in _SPEC_KEYS)}
+    return {k: v for k, v in spec.items() if _OMIT_AT_DEFAULT.get(k, object()) != v}  # datasets written before stay
 
 
 def _from_spec(cls, keys: tuple[str, ...], spec: dict):
+    spec = {**_OMIT_AT_DEFAULT, **spec}
     return cls(**{k: tuple(spec[k]) if isinstance(spec[k], list) else spec[k] for k in keys})
 
 
@@ -110,8 +113,8 @@ def check_existing(cfg: DataConfig) -> bool:
         raise DatasetError(f"{manifest_path}: not valid JSON ({e})") from None
     if old.get("spec") == spec and {s: len(ids) for s, ids in old.get("splits", {}).items()} == counts:
         return True
-    want = {**spec, "num_videos": sum(counts.values()), "val_videos": counts["val"], "test_videos": counts["test"]}
-    have = {**old.get("spec", {}), "num_videos": sum(map(len, old.get("splits", {}).values())),
+    want = {**_OMIT_AT_DEFAULT, **spec, "num_videos": sum(counts.values()), "val_videos": counts["val"], "test_videos": counts["test"]}
+    have = {**_OMIT_AT_DEFAULT, **old.get("spec", {}), "num_videos": sum(map(len, old.get("splits", {}).values())),
             "val_videos": len(old.get("splits", {}).get("val", [])),
             "test_videos": len(old.get("splits", {}).get("test", []))}
     key = next(k for k in want if have.get(k) != want[k])

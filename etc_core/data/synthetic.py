@@ -1,7 +1,9 @@
 """The generated video dataset: textured shapes moving over a moving textured background, with exact labels and flow.
 
 Every layer (the background and each object) is a textured plane under a time-varying similarity transform
-(translation, rotation, scale), plus a small camera jitter shared by all layers. A pixel shows the front-most
+(translation, rotation, scale), plus a small camera jitter shared by all layers and, optionally, a camera that pans
+and zooms (Scene.camera_pan, camera_zoom: the world, background and objects, moves in the image). A pixel shows the
+front-most
 layer whose shape covers it, so labels are exact per pixel, and the flow of a pair (t, t+k) follows from the
 visible layer's two transforms: p' = A(t+k) A(t)^-1 p, flow = p' - p, on frame t's grid (the project convention
 of docs/conventions.md: warp(frame_{t+k}, flow) ~ frame_t). Objects occlude each other, some leave or enter the
@@ -45,6 +47,8 @@ class Scene:
     lookalike: bool = True  # classes 2m+1 and 2m+2 share colour and texture statistics, differ in shape and size
     jitter: float = 1.0  # camera jitter, pixels (std of a per-frame shift of every layer; the flow carries it)
     pair_scale: float = 0.75  # with look-alikes: radius factor of the second class of each pair (a size cue)
+    camera_pan: float = 0.0  # camera pan, pixels per frame (each clip draws 0.75-1.25x this, within 25 deg of level)
+    camera_zoom: float = 0.0  # camera zoom, |log-scale| per frame at most (each clip draws in [-z, z])
 
 
 @dataclass(frozen=True)
@@ -104,14 +108,19 @@ class _Layer:
     amps: np.ndarray  # [K,3] per-channel amplitude
     jitter: np.ndarray = field(default_factory=lambda: np.zeros((1, 2)))  # [T,2] camera shift per frame, shared
     thin: float = 0.0  # bar half-width relative to radius
+    camera: "_Camera | None" = None  # camera pan and zoom, shared by every layer of a clip; None: a still camera
 
     def pose(self, t: float) -> tuple[np.ndarray, float, float]:
         i = int(np.clip(np.floor(t), 0, len(self.jitter) - 1))
         j = int(min(i + 1, len(self.jitter) - 1))
         f = float(np.clip(t - i, 0.0, 1.0))
-        center = (self.center0 + self.velocity * t + 0.5 * self.accel * t * t
-                  + (1 - f) * self.jitter[i] + f * self.jitter[j])
-        return center, self.angle0 + self.spin * t, float(np.exp(self.scale_rate * t))
+        center = self.center0 + self.velocity * t + 0.5 * self.accel * t * t
+        scale = float(np.exp(self.scale_rate * t))
+        if self.camera is not None:  # world -> image: p = origin + zoom(t) (p_world + drift t - origin)
+            zoom = float(np.exp(self.camera.zoom * t))
+            center = self.camera.origin + zoom * (center + self.camera.drift * t - self.camera.origin)
+            scale *= zoom
+        return center + (1 - f) * self.jitter[i] + f * self.jitter[j], self.angle0 + self.spin * t, scale
 
     def to_local(self, t: float, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Image points -> layer coordinates (pixels of the layer at scale 1)."""
@@ -139,6 +148,28 @@ class _Layer:
         return self.colour + waves @ self.amps
 
 
+@dataclass(frozen=True)
+class _Camera:
+    """A camera panning at a constant rate and zooming about the image centre: world points move in the image by
+    `drift` pixels per frame and scale about `origin` by exp(zoom) per frame (the flow carries both, exactly)."""
+
+    drift: np.ndarray  # [2] pixels per frame: the image motion of the world (the negative of the camera's pan)
+    zoom: float  # log-scale per frame (> 0: zooming in, as a camera moving forward)
+    origin: np.ndarray  # [2] the image centre
+
+
+def _make_camera(seed: int, height: int, width: int, scene: Scene) -> _Camera | None:
+    """The clip's camera motion (its own random stream, so a still camera leaves every other draw as it was)."""
+    if scene.camera_pan == 0 and scene.camera_zoom == 0:
+        return None
+    rng = np.random.default_rng([seed, 2])
+    speed = scene.camera_pan * rng.uniform(0.75, 1.25)
+    angle = np.deg2rad(rng.uniform(-25, 25)) + (np.pi if rng.uniform() < 0.5 else 0.0)  # mostly level, either way
+    return _Camera(drift=speed * np.array([np.cos(angle), np.sin(angle)]),
+                   zoom=float(rng.uniform(-1, 1) * scene.camera_zoom),
+                   origin=np.array([(width - 1) / 2, (height - 1) / 2]))
+
+
 def _random_texture(rng: np.random.Generator, k: int, fmin: float, fmax: float) -> tuple:
     freq = rng.uniform(fmin, fmax, k)
     theta = rng.uniform(0, np.pi, k)
@@ -154,16 +185,18 @@ def _hue_colour(hue: float, sat: float, val: float) -> np.ndarray:
     return np.array(rgb) * 255
 
 
-def _trajectory(rng, lo: float, hi: float, speed: float, steps: int, keep_inside: bool) -> tuple[float, float]:
-    """Start and velocity on one axis; with keep_inside the path stays within [lo, hi] for all steps."""
+def _trajectory(rng, lo: float, hi: float, speed: float, steps: int, keep_inside: bool,
+                drift: float = 0.0) -> tuple[float, float]:
+    """Start and velocity (in the world) on one axis; with keep_inside the path in the image (the world's motion
+    plus the camera's `drift` per frame) stays within [lo, hi] for all steps."""
     v = rng.uniform(-speed, speed)
     if not keep_inside:
         return rng.uniform(lo, hi), v
-    span = hi - lo
+    span, v = hi - lo, v + drift
     if abs(v) * steps > 0.8 * span:
         v = np.sign(v) * 0.8 * span / max(steps, 1)
     start_lo, start_hi = lo - min(0.0, v * steps), hi - max(0.0, v * steps)
-    return rng.uniform(start_lo, start_hi), v
+    return rng.uniform(start_lo, start_hi), v - drift
 
 
 def _class_hue(label: int, num_classes: int, lookalike: bool) -> float:
@@ -172,9 +205,11 @@ def _class_hue(label: int, num_classes: int, lookalike: bool) -> float:
     return group / max(groups, 1)
 
 
-def _make_layers(rng: np.random.Generator, num_frames: int, height: int, width: int,
-                 num_classes: int, scene: Scene) -> list[_Layer]:
-    """Background first, then objects back to front; every draw comes from rng (so pair_flow can redo it)."""
+def _make_layers(seed: int, num_frames: int, height: int, width: int, num_classes: int,
+                 scene: Scene) -> list[_Layer]:
+    """Background first, then objects back to front; every draw comes from the seed (so pair_flow can redo it)."""
+    rng, camera = np.random.default_rng(seed), _make_camera(seed, height, width, scene)
+    drift = camera.drift if camera is not None else np.zeros(2)
     size = min(height, width)
     steps = num_frames - 1
     jitter = rng.standard_normal((num_frames, 2)) * scene.jitter
@@ -184,7 +219,8 @@ def _make_layers(rng: np.random.Generator, num_frames: int, height: int, width: 
         center0=np.array([width / 2, height / 2]),
         velocity=rng.uniform(-1, 1, 2) * 0.012 * size, accel=np.zeros(2),
         angle0=0.0, spin=rng.uniform(-1, 1) * 0.003, scale_rate=rng.uniform(-1, 1) * 0.004,
-        colour=_hue_colour(rng.uniform(), 0.15, 0.55), freqs=freqs, phases=phases, amps=amps * 0.8, jitter=jitter)]
+        colour=_hue_colour(rng.uniform(), 0.15, 0.55), freqs=freqs, phases=phases, amps=amps * 0.8, jitter=jitter,
+        camera=camera)]
     # One object per class that stays in frame (so each class is in every clip), some that cross the border,
     # and thin bars.
     n_extra = int(rng.integers(1, max(2, num_classes // 2) + 1))
@@ -199,10 +235,12 @@ def _make_layers(rng: np.random.Generator, num_frames: int, height: int, width: 
         radius = rng.uniform(lo, hi) * size * (1.6 if kind == "thin" else 1.0)
         if scene.lookalike and label % 2 == 0 and kind != "thin":
             radius *= scene.pair_scale
-        margin = -0.1 if kind == "extra" else 0.25
+        # an anchor stays in frame all clip long: well inside under a still camera; under a panning one it may cross
+        # most of the frame (as a car passing a moving camera), so that its motion in the image can match the pan
+        margin = -0.1 if kind == "extra" else (0.25 if camera is None else 0.05)
         speed = (0.05 if kind == "extra" else 0.02) * size
-        cx, vx = _trajectory(rng, margin * width, (1 - margin) * width, speed, steps, kind != "extra")
-        cy, vy = _trajectory(rng, margin * height, (1 - margin) * height, speed, steps, kind != "extra")
+        cx, vx = _trajectory(rng, margin * width, (1 - margin) * width, speed, steps, kind != "extra", drift[0])
+        cy, vy = _trajectory(rng, margin * height, (1 - margin) * height, speed, steps, kind != "extra", drift[1])
         freqs, phases, amps = _random_texture(rng, 3, 0.05, 0.15)
         hue = _class_hue(label, num_classes, scene.lookalike) + rng.uniform(-0.03, 0.03)
         layers.append(_Layer(
@@ -213,7 +251,7 @@ def _make_layers(rng: np.random.Generator, num_frames: int, height: int, width: 
             scale_rate=rng.uniform(-1, 1) * 0.012,
             colour=_hue_colour(hue % 1.0, rng.uniform(0.55, 0.9), rng.uniform(0.6, 0.95)),
             freqs=freqs, phases=phases, amps=amps, jitter=jitter,
-            thin=rng.uniform(0.02, 0.04) * size / radius if kind == "thin" else 0.0))
+            thin=rng.uniform(0.02, 0.04) * size / radius if kind == "thin" else 0.0, camera=camera))
     return layers
 
 
@@ -297,7 +335,7 @@ def make_clip(seed: int, num_frames: int, height: int, width: int, num_classes: 
     Labels, flow and valid depend on `scene` only; `look` changes the pixels (Look.exact(): none of it).
     """
     _check_args(num_frames, height, width, num_classes)
-    layers = _make_layers(np.random.default_rng(seed), num_frames, height, width, num_classes, scene)
+    layers = _make_layers(seed, num_frames, height, width, num_classes, scene)
     rng = np.random.default_rng([seed, 1])  # appearance draws apart from geometry
     light = _Light(rng, height, width, look.illumination)
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
@@ -332,6 +370,6 @@ def pair_flow(seed: int, num_frames: int, height: int, width: int, num_classes: 
     _check_args(num_frames, height, width, num_classes)
     if not (0 <= t < num_frames and 0 <= t + k < num_frames):
         raise ValueError(f"pair_flow: frames {t} and {t + k} must lie in [0, {num_frames})")
-    layers = _make_layers(np.random.default_rng(seed), num_frames, height, width, num_classes, scene)
+    layers = _make_layers(seed, num_frames, height, width, num_classes, scene)
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
     return _pair_flow(layers, t, k, xs, ys, _visible_layer(layers, t, xs, ys))

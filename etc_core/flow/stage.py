@@ -29,7 +29,7 @@ from etc_core.errors import ConfigError, EtcError, StorageError
 from etc_core.flow import work
 from etc_core.flow.sources import FlowSource, create_flow_source
 from etc_core.flow.work import Sample, ShardJob
-from etc_core.section import digest as _digest, first_difference
+from etc_core.section import digest as _digest, first_difference, hash_dump
 from etc_core.storage import uri as storage
 
 if TYPE_CHECKING:  # only named as a type here
@@ -70,7 +70,8 @@ def stage_identity(cfg: EtcConfig, source: FlowSource | None = None) -> dict:
 
     # resize only exists for real datasets; leaving it out for generated ones keeps earlier synthetic shards valid
     generated = dataset_kind(cfg.data.kind).generated
-    data = cfg.data.model_dump(mode="json", exclude={"root", *(["resize"] if generated else [])})
+    data = {k: v for k, v in hash_dump(cfg.data).items()  # keys added later count only when set (section.py)
+            if k not in ("root", *(["resize"] if generated else []))}
     flow = {"source": cfg.flow.source, **(source or create_flow_source(cfg.flow)).identity()}
     keep = ("k", "max_samples_per_shard", "max_shard_bytes", "seed")
     return {"data": data, "flow": flow, "shards": {k: getattr(cfg.shards, k) for k in keep}}

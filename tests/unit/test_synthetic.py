@@ -197,3 +197,32 @@ def test_lookalike_pairs_share_colour_and_differ_in_shape():
     first = [layer.radius for layer in layers if layer.shape not in (None, "bar") and layer.label % 2 == 1]
     second = [layer.radius for layer in layers if layer.shape not in (None, "bar") and layer.label % 2 == 0]
     assert max(second) <= min(first) + 1e-9  # object_scale 0.1-0.2: firsts >= 0.1, seconds <= 0.2 * 0.5
+
+
+def test_camera_motion_moves_the_whole_picture_keeps_every_class_and_leaves_a_still_camera_as_it_was():
+    args = dict(num_frames=8, height=64, width=112, num_classes=5)
+    still, moving = Scene(thin_objects=0), Scene(thin_objects=0, camera_pan=6.0, camera_zoom=0.01)
+    for seed in range(4):
+        a = make_clip(seed, **args, scene=still, look=Look.exact())
+        b = make_clip(seed, **args, scene=moving, look=Look.exact())
+        assert set(np.unique(b.labels)) == set(range(5)), seed  # objects of every class stay in frame
+        speed_a, speed_b = (np.median(np.hypot(*c.flows.transpose(1, 0, 2, 3))) for c in (a, b))
+        assert speed_b > 4.0 > speed_a, (seed, speed_a, speed_b)  # 0.75-1.25 x 6 px per frame, about the median
+        background = b.labels[:-1] == 0
+        assert np.median(np.hypot(*b.flows.transpose(1, 0, 2, 3))[background]) > 4.0  # the background pans too
+    # a still camera: the clips of before, byte for byte (the camera draws from a stream of its own)
+    c = make_clip(3, **args, scene=Scene(thin_objects=0, camera_pan=0.0, camera_zoom=0.0))
+    d = make_clip(3, **args, scene=still)
+    assert np.array_equal(c.frames, d.frames) and np.array_equal(c.flows, d.flows)
+
+
+def test_camera_settings_are_in_the_spec_only_when_set(tmp_path):
+    from etc_core.data.generated import _spec, scene_of
+
+    assert "camera_pan" not in _spec(_cfg(tmp_path))  # datasets written before the setting existed stay valid
+    spec = _spec(_cfg(tmp_path, camera_pan=3.0))
+    assert spec["camera_pan"] == 3.0 and "camera_zoom" not in spec
+    assert scene_of(spec).camera_pan == 3.0 and scene_of(spec).camera_zoom == 0.0
+    write_dataset(_cfg(tmp_path), progress=False)
+    with pytest.raises(DatasetError, match=r"data.camera_pan=0.0, config asks for 3.0"):
+        write_dataset(_cfg(tmp_path, camera_pan=3.0), progress=False)

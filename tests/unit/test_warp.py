@@ -70,19 +70,24 @@ def test_warp_reproduces_generated_frames_and_labels(exact):
     assert err.mean() < err_neg.mean()
 
 
+MOVING = Scene(thin_objects=0, camera_pan=5.0, camera_zoom=0.02)  # a panning, zooming camera (configs/reproduce_motion)
+
+
+@pytest.mark.parametrize("scene", [NO_BARS, MOVING], ids=["still", "moving camera"])
 @pytest.mark.parametrize("t, k", [(2, 1), (3, -1), (1, 3), (4, -3)])
-def test_pair_flow_for_any_gap_warps_labels_exactly(t, k):
-    """pair_flow(t, k) satisfies warp(frame_{t+k}, F) = frame_t for gaps both ways, and k=1 equals clip.flows."""
+def test_pair_flow_for_any_gap_warps_labels_exactly(t, k, scene):
+    """pair_flow(t, k) satisfies warp(frame_{t+k}, F) = frame_t for gaps both ways, and k=1 equals clip.flows; with
+    a moving camera too (its pan and zoom are exact in the flow)."""
     args = dict(seed=11, num_frames=6, height=48, width=80, num_classes=5)
-    clip = make_clip(**args, scene=NO_BARS, look=Look.exact())
-    flow, valid = pair_flow(**args, t=t, k=k, scene=NO_BARS)
+    clip = make_clip(**args, scene=scene, look=Look.exact())
+    flow, valid = pair_flow(**args, t=t, k=k, scene=scene)
     if k == 1:
         assert np.array_equal(flow, clip.flows[t]) and np.array_equal(valid, clip.valid[t])
     labels = torch.from_numpy(clip.labels)
     edges = _edges(labels)
     flow_t = torch.from_numpy(flow)[None]
     interior = torch.from_numpy(valid) & (edges[t, 0] == 0) & (warp(edges[t + k][None], flow_t)[0, 0] == 0)
-    assert interior.float().mean() > 0.5
+    assert interior.float().mean() > (0.5 if scene is NO_BARS else 0.3)  # a pan of 15 px takes a strip out of frame
     warped = warp(labels[t + k][None, None].float(), flow_t, mode="nearest")[0, 0].long()
     assert torch.equal(warped[interior], labels[t].long()[interior])
     frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float()
