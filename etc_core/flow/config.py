@@ -3,6 +3,7 @@ WebDataset shards the flow stage writes (etc_core/flow/stage.py) and training re
 from __future__ import annotations
 
 import re
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -12,10 +13,11 @@ from etc_core.storage.paths import expand_path
 
 
 class FlowConfig(Section):
-    """Where training flow comes from (etc_core/flow/sources.py): a ptlflow model (checked before Ray starts) or the
-    dataset's own."""
+    """Where training flow comes from (etc_core/flow/sources.py): a ptlflow model (checked before Ray starts), OpenCV's
+    DIS or the dataset's own."""
 
-    source: FlowSourceName = "ground_truth"  # ground_truth: the generated data's exact flow
+    HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("dis_preset",)  # added later: existing keys stay as they were
+    source: FlowSourceName = "ground_truth"  # ground_truth: the generated data's exact flow; dis: OpenCV's, no weights
     model: str = "rapidflow_it1"  # any ptlflow.get_model_names() entry
     weights: str = "none"  # ptlflow checkpoint name (things, sintel, ...), a local checkpoint path, or none = random
     num_actors: int | None = Field(None, ge=1)  # flow-model actors; None: one per gpus_per_actor of the GPUs, else 1
@@ -24,6 +26,9 @@ class FlowConfig(Section):
     batch_size: int = Field(4, ge=1)  # pairs per flow-model forward pass (what fits in GPU memory)
     half: bool = False  # fp16 autocast for the flow model on CUDA (float32 on CPU)
     max_cpus: int | None = Field(None, ge=1)  # CPUs the stage's Ray Data pipeline may hold at once; None: the cluster's
+    # flow.source=dis: cv2.DISOPTICAL_FLOW_PRESET_*; medium: the lowest end-point error of the three on the generated
+    # data (docs/benchmarks.md, "DIS flow")
+    dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"
 
 
 class ShardsConfig(Section):

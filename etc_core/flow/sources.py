@@ -80,3 +80,4 @@ def create_flow_source(cfg: FlowConfig) -> FlowSource:
 
 register_flow_source("ptlflow", "etc_core.flow.estimate:PtlflowSource")
 register_flow_source("ground_truth", "etc_core.flow.estimate:GroundTruthSource")
+register_flow_source("dis", "etc_core.flow.dis:DisSource")

@@ -55,7 +55,7 @@ def _cfg(tmp_path, *overrides):
 
 
 def test_the_built_in_sources_keep_the_shard_set_hashes_of_existing_configs():
-    assert list_flow_sources() == ["ptlflow", "ground_truth"]
+    assert list_flow_sources() == ["ptlflow", "ground_truth", "dis"]
     pinned = {(): "e1249de1fade2e77", ("flow.source=ptlflow",): "e5b7146168ba515a",  # as made before the registry
               ("flow.source=ptlflow", "flow.half=true", "flow.weights=things"): "a0c62b6bb6218ab7",
               ("data.kind=cityscapes", "flow.source=ptlflow", "data.resize=0.5"): "d4ad9c1ac014cc38"}
@@ -73,7 +73,7 @@ def test_an_unknown_source_is_one_line_naming_the_key_and_the_known_sources():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["flow.source=groundtruth"])
     assert str(err.value).startswith("override flow.source=groundtruth: flow.source: Value error, unknown flow source "
-                                     "'groundtruth' (did you mean ground_truth? known: ptlflow, ground_truth)")
+                                     "'groundtruth' (did you mean ground_truth? known: ptlflow, ground_truth, dis)")
     with pytest.raises(ValueError, match="flow source 'ptlflow' is already registered"):
         register_flow_source("ptlflow", PtlflowSource)
 
@@ -95,7 +95,7 @@ def test_a_registered_source_is_validated_listed_checked_and_written_into_shards
     with pytest.raises(SystemExit) as exit_:
         cli_main(["--help"])
     assert exit_.value.code == 0
-    assert "flow sources (flow.source): ptlflow, ground_truth, zero" in capsys.readouterr().err
+    assert "flow sources (flow.source): ptlflow, ground_truth, dis, zero" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"^flow.source: zero flow is for clips of at most 50 frames"):
         check_flow(_cfg(tmp_path, "flow.source=zero", "data.num_frames=60"))  # pre-flight runs the source's check
     # the flow stage's steps, in one process: read, the source's estimator, encode, write
