@@ -1,10 +1,12 @@
-"""Compare models on one source: mIoU, TC, tc_noc, flicker (docs/conventions.md) and latency/FPS, in one pass.
+"""Compare models on one source: mIoU, TC, tc_noc, flicker, mVC (docs/conventions.md) and latency/FPS, in one pass.
 
 Sources: a shard set (labelled pairs with the flow stage's flow), a dataset of any registered kind (every frame of
-every clip of a split; the generated data's exact flow unless a ptlflow model is named), or an unlabelled video
-(TC only, flow from a ptlflow model). Every model sees the same decoded frames and the same flow, computed once, and is
+every clip of a split; the generated data's exact flow unless --flow-model names dis or a ptlflow model), or a video
+without labels (TC only, flow from that model). Each model sees the same frames and the same flow, computed once, and is
 scored by etc_core.metrics.SegScores, the class training validation uses. Where both frames of the pairs carry
-labels the table also carries the two reference rows (`ground truth`, `stride-8 oracle`).
+labels the table also carries the two reference rows (`ground truth`, `stride-8 oracle`). mVC needs each clip's
+frames in order: SegScores keeps the labelled frames' predictions (uint8) until the end, 2 bytes per pixel and
+labelled frame per row (see etc_core/metrics/vc.py, ClipBuffer).
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ class Row:
     tc_noc: float | None
     flicker_interior: float | None
     flicker_boundary: float | None
+    mvc8: float | None
+    mvc16: float | None
     latency_ms: float | None
     fps: float | None
     frames: int
@@ -79,19 +83,20 @@ def evaluate_models(models: list[tuple[str, torch.nn.Module, dict]], *, shards: 
     if shards is not None and flow_model is not None:
         raise ConfigError("evaluate --shards: TC uses the shards' own flow; --flow-model applies to --data and --input")
     if video is not None and flow_model is None:
-        raise ConfigError("evaluate --input: TC on a video without labels needs --flow-model (a ptlflow model)")
-    estimator = _ptlflow(flow_model, flow_weights, data) if flow_model is not None else None
+        raise ConfigError("evaluate --input: TC on a video without labels needs --flow-model (dis, or a ptlflow "
+                          "model)")
+    estimator = _flow_estimator(flow_model, flow_weights, data) if flow_model is not None else None
     scores = [_Scores(Predictor(model, device, half, size)) for _, model, _ in models]
     refs = [_Scores(None, name) for name in REFERENCES] if video is None else []
     if shards is not None:
         source = {"kind": "shards", "uri": shards, "split": split, "flow": "shards"}
         num_classes, shape = _score_shards(scores, refs, models, shards, split, batch_size, s3)
     elif data is not None:
-        flow = f"ptlflow:{flow_model}" if estimator else "ground_truth"
+        flow = _flow_label(flow_model, flow_weights) if estimator else "ground_truth"
         source = {"kind": "data", "path": data.root, "dataset": data.kind, "split": split, "flow": flow}
         num_classes, shape = _score_dataset(scores, refs, models, data, split, batch_size, estimator)
     else:
-        source = {"kind": "video", "path": video, "flow": f"ptlflow:{flow_model}"}
+        source = {"kind": "video", "path": video, "flow": _flow_label(flow_model, flow_weights)}
         num_classes, shape = _score_video(scores, models, video, batch_size, estimator)
     rows = []
     for (name, _, meta), s in zip(models, scores):
@@ -160,14 +165,14 @@ def _score_dataset(scores, refs, models, data: DataConfig, split: str, batch_siz
         shape = clip.frames.shape[1:3]
         if estimator is None and clip.flows is None:
             raise InputError(f"evaluate --data {data.root}: {data.kind} clips carry no exact flow; give --flow-model "
-                             f"(a ptlflow model) for TC")
+                             f"(dis, or a ptlflow model) for TC")
         if estimator is None:
             flow_of = lambda t0, img0, img1, c=clip: c.flows[t0:t0 + len(img0)]  # noqa: E731
         else:
             flow_of = lambda t0, img0, img1, c=clip_id: estimator.estimate(  # noqa: E731
                 img0, img1, [PairRef(split, c, t0 + i, 1) for i in range(len(img0))])
         batches = (clip.frames[i:i + batch_size] for i in range(0, clip.num_frames, batch_size))
-        _score_stream(scores + refs, batches, flow_of, labels=clip.labels, valid=clip.valid)
+        _score_stream(scores + refs, batches, flow_of, labels=clip.labels, valid=clip.valid, clip=clip_id)
     if shape is None:
         raise InputError(f"{data.root}: split {split!r} holds no clips")
     return ds.num_classes, (int(shape[0]), int(shape[1]))
@@ -194,10 +199,11 @@ def _score_video(scores, models, spec: str, batch_size: int, estimator) -> tuple
 
 
 def _score_stream(scores: list[_Scores], batches: Iterator[np.ndarray], flow_of: FlowFn,
-                  labels: np.ndarray | None, valid: np.ndarray | None) -> None:
+                  labels: np.ndarray | None, valid: np.ndarray | None, clip: str | None = None) -> None:
     """Predict frame batches uint8 [B,H,W,3] with every model; pairs are consecutive frames, across batch borders.
 
-    labels uint8 [T,H,W] (255 = unlabelled) and valid bool [T-1,H,W] of the whole clip, when the source has them.
+    labels uint8 [T,H,W] (255 = unlabelled) and valid bool [T-1,H,W] of the whole clip, when the source has them;
+    clip: its id, for mVC.
     """
     prev_frame: np.ndarray | None = None  # the last frame of the previous batch, and each model's prediction of it
     prev_preds: list[torch.Tensor | None] = [None] * len(scores)
@@ -215,7 +221,7 @@ def _score_stream(scores: list[_Scores], batches: Iterator[np.ndarray], flow_of:
             if preds is None:
                 continue
             if labels is not None:
-                s.scores.update_frames(preds, frame_labels)
+                s.scores.update_frames(preds, frame_labels, clip, t)
             else:
                 s.scores.frames += len(frames)
             seq_preds = preds if prev_preds[i] is None else torch.cat([prev_preds[i][None], preds])  # [P+1,H,W]
@@ -229,33 +235,47 @@ def _score_stream(scores: list[_Scores], batches: Iterator[np.ndarray], flow_of:
         t += len(frames)
 
 
-def _ptlflow(model: str, weights: str, data: DataConfig | None):
-    """The estimator of ptlflow model `model` with `weights`, checked first (the flow-source registry's entry)."""
+def _flow_label(model: str, weights: str) -> str:
+    """How the table names the flow of --flow-model: dis:<preset> or ptlflow:<model>."""
+    return f"dis:{weights}" if model == "dis" else f"ptlflow:{model}"
+
+
+def _flow_estimator(model: str, weights: str, data: DataConfig | None):
+    """The estimator of --flow-model, checked first (the flow-source registry's entry): dis (OpenCV's DIS, `weights`
+    its preset: the CLI passes flow.dis_preset) or ptlflow model `model` with `weights`."""
     from etc_core.flow.config import FlowConfig
+    from etc_core.flow.dis import PRESETS
     from etc_core.flow.sources import create_flow_source
 
-    source = create_flow_source(FlowConfig(source="ptlflow", model=model, weights=weights))
+    if model == "dis" and weights not in PRESETS:
+        raise ConfigError(f"flow.dis_preset: unknown preset {weights!r} (known: {', '.join(PRESETS)})")
+    flow = (FlowConfig(source="dis", dis_preset=weights) if model == "dis" else
+            FlowConfig(source="ptlflow", model=model, weights=weights))
+    source = create_flow_source(flow)
     source.check(data)
     return source.estimator()
 
 
 COLUMNS = (("mIoU", "miou"), ("TC", "tc"), ("TC-noc", "tc_noc"), ("flick-int", "flicker_interior"),
-           ("flick-bnd", "flicker_boundary"))
+           ("flick-bnd", "flicker_boundary"), ("mVC8", "mvc8"), ("mVC16", "mvc16"))
 
 
 def format_table(result: dict) -> str:
-    """The rows as a fixed-width table under a one-line description of the source (flicker in percent)."""
+    """The rows as a fixed-width table under a one-line description of the source (flicker in percent); the mVC16
+    column only when some row has it (clips of more than 16 labelled frames)."""
     src = result["source"]
     where = src.get("uri") or src.get("path")
     head = (f"{src['kind']} {where}" + (f" [{src['split']}]" if "split" in src else "") +
             f", flow {src['flow']}, {src['height']}x{src['width']}, device {src['device']}")
     width = max([len("model")] + [len(r["model"]) for r in result["rows"]])
-    cols = (f"{'model':<{width}}  {'arch':<18}" + "".join(f" {title:>9}" for title, _ in COLUMNS) +
+    columns = [(title, key) for title, key in COLUMNS
+               if key != "mvc16" or any(r.get(key) is not None for r in result["rows"])]
+    cols = (f"{'model':<{width}}  {'arch':<18}" + "".join(f" {title:>9}" for title, _ in columns) +
             f" {'latency ms':>10} {'FPS':>8} {'frames':>7}")
     fmt = lambda v, spec=".2f": "-" if v is None else format(v, spec)  # noqa: E731
     lines = [head, cols, "-" * len(cols)]
     for r in result["rows"]:
-        lines.append(f"{r['model']:<{width}}  {r['arch']:<18}" + "".join(f" {fmt(r[key]):>9}" for _, key in COLUMNS)
+        lines.append(f"{r['model']:<{width}}  {r['arch']:<18}" + "".join(f" {fmt(r.get(key)):>9}" for _, key in columns)
                      + f" {fmt(r['latency_ms']):>10} {fmt(r['fps'], '.1f'):>8} {r['frames']:>7}")
     return "\n".join(lines)
 

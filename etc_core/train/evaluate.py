@@ -24,8 +24,9 @@ def predict_pair(model: nn.Module, img0: torch.Tensor, img1: torch.Tensor) -> tu
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device,
              pictures: int = 0) -> tuple[dict[str, float], np.ndarray | None]:
-    """Return ({"val_miou", "val_tc", "val_tc_noc", "val_flicker_interior", "val_flicker_boundary", "val_pairs"},
-    picture grid uint8 or None) over one pass of `loader`; a metric the shards cannot give is NaN."""
+    """Return ({"val_miou", "val_tc", "val_tc_noc", "val_flicker_interior", "val_flicker_boundary", "val_mvc8",
+    "val_mvc16", "val_pairs"}, picture grid uint8 or None) over one pass of `loader`; a metric the shards cannot
+    give is NaN."""
     was_training = model.training
     model.eval()
     scores = SegScores(num_classes, device)
