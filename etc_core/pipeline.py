@@ -73,7 +73,7 @@ def _run_stages(cfg: EtcConfig, force: tuple[str, ...]) -> PipelineResult:
             _train(cfg, "baseline", "baseline" in force, parent.info.run_id, result)
         _train(cfg, "student", "student" in force, parent.info.run_id, result)
 
-        with announce("evaluate", "mIoU, TC, TC-noc, flicker and speed of every model on the test shards"), \
+        with announce("evaluate", "mIoU, TC, TC-noc, flicker, mVC and speed of every model on the test shards"), \
                 tracking.stage_run(cfg.mlflow, "evaluate"):
             result.evaluation, result.table = _evaluate(cfg, result.models)
             for row in result.evaluation["rows"]:
@@ -99,7 +99,7 @@ def eval_split(manifest: dict) -> str:
 
 
 def _evaluate(cfg: EtcConfig, models: dict[str, Registered]) -> tuple[dict, str]:
-    """mIoU, TC, tc_noc, flicker and FPS of every model of this run on the test shards (val when there is no test
+    """mIoU, TC, tc_noc, flicker, mVC and FPS of every model of this run on the test shards (val when there is no test
     split), with the reference rows: one table."""
     from etc_core.infer.evaluate import evaluate_models, format_table
     from etc_core.infer.load import pick_device

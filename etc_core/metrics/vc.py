@@ -2,9 +2,9 @@
 
 For a window of n frames starting at i: among pixels whose label is the same in all n frames, the fraction whose
 prediction is the same in all n frames too. mVC_n is the mean of that fraction over every window of every clip,
-with VSPW's windows (`for i in range(T - n)` in its TC_cal.py, so a clip of exactly n frames gives none). Unlike
-VSPW, pixels labelled 255 do not count, a window holding a frame without any labelled pixel is skipped, and so is a
-window whose denominator is 0.
+with VSPW's windows (`for i in range(T - n)` in TC_cal.py of github.com/sssdddwww2/CVPR2021_VSPW_Implement, so a
+clip of exactly n frames gives none). Unlike VSPW, pixels labelled 255 do not count and a window holding a frame
+without any labelled pixel is skipped; a window whose denominator is 0 is skipped too (VSPW's nanmean does that).
 
 `ClipBuffer` rebuilds clips from the pairs of a shard set or from frame batches, for `SegScores`.
 """
