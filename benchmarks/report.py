@@ -36,9 +36,16 @@ def machine_section(results: list[dict]) -> list[str]:
              "Sessions get different machines of this kind (the VM build in the OS string changes, and so can the "
              "CPU's speed): each ratio below compares runs of one script on one machine; the table says which.", "",
              "| benchmark | date | wall time | machine | command |", "|---|---|---|---|---|"]
-    lines += [f"| {r['name']} | {r['date']} | {_time(r)} | {r['machine']['cpu']}, {r['machine']['os']} | "
-              f"`{r['command']}` |" for r in results]
+    lines += [f"| {r['name']} | {r['date']} | {_time(r)} | {_where(r)} | `{r['command']}` |" for r in results]
     return lines + [""]
+
+
+def _where(r: dict) -> str:
+    """The machine a result was measured on; for one written from a ledger, the CPUs its rows name (the machine
+    that wrote the file only gathered them)."""
+    if r.get("cpus"):
+        return "; ".join(f"{cpu} ({n} rows)" for cpu, n in r["cpus"].items())
+    return f"{r['machine']['cpu']}, {r['machine']['os']}"
 
 
 def _time(r: dict) -> str:
@@ -191,11 +198,18 @@ NOT_MEASURED = {"flow_stage": "3. Flow stage (`python -m benchmarks.flow_stage`)
                                "to Ray Data (issue 19); the run of 2026-11-25 measured the stage before it (git "
                                "history).",
                 "reproduce": "5. Reproduction with controls (`python -m benchmarks.reproduce --sweep`, then "
-                              "`python -m benchmarks.reproduce`): not yet measured on the accepted data."}
+                              "`python -m benchmarks.reproduce`): not yet measured on the accepted data.",
+                "data_acceptance_motion": "Data acceptance of the motion data (`python -m benchmarks.data_acceptance "
+                                          "--config configs/reproduce_motion.yaml`): not yet measured.",
+                "reproduce_motion": "6. The motion study (`python -m benchmarks.reproduce --config "
+                                    "configs/reproduce_motion.yaml`): not yet measured; it waits for the motion data's "
+                                    "acceptance."}
 # Each result file (benchmarks/results/NAME.json) and its section of the page, in page order.
 SECTIONS = {"train_overhead": train_section, "flow_stage": flow_section, "inference": inference_section,
             "data_acceptance": report_repro.acceptance_section, "reproduce_sweep": report_repro.sweep_section,
-            "reproduce": report_repro.reproduce_section, "soak": soak_section}
+            "reproduce": report_repro.reproduce_section,
+            "data_acceptance_motion": report_repro.acceptance_section, "reproduce_motion": report_repro.reproduce_section,
+            "soak": soak_section}
 NAMES = tuple(SECTIONS)
 
 
@@ -226,8 +240,11 @@ def main() -> None:
     figures(results["reproduce"], results["flow_stage"], results["train_overhead"])
     if results["data_acceptance"]:
         report_repro.acceptance_figure(results["data_acceptance"], FIGURES)
-    if results["reproduce"]:
-        report_repro.reproduce_figure(results["reproduce"], FIGURES)
+    for name in ("reproduce", "reproduce_motion"):
+        if results[name]:
+            report_repro.reproduce_figure(results[name], FIGURES)
+    if results["data_acceptance_motion"]:
+        report_repro.acceptance_figure(results["data_acceptance_motion"], FIGURES)
     DOC.write_text(text)
     print(f"wrote {DOC.relative_to(common.REPO)}")
 

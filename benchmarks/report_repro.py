@@ -1,11 +1,12 @@
-"""The sections of docs/benchmarks.md about the method's claims: data acceptance (issue 16) and the reproduction
-with controls (issue 17), with their figures. Called by benchmarks/report.py."""
+"""The sections of docs/benchmarks.md about the method's claims: data acceptance (issues 16, 33) and the reproduction
+with controls (issues 17, 33), with their figures, for each bench config (configs/reproduce.yaml; the motion study's
+configs/reproduce_motion.yaml). Called by benchmarks/report.py."""
 from __future__ import annotations
 
 import statistics
 
-METRICS = ("miou", "tc", "tc_noc", "flicker_interior", "flicker_boundary")
-TITLES = ("mIoU", "TC", "TC-noc", "flicker interior %", "flicker boundary %")
+METRICS = ("miou", "tc", "tc_noc", "flicker_interior", "flicker_boundary", "mvc8")
+TITLES = ("mIoU", "TC", "TC-noc", "flicker interior %", "flicker boundary %", "mVC8")
 
 
 def _mean_std(values: list[float]) -> str:
@@ -22,11 +23,27 @@ def _row(name: str, rows: list[dict]) -> str:
     return f"| {name} | " + " | ".join(cells) + " |"
 
 
+def _config(r: dict) -> str:
+    """The bench config a result was measured on (its command's --config; configs/reproduce.yaml before it had one)."""
+    words = r["command"].split()
+    return words[words.index("--config") + 1] if "--config" in words else "configs/reproduce.yaml"
+
+
+def _suffix(r: dict) -> str:
+    """'' for configs/reproduce.yaml, '_motion' for configs/reproduce_motion.yaml (file names of figures)."""
+    stem = _config(r).rsplit("/", 1)[-1].removesuffix(".yaml")
+    return "" if stem == "reproduce" else "_" + stem.removeprefix("reproduce_")
+
+
 def acceptance_section(r: dict) -> list[str]:
     d = r["config"]["data"]
     t = r["config"]["train"]
-    lines = ["## Data acceptance (issue 16): judged on the per-frame baseline alone", "",
-             f"`configs/reproduce.yaml`: {d['num_videos']} clips of {d['num_frames']} frames at "
+    motion = bool(_suffix(r))
+    camera = (f" plus a camera panning {d['camera_pan']:g} px per frame and zooming up to {d['camera_zoom']:g} "
+              "per frame" if motion else "")
+    lines = [f"## Data acceptance{' of the motion data (issue 33)' if motion else ' (issue 16)'}: judged on the "
+             "per-frame baseline alone", "",
+             f"`{_config(r)}`{camera}: {d['num_videos']} clips of {d['num_frames']} frames at "
              f"{d['height']}x{d['width']}, {d['num_classes']} classes in look-alike pairs, every nuisance of "
              f"docs/data.md at its default; train frames labelled every {d['label_every']}; val and test fully "
              f"labelled. The baseline ({r['config']['student']['arch']}, cross-entropy only, {t['max_steps']} steps "
@@ -41,10 +58,16 @@ def acceptance_section(r: dict) -> list[str]:
     lines += ["", "| criterion (docs/data.md) | value | verdict |", "|---|---|---|"]
     lines += [f"| {c['criterion']} | {c['value']:.2f} | {'holds' if c['holds'] else '**fails**'} |"
               for c in r["criteria"]]
+    if "motion" in r:
+        m = r["motion"]
+        lines += ["", f"The loss's pairs ({m['pairs']} pairs at the train pairs' positions on the val clips, exact flow): "
+                  f"flow median {m['flow_median_px']:.1f} px, 90th percentile {m['flow_p90_px']:.1f} px; labels change "
+                  f"on {m['label_change_unwarped']:.1f} % of pixels without warping and "
+                  f"{m['label_change_warped']:.2f} % after exact warping."]
     lines += ["", "Val mIoU of the baseline by training step (the checkpoint kept is the best of these):", ""]
     for seed, curve in r["val_curves"].items():
         lines.append(f"- seed {seed}: " + ", ".join(f"{int(s)}: {v:.1f}" for s, v in curve))
-    return lines + ["", "![val mIoU by step](figures/acceptance_val_curves.png)", ""]
+    return lines + ["", f"![val mIoU by step](figures/acceptance_val_curves{_suffix(r)}.png)", ""]
 
 
 def acceptance_figure(r: dict, figures) -> None:
@@ -65,7 +88,7 @@ def acceptance_figure(r: dict, figures) -> None:
     ax.set_title("per-frame baseline on the accepted data")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(figures / "acceptance_val_curves.png", dpi=120)
+    fig.savefig(figures / f"acceptance_val_curves{_suffix(r)}.png", dpi=120)
     plt.close(fig)
 
 
@@ -82,21 +105,40 @@ def sweep_section(r: dict) -> list[str]:
              + ("" if c["within_rule"] else " (no trial met the rule: the best val mIoU)") + ".", "",
              "| form | λ | " + " | ".join(TITLES) + " |", "|---|---|" + "---|" * len(METRICS)]
     for t in r["trials"]:
-        cells = " | ".join("error" if t["error"] else f"{t[k]:.2f}" for k in METRICS)
+        cells = " | ".join("error" if t["error"] else "-" if t.get(k) is None else f"{t[k]:.2f}" for k in METRICS)
         lines.append(f"| {t['tc_on']} | {t['tc_weight']:g} | {cells} |")
     return lines + [""]
 
 
+def _paired_table(paired: dict[str, dict]) -> list[str]:
+    lines = ["| difference | mIoU | TC | TC-noc | flicker interior |", "|---|---|---|---|---|"]
+    return lines + [f"| {name} | " + " | ".join(_ci(d[k]) for k in METRICS[:4]) + " |" for name, d in paired.items()]
+
+
 def reproduce_section(r: dict) -> list[str]:
-    """Section 5 from benchmarks/reproduce.py's result (issue 17 format)."""
+    """Section 5 (configs/reproduce.yaml) or 6 (the motion study) from benchmarks/reproduce.py's result."""
     s = r["config"]["student"]["loss"]
-    lines = ["## 5. Reproduction on the accepted generated video (issue 17)", "",
+    motion = bool(_suffix(r))
+    ledger = f"benchmarks/results/reproduce{_suffix(r)}_ledger.json"
+    head = (["## 6. The motion study: motion guidance with exact and estimated flow (issue 33)", "",
+             f"`{_config(r)}` (the accepted data plus a moving camera, accepted on the baseline alone above). "
+             f"Seeds {r['seeds']}; every student fine-tunes its seed's baseline for {r['finetune_steps']} steps with "
+             f"section 5's recipe unchanged (temporal loss on {s['tc_on']} at weight {s['tc_weight']:g}, no KD); "
+             "`+TL dis flow` trains on the flow OpenCV's DIS estimates (`flow.source=dis`) instead of the exact flow. "
+             "Every row is scored on **test** with the exact flow. Controls: λ = 0 (the baseline trained for the same "
+             "extra steps), the temporal loss with zero flow, and test-time blur of the λ = 0 control's logits."]
+            if motion else
+            ["## 5. Reproduction on the accepted generated video (issue 17)", "",
              f"Seeds {r['seeds']}; every student fine-tunes its seed's baseline for {r['finetune_steps']} steps with "
              f"the temporal loss on {s['tc_on']} at weight {s['tc_weight']:g} (chosen by the sweep on val, "
              "`benchmarks/results/reproduce_sweep.json`); scored on **test**. Controls: λ = 0 (the baseline trained "
-             "for the same extra steps), the temporal loss with zero flow, and test-time blur of the baseline's "
-             f"logits. Baseline and students: {r['config']['student']['arch']}; the teacher: "
-             f"{r['config']['teacher']['arch']}, one (seed 0), on the baseline's schedule.", "",
+             "for the same extra steps), the temporal loss with zero flow, and test-time blur of the logits. "
+             f"Baseline and students: {r['config']['student']['arch']}; the teacher: "
+             f"{r['config']['teacher']['arch']}, one (seed 0), on the baseline's schedule."])
+    equal = {k: d for k, d in r["paired"].items() if "baseline" not in k.split(" - ")}
+    unequal = {k: d for k, d in r["paired"].items() if k not in equal}
+    lines = [*head, "", "**At equal steps** (these isolate the method), paired differences on test, mean ± 95 % CI "
+             "half-width over seeds:", "", *_paired_table(equal), "",
              "| row | " + " | ".join(TITLES) + " |", "|---|" + "---|" * len(METRICS)]
     names = list(dict.fromkeys(x["variant"] for x in r["runs"]))
     for name in names:
@@ -104,24 +146,29 @@ def reproduce_section(r: dict) -> list[str]:
         label = (name if rows[0]["seed"] is None else f"{name} (seed {rows[0]['seed']})" if len(rows) == 1
                  else f"{name} (mean ± std, {len(rows)} seeds)")
         lines.append(_row(label, rows))
-    lines += ["", "Per seed, on test (blur: the baseline's logits blurred at test time, Gaussian σ in pixels):", "",
+    lines += ["", "Per seed, on test (blur: the logits of the baseline, or of the λ = 0 control where measured, blurred "
+              "at test time, Gaussian σ in pixels):", "",
               "| seed | row | " + " | ".join(TITLES) + " |", "|---|---|" + "---|" * len(METRICS)]
     for seed in r["seeds"]:
         rows = [x for x in r["runs"] if x["seed"] == seed]
-        rows += [{"variant": f"blur σ = {c['sigma']:g}", **c} for c in r["smoothing"].get(str(seed), [])[1:]]
+        rows += [{"variant": f"baseline, blur σ = {c['sigma']:g}", **c} for c in r["smoothing"].get(str(seed), [])[1:]]
+        rows += [{"variant": f"λ = 0, blur σ = {c['sigma']:g}", **c}
+                 for c in r.get("smoothing_lambda0", {}).get(str(seed), [])[1:]]
         lines += [f"| {seed} " + _row(x["variant"], [x]) for x in rows]
-    lines += ["", "Paired differences on test (mean ± 95 % CI half-width over seeds):", "",
-              "| difference | mIoU | TC | TC-noc | flicker interior |", "|---|---|---|---|---|"]
-    for name, d in r["paired"].items():
-        lines.append(f"| {name} | " + " | ".join(_ci(d[k]) for k in METRICS[:4]) + " |")
+    lines += ["", "Secondary, **at unequal steps** (every student trains the fine-tune steps more than the baseline):",
+              "", *_paired_table(unequal)]
     gap = {s: g for s, g in r["kd_gap_closure"].items() if g == g}
-    lines += ["", "- KD gap closure (S_KD − S_TL) / (T − S_TL) in mIoU: "
-              + (f"{statistics.fmean(gap.values()):.2f} (per seed: "
-                 + ", ".join(f"{s}: {g:.2f}" for s, g in r["kd_gap_closure"].items()) + ")"
-                 if gap else "undefined (no seed has +TL, +TL+KD and a teacher above +TL)")]
+    if not motion:
+        lines += ["", "- KD gap closure (S_KD − S_TL) / (T − S_TL) in mIoU: "
+                  + (f"{statistics.fmean(gap.values()):.2f} (per seed: "
+                     + ", ".join(f"{s}: {g:.2f}" for s, g in r["kd_gap_closure"].items()) + ")"
+                     if gap else "undefined (no seed has +TL, +TL+KD and a teacher above +TL)")]
+    else:
+        lines.append("")
     for name, vals in r["tc_noc_above_smoothing_curve"].items():
         shown = ", ".join(f"{s}: " + ("outside the curve" if v is None else f"{v:+.2f}") for s, v in vals.items())
-        lines.append(f"- {name}: TC-noc above the baseline's blur curve at equal mIoU, per seed: {shown or '-'}")
+        which = "the λ = 0 control's" if r.get("smoothing_lambda0") else "the baseline's"
+        lines.append(f"- {name}: TC-noc above {which} blur curve at equal mIoU, per seed: {shown or '-'}")
     if not r["complete"]:
         by_variant: dict[str, list] = {}
         for m in r["missing"]:
@@ -129,8 +176,8 @@ def reproduce_section(r: dict) -> list[str]:
         lines.append("- **Not complete**: no row yet for " + "; ".join(
             f"{v} (seeds {', '.join(map(str, s))})" for v, s in by_variant.items())
             + ". The statistics above are over the seeds that have both rows.")
-    lines.append(f"- Rows measured at commits {', '.join(r['measured_at'])} (benchmarks/results/"
-                 "reproduce_ledger.json keeps every row with its commit and date); training and scoring them took "
+    lines.append(f"- Rows measured at commits {', '.join(r['measured_at'])} ({ledger} keeps every row with its "
+                 "commit and date); training and scoring them took "
                  f"{r['compute_s'] / 3600:.1f} h in all. Rows by CPU: " + "; ".join(
                      f"{n} on {cpu}" for cpu, n in r.get("cpus", {}).items())
                  + " (rows name their CPU since 2026-12-02 16:35).")
@@ -138,7 +185,7 @@ def reproduce_section(r: dict) -> list[str]:
         seeds = sorted({x["seed"] for x in group["rows"]})
         lines.append(f"- Set aside on {group['date']} ({len(group['rows'])} rows of seeds "
                      f"{', '.join(map(str, seeds))}, kept in the ledger's `superseded` list): {group['reason']}.")
-    return lines + ["", "![mIoU vs TC-noc](figures/repro_miou_tc.png)", ""]
+    return lines + ["", f"![mIoU vs TC-noc](figures/repro_miou_tc{_suffix(r)}.png)", ""]
 
 
 def reproduce_figure(r: dict, figures) -> None:
@@ -148,11 +195,13 @@ def reproduce_figure(r: dict, figures) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.8, 4.3))
-    for i, (seed, curve) in enumerate(r["smoothing"].items()):
-        ax.plot([c["miou"] for c in curve], [c["tc_noc"] for c in curve], ":", color="gray",
-                label="baseline + test-time blur" if i == 0 else None)
+    for key, label, colour in (("smoothing", "baseline + test-time blur", "gray"),
+                               ("smoothing_lambda0", "λ = 0 control + test-time blur", "tab:purple")):
+        for i, (seed, curve) in enumerate(r.get(key, {}).items()):
+            ax.plot([c["miou"] for c in curve], [c["tc_noc"] for c in curve], ":", color=colour,
+                    label=label if i == 0 else None)
     colours = {"baseline": "black", "+TL": "tab:blue", "+TL+KD": "tab:red", "teacher": "tab:green",
-               "control: lambda=0": "tab:gray", "control: TL zero flow": "tab:orange"}
+               "control: lambda=0": "tab:gray", "control: TL zero flow": "tab:orange", "+TL dis flow": "tab:cyan"}
     for name, colour in colours.items():
         pts = [x for x in r["runs"] if x["variant"] == name]
         if pts:
@@ -164,5 +213,5 @@ def reproduce_figure(r: dict, figures) -> None:
                  else f"{len(seeds)} seeds, dots: one per seed")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(figures / "repro_miou_tc.png", dpi=120)
+    fig.savefig(figures / f"repro_miou_tc{_suffix(r)}.png", dpi=120)
     plt.close(fig)

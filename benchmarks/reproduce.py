@@ -59,6 +59,7 @@ STUDIES = {"": STUDENTS, "_motion": MOTION_STUDENTS}  # by the bench config's su
 # extended upward by a second sweep, on val, before any student of the reproduction was trained; the rule is the same.
 GRID = {"logits": [(0.03, 0.1, 0.3), (1.0, 3.0)], "probs": [(1.0, 3.0, 10.0), (30.0, 100.0)]}
 SIGMAS = (0.5, 1.0, 2.0, 3.0, 5.0)  # test-time Gaussian blur of the baseline's logits, pixels
+BLURRED = "control: lambda=0"  # the blur control at equal steps: this row's logits blurred (rows since 2026-12-07)
 
 
 class Smoothed(nn.Module):
@@ -202,6 +203,7 @@ def main() -> None:
                    **{name: {k: r[k] for k in METRICS} for name, r in (started_from or {}).items()}}
             if stage == "baseline":
                 row["references"] = [{"variant": r["model"], **{k: r.get(k) for k in SCORED}} for r in rows[1:]]
+            if stage == "baseline" or variant == BLURRED:  # the blur control: on the baseline, and at equal steps
                 unblurred = {"sigma": 0.0, **{k: row[k] for k in METRICS}}
                 row["smoothing"] = [unblurred, *smoothing_curve(cfg, registered)]
             row["score_s"] = round(time.perf_counter() - began, 1)
@@ -277,7 +279,7 @@ class Plan:
     def result(self, ledger) -> dict:
         """reproduce.json's body from the ledger rows of this plan: every row found, what is missing, the paired
         differences, KD's gap closure and the distance above the blur curve, over the seeds that have the rows."""
-        runs, curves, refs, missing, commits = [], {}, None, [], set()
+        runs, curves, curves_equal, refs, missing, commits = [], {}, {}, None, [], set()
         # the teacher is one model (seed 0): one row, the reference of every seed's KD student (when there is one)
         kd = any(cfg.student.loss.needs_teacher for students in self.students.values() for cfg, _ in students.values())
         entries = [(0, "teacher", self.teacher)] if kd else []
@@ -300,19 +302,24 @@ class Plan:
             if name == "baseline":
                 curves[seed] = row["smoothing"]
                 refs = refs or [{"seed": None, **r} for r in row["references"]]
+            if name == BLURRED and "smoothing" in row:
+                curves_equal[seed] = row["smoothing"]
         by = {(r["seed"], r["variant"]): r for r in runs}
         teacher = by.get((0, "teacher"))
         seeds = [s for s in self.seeds if teacher and all((s, v) in by for v in ("+TL", "+TL+KD"))]
         gap = {s: (by[(s, "+TL+KD")]["miou"] - by[(s, "+TL")]["miou"]) / (teacher["miou"] - by[(s, "+TL")]["miou"])
                if teacher["miou"] > by[(s, "+TL")]["miou"] else float("nan") for s in seeds}
-        above = {name: {s: above_curve(by[(s, name)], curves[s]) for s in curves if (s, name) in by}
-                 for name in ("+TL", "+TL+KD")}
-        # against lambda=0: the ETC terms at an equal number of steps (every student trains 600 steps more than the
-        # baseline); the last: what the motion compensation itself adds
-        pairs = (("+TL", "baseline"), ("+TL+KD", "baseline"), ("+TL+KD", "+TL"), ("control: lambda=0", "baseline"),
-                 ("+TL", "control: lambda=0"), ("+TL+KD", "control: lambda=0"),
-                 ("control: TL zero flow", "control: lambda=0"), ("+TL", "control: TL zero flow"),
-                 ("+TL dis flow", "control: lambda=0"), ("+TL dis flow", "+TL"))
+        # above the blur curve of the lambda=0 control (equal steps) where the row has one, else of the baseline
+        blur = {**curves, **curves_equal}
+        above = {name: {s: above_curve(by[(s, name)], blur[s]) for s in blur if (s, name) in by}
+                 for name in ("+TL", "+TL+KD", "+TL dis flow") if any(v == name for _, v in by)}
+        # First the comparisons at an equal number of steps, which isolate the method: the ETC terms against lambda=0
+        # (the baseline trained as long without them), motion compensation against zero flow, estimated flow against
+        # exact. Then, secondary, against the baseline, which every student out-trains by the fine-tune steps.
+        pairs = (("+TL", "control: lambda=0"), ("+TL+KD", "control: lambda=0"), ("+TL", "control: TL zero flow"),
+                 ("control: TL zero flow", "control: lambda=0"), ("+TL dis flow", "control: lambda=0"),
+                 ("+TL dis flow", "+TL"), ("+TL+KD", "+TL"),
+                 ("+TL", "baseline"), ("+TL+KD", "baseline"), ("control: lambda=0", "baseline"))
         diffs = {f"{a} - {b}": d for a, b in pairs if (d := paired(runs, a, b)) is not None}
         used = {k: ledger.get(k) for k in [*([self.teacher] if kd else []), *self.baseline.values()]
                 + [k for students in self.students.values() for _, k in students.values()]}
@@ -327,7 +334,8 @@ class Plan:
                 "cpus": dict(Counter(r.get("cpu", "an unrecorded CPU") for r in used.values() if r)),
                 "superseded": list(aside.values()),
                 "measured_at": sorted(commits), "runs": runs + (refs or []),
-                "smoothing": {str(s): c for s, c in curves.items()}, "paired": diffs,
+                "smoothing": {str(s): c for s, c in curves.items()},
+                "smoothing_lambda0": {str(s): c for s, c in curves_equal.items()}, "paired": diffs,
                 "kd_gap_closure": {str(s): g for s, g in gap.items()},
                 "tc_noc_above_smoothing_curve": {n: {str(s): v for s, v in d.items()} for n, d in above.items()}}
 
