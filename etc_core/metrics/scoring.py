@@ -104,9 +104,7 @@ class SegScores:
             self._seen["labels"] = True
             self.cm.update(pred, label)
         if clip is not None:
-            pred = as_tensor(pred, self.device)
-            for i in range(len(label)):
-                self.clips.add(clip, t0 + i, pred[i], label[i])
+            self.clips.add_frames(clip, t0, as_tensor(pred, self.device), label)
         self.frames += len(label)
 
     def update_pairs(self, pred_t, pred_next, flow, label_t=None, label_next=None, valid=None) -> None:

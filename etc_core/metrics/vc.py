@@ -73,6 +73,11 @@ class VideoConsistency:
         return 100.0 * self.total / self.windows if self.windows else None
 
 
+def _labelled(labels: Tensor) -> list[bool]:
+    """int [B,H,W] -> per frame: has it a labelled pixel (one device sync per batch)."""
+    return (labels != IGNORE_INDEX).flatten(1).any(1).tolist()
+
+
 def pair_of_key(key: str) -> tuple[str, int, int]:
     """A shard sample's key `{video}_{t:06d}_{k}` (docs/shards.md) -> (video, t, k)."""
     video, t, k = key.rsplit("_", 2)
@@ -94,13 +99,17 @@ class ClipBuffer:
         self.unlabelled: dict[str, set[int]] = {}
         self.num_frames: dict[str, int] = {}
 
-    def add(self, video: str, t: int, pred: Tensor, label: Tensor | None, primary: bool = True) -> None:
-        """Frame t of `video`: pred and label int [H,W] (label None or all 255: unlabelled). A frame seen twice
-        keeps its primary copy (img0 of pair (t, t+1)); a secondary one (img1 of pair (t-1, t)) stands in until
-        then, and an unlabelled secondary tells nothing (training pairs carry no label of img1)."""
+    def add(self, video: str, t: int, pred: Tensor, label: Tensor | None, primary: bool = True,
+            labelled: bool | None = None) -> None:
+        """Frame t of `video`: pred and label int [H,W] (label None or all 255: unlabelled; `labelled` says which
+        when the caller knows). A frame seen twice keeps its primary copy (img0 of pair (t, t+1)); a secondary one
+        (img1 of pair (t-1, t)) stands in until then, and an unlabelled secondary tells nothing (training pairs
+        carry no label of img1)."""
         self.num_frames[video] = max(self.num_frames.get(video, 0), t + 1)
         frames = self.frames.setdefault(video, {})
-        if label is None or not bool((label != IGNORE_INDEX).any()):
+        if labelled is None:
+            labelled = label is not None and bool((label != IGNORE_INDEX).any())
+        if not labelled:
             if primary:
                 self.unlabelled.setdefault(video, set()).add(t)
                 frames.pop(t, None)
@@ -109,14 +118,23 @@ class ClipBuffer:
         if primary or t not in frames:
             frames[t] = (pred.to(torch.uint8), label.to(torch.uint8), primary)
 
+    def add_frames(self, video: str, t0: int, preds: Tensor, labels: Tensor) -> None:
+        """Frames t0 .. t0+B-1 of `video`: preds and labels int [B,H,W]."""
+        for i, labelled in enumerate(_labelled(labels)):
+            self.add(video, t0 + i, preds[i], labels[i], labelled=labelled)
+
     def add_pairs(self, keys: list[str], pred0: Tensor, pred1: Tensor, label0: Tensor,
                   label1: Tensor | None) -> None:
-        """A shard batch: frame t from img0 of each pair (t, t+1), frame t+1 from its img1; other k are skipped."""
+        """A shard batch: frame t from img0 of each pair (t, t+1), frame t+1 from its img1; other k are skipped.
+        All int [B,H,W]; label1 None when the batch has none."""
+        labelled0 = _labelled(label0)
+        labelled1 = _labelled(label1) if label1 is not None else [False] * len(keys)
         for i, key in enumerate(keys):
             video, t, k = pair_of_key(key)
             if k == 1:
-                self.add(video, t, pred0[i], label0[i])
-                self.add(video, t + 1, pred1[i], None if label1 is None else label1[i], primary=False)
+                self.add(video, t, pred0[i], label0[i], labelled=labelled0[i])
+                self.add(video, t + 1, pred1[i], None if label1 is None else label1[i], primary=False,
+                         labelled=labelled1[i])
 
     def _closed(self, video: str, t: int) -> bool:
         return t < 0 or t in self.unlabelled.get(video, ())
