@@ -103,7 +103,7 @@ def evaluate(argv: list[str] | None = None) -> int:
     from etc_core.infer.load import load_any, pick_device
     from etc_core.infer.predict import parse_size
     from etc_core.preflight import bad_input
-    from etc_core.errors import ShardError
+    from etc_core.errors import ConfigError, ShardError
 
     def add(parser) -> None:
         _model_args(parser, repeat=True)
@@ -115,14 +115,22 @@ def evaluate(argv: list[str] | None = None) -> int:
         parser.add_argument("--input", default=None, help="unlabelled video, frames directory or glob (TC only)")
         parser.add_argument("--split", default="val", help="split of --shards / --data")
         parser.add_argument("--flow-model", default=None,
-                            help="ptlflow model for TC (default: flow.model for --input, the exact flow for --data)")
-        parser.add_argument("--flow-weights", default=None, help="its checkpoint (default: flow.weights, i.e. none)")
+                            help="flow for TC: dis (OpenCV's DIS, no weights, preset flow.dis_preset) or a ptlflow "
+                                 "model (default for --input: dis when flow.source=dis, else flow.model; for --data: "
+                                 "the exact flow)")
+        parser.add_argument("--flow-weights", default=None,
+                            help="the ptlflow model's checkpoint (default: flow.weights, i.e. none)")
         parser.add_argument("--json", default=None, help="also write the table as JSON here")
         _device_args(parser)
 
     cfg, args = parse_args(evaluate.__doc__.splitlines()[0], argv, add)
     size = parse_size(args.size)
-    flow_model = args.flow_model or (cfg.flow.model if args.input else None)
+    flow_model = args.flow_model or (("dis" if cfg.flow.source == "dis" else cfg.flow.model) if args.input else None)
+    flow_weights = args.flow_weights or cfg.flow.weights
+    if flow_model == "dis":  # DIS has a preset, not weights: the table and evaluate_models name it in their place
+        if args.flow_weights:
+            raise ConfigError("--flow-weights: dis has no weights; choose its preset with flow.dis_preset=PRESET")
+        flow_weights = cfg.flow.dis_preset
     data = None
     if args.data is not None:  # the config's data section, pointed at --data (with --kind)
         data = DataConfig.model_validate({**cfg.data.model_dump(), "kind": args.kind or cfg.data.kind,
@@ -135,7 +143,7 @@ def evaluate(argv: list[str] | None = None) -> int:
             if shards.read_manifest(args.shards) is None:
                 raise ShardError(f"{args.shards}/manifest.json: not found (--shards: a flow-stage shard set)")
     result = evaluate_models(models, shards=args.shards, data=data, video=args.input, split=args.split,
-                             flow_model=flow_model, flow_weights=args.flow_weights or cfg.flow.weights,
+                             flow_model=flow_model, flow_weights=flow_weights,
                              device=pick_device(args.device), half=args.half, size=size, batch_size=args.batch_size,
                              s3=cfg.s3.access)
     print(format_table(result))

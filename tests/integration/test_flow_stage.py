@@ -1,4 +1,4 @@
-"""The flow stage on a real local Ray (Ray Data): ground truth and ptlflow, local and S3 (moto), the same shards as
+"""The flow stage on a real local Ray (Ray Data): ground truth, DIS and ptlflow, local and S3 (moto), the same shards as
 the stage before it and as the plain loop, resume from sidecars, failures.
 
 A killed stage and its resume: tests/reliability/test_faults.py.
@@ -152,6 +152,31 @@ def test_ptlflow_random_init_through_the_stage(ray_local, tmp_path):
     sample = next(shards.iter_samples(cfg.shards.uri, "train"))
     assert sample["flow"].shape == (2, 64, 96) and np.isfinite(sample["flow"]).all()
     assert sample["meta"]["source"] == "ptlflow" and sample["meta"]["flow_model"] == "rapidflow_it1"
+
+
+def _dis_threads() -> int:
+    import cv2
+
+    from etc_core.flow.dis import DisEstimator
+
+    DisEstimator()
+    return cv2.getNumThreads()
+
+
+def test_dis_runs_one_cv2_thread_in_a_ray_task_of_one_cpu(ray_local):
+    assert ray_local.get(ray_local.remote(num_cpus=1)(_dis_threads).remote()) == 1  # cv2 ignores OMP_NUM_THREADS
+
+
+@pytest.mark.slow
+def test_dis_through_the_stage(ray_local, tiny_data, tmp_path):
+    cfg = _cfg(tiny_data, "flow.source=dis", uri=str(tmp_path / "dis"))
+    result = run_flow_stage(cfg, progress=False)
+    assert result.pairs_computed == sum(v["samples"] for v in result.manifest["splits"].values()) > 0
+    assert result.manifest["config"]["flow"] == {"source": "dis", "dis_preset": "medium"} and result.startup_s == 0
+    sample = next(shards.iter_samples(cfg.shards.uri, "train"))
+    assert sample["flow"].shape == (2, 32, 48) and np.isfinite(sample["flow"]).all() and sample["flow"].any()
+    assert (sample["meta"]["source"], sample["meta"]["flow_model"], sample["meta"]["flow_weights"]) == \
+        ("dis", "dis", "medium")
 
 
 def test_flow_actors_that_leave_no_cpu_for_reading_and_writing_are_refused(ray_local, tiny_data, tmp_path):

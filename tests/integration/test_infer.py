@@ -351,3 +351,28 @@ def test_evaluate_unlabelled_video_tc_with_ptlflow(registry, tmp_path, capsys):
     want = temporal_consistency([(preds[t], preds[t + 1], flows[t]) for t in range(3)], K)
     assert len(np.unique(preds)) > 1 and 0 < want < 100
     assert row["tc"] == pytest.approx(want, abs=0.2)
+
+
+def test_evaluate_unlabelled_video_tc_with_dis(registry, tmp_path, capsys):
+    """--flow-model dis: TC on a video with OpenCV's DIS flow, no weights; its preset is flow.dis_preset."""
+    video = tmp_path / "clip.mp4"
+    write_video(video, make_clip(5, 4, 64, 96, K).frames)
+    report = tmp_path / "eval.json"
+    assert cli("evaluate", "--model", registry.uri, "--input", video, "--flow-model", "dis", "--batch-size", 3,
+               "--json", report, "flow.dis_preset=fast") == 0
+    assert "flow dis:fast" in capsys.readouterr().out
+    row = json.loads(report.read_text())["rows"][0]
+    assert row["miou"] is None and row["pairs"] == 3
+    # the known answer: the same decoded frames, predictions and DIS flow through temporal_consistency directly
+    from etc_core.flow.dis import DisEstimator
+    from etc_core.infer.video import open_frames
+
+    decoded = np.concatenate(list(open_frames(str(video)).batches(8)))  # [4,H,W,3], as the CLI decoded them
+    preds = reference(registry.model, decoded)
+    flows = DisEstimator("fast").estimate(decoded[:-1], decoded[1:], [])
+    want = temporal_consistency([(preds[t], preds[t + 1], flows[t]) for t in range(3)], K)
+    assert row["tc"] == pytest.approx(want, abs=0.2) and 0 < want <= 100
+    assert cli("evaluate", "--model", registry.uri, "--input", video, "--flow-model", "dis", "--flow-weights",
+               "things") == 2  # DIS has no weights: one line naming the option and the key to use instead
+    assert capsys.readouterr().err.strip().splitlines()[-1] == ("ConfigError: --flow-weights: dis has no weights; "
+                                                                "choose its preset with flow.dis_preset=PRESET")
