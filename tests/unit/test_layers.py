@@ -27,7 +27,8 @@ LAYERS = {
     "etc_core.data": 1, "etc_core.models": 1, "etc_core.flow": 1, "etc_core.flow.warp": 1,
     "etc_core.tracking": 1, "etc_core.tracking.config": 1,
     # 2: flow sources and estimators, losses, metrics, training pieces, and the sections that name them
-    "etc_core.flow.estimate": 2, "etc_core.flow.sources": 2, "etc_core.flow.work": 2, "etc_core.flow.config": 2,
+    "etc_core.flow.estimate": 2, "etc_core.flow.dis": 2, "etc_core.flow.sources": 2, "etc_core.flow.work": 2,
+    "etc_core.flow.config": 2,
     "etc_core.losses": 2, "etc_core.metrics": 2, "etc_core.tracking.pictures": 2,
     "etc_core.train": 2, "etc_core.train.augment": 2, "etc_core.train.backend": 2, "etc_core.train.checkpoint": 2,
     "etc_core.train.config": 2, "etc_core.sweep": 2, "etc_core.sweep.config": 2,
