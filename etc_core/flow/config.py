@@ -26,9 +26,9 @@ class FlowConfig(Section):
     batch_size: int = Field(4, ge=1)  # pairs per flow-model forward pass (what fits in GPU memory)
     half: bool = False  # fp16 autocast for the flow model on CUDA (float32 on CPU)
     max_cpus: int | None = Field(None, ge=1)  # CPUs the stage's Ray Data pipeline may hold at once; None: the cluster's
-    # flow.source=dis: cv2.DISOPTICAL_FLOW_PRESET_*; medium: the lowest end-point error of the three on the generated
-    # data (docs/benchmarks.md, "DIS flow")
-    dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"
+    # medium: the lowest end-point error of the three on the generated data (docs/benchmarks.md, "DIS flow against
+    # the exact flow"), at a few ms per pair on one CPU thread
+    dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"  # flow.source=dis: OpenCV DIS preset, faster -> finer
 
 
 class ShardsConfig(Section):

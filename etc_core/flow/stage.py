@@ -153,7 +153,7 @@ def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("etc-pipeline", "webdataset", "torch", "ptlflow", "numpy"):
+    for pkg in ("etc-pipeline", "webdataset", "torch", "ptlflow", "opencv-python", "numpy"):  # opencv: DIS flow
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
