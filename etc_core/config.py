@@ -83,23 +83,25 @@ def _describe(err: dict, model: type[BaseModel]) -> tuple[str, str]:
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> EtcConfig:
-    """Load `path` (YAML; None = all defaults) and apply `section.key=value` overrides; raise ConfigError."""
+    """Load `path` (YAML; None = all defaults) and apply `section.key=value` overrides; raise ConfigError naming the
+    override at fault, or the file and the line."""
     tree: dict = {}
-    source = "<defaults>"
+    source, text = "<defaults>", None
     if path is not None:
         source = str(path)
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"{source}: config file not found")
+        text = p.read_text()
         try:
-            tree = yaml.safe_load(p.read_text()) or {}
+            tree = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
             raise ConfigError(f"{source}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{source}: top level must be a mapping of sections")
-    from_override: dict[str, str] = {}
+    applied: list[tuple[str, str, object]] = []  # (dotted key, the override as given, its value)
     for item in overrides:
         dotted, sep, raw = item.partition("=")
         if not sep or not dotted or any(not k for k in dotted.split(".")):
@@ -109,15 +111,59 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         except yaml.YAMLError:
             value = raw
         set_dotted(tree, dotted, value, f"override {item}")
-        from_override[dotted] = item
+        applied.append((dotted, item, value))
     try:
         cfg = EtcConfig.model_validate(tree)
     except ValidationError as e:
         key, reason = _describe(e.errors()[0], EtcConfig)
-        where = f"override {from_override[key]}" if key in from_override else source
-        raise ConfigError(f"{where}: {key}: {reason}") from None
+        raise ConfigError(f"{_blame(key, source, text, applied)}: {key}: {reason}") from None
     cfg._relative = _relative_paths(tree)
     return cfg
+
+
+def _blame(key: str, source: str, text: str | None, applied: list[tuple[str, str, object]]) -> str:
+    """Where the error at dotted `key` comes from: `override ...` when an override set that key or brought the error
+    in (`dta.height=72` makes a section `dta`; `student.train.max_stps=1` a bad key under student.train), else
+    `<file>: line N` of the key in the file."""
+    for dotted, item, _ in reversed(applied):
+        if dotted == key:
+            return f"override {item}"
+    if applied:  # the error path only: validate the file alone, then with each override in turn
+        tree = (yaml.safe_load(text) or {}) if text else {}
+        if not _fails_at(tree, key):
+            for dotted, item, value in applied:
+                set_dotted(tree, dotted, value, f"override {item}")
+                if _fails_at(tree, key):
+                    return f"override {item}"
+    line = _line_of(text, key)
+    return f"{source}: line {line}" if line else source
+
+
+def _fails_at(tree: dict, key: str) -> bool:
+    try:
+        EtcConfig.model_validate(tree)
+    except ValidationError as e:
+        return any(".".join(str(p) for p in err["loc"]) == key for err in e.errors())
+    return False
+
+
+def _line_of(text: str | None, key: str) -> int | None:
+    """The line (1-based) where the YAML text writes the deepest part of dotted `key` it has; None if not even the
+    first."""
+    node, line = (yaml.compose(text) if text else None), None
+    for part in key.split("."):
+        if isinstance(node, yaml.MappingNode):
+            found = next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and str(k.value) == part),
+                         None)
+            if found is None:
+                break
+            line, node = found[0].start_mark.line + 1, found[1]
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
 
 
 PATH_KEYS = ("data.root", "shards.uri", "train.storage_path", "mlflow.artifact_root")

@@ -27,7 +27,7 @@ PY = sys.executable
 # (entry point argv, config file text or None, the fragments the one line must hold)
 CONFIG_CASES = {
     "unknown_key_in_file": (["pipelines/train_teacher.py"], "train:\n  max_step: 3\n",
-                            ["bad.yaml: train.max_step: unknown key (did you mean max_steps?)"]),
+                            ["bad.yaml: line 2: train.max_step: unknown key (did you mean max_steps?)"]),
     "wrong_type": (["pipelines/precompute_flow.py", "flow.batch_size=four"], None,
                    ["override flow.batch_size=four: flow.batch_size: Input should be a valid integer"]),
     "negative_size": ([*ETC[1:], "make-dataset", "data.width=-48"], None,

@@ -51,8 +51,10 @@ def test_stage_override_is_what_the_stage_trains_with_and_the_same_as_setting_tr
 
 
 @pytest.mark.parametrize("override, message", [
-    ("student.train.max_stps=1", r"student.train: Value error, unknown train key 'max_stps' \(did you mean max_steps\?\)"),
-    ("teacher.train.lr=-1", r"teacher.train: Value error, lr: Input should be greater than 0"),
+    ("student.train.max_stps=1", r"^override student.train.max_stps=1: student.train: Value error, unknown train key "
+                                 r"'max_stps' \(did you mean max_steps\?\)"),
+    ("teacher.train.lr=-1", r"^override teacher.train.lr=-1: teacher.train: Value error, lr: Input should be greater "
+                            r"than 0"),
 ])
 def test_stage_override_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
