@@ -41,7 +41,7 @@ HEADER = """\
 Every entry point takes `--config PATH` (one YAML file of sections) plus dotted overrides `section.key=value`
 (`train.max_steps=20`, `shards.k=[-1,1]`). Defaults live in the models only; `configs/*.yaml` state what a
 scenario changes. An unknown key, a wrong type or an out-of-range value stops with one line naming it
-(`ConfigError: configs/demo.yaml: data.heigth: unknown key (did you mean height?)`) and exit code 2.
+(`ConfigError: configs/demo.yaml: line 8: data.heigth: unknown key (did you mean height?)`) and exit code 2.
 
 Paths (`data.root`, `shards.uri`, `train.storage_path`, `mlflow.artifact_root`) expand `${ENV}` and `~` and are
 made absolute against the directory you run from; `s3://` URIs pass through. An unset `${ENV}` is an error.
