@@ -132,6 +132,33 @@ def flow_section(r: dict) -> list[str]:
     return lines + ["", "![throughput vs workers](figures/throughput_workers.png)", ""]
 
 
+def flow_epe_section(r: dict) -> list[str]:
+    """DIS flow against the generated data's exact flow (benchmarks/flow_epe.py), one table per dataset."""
+    lines = ["## DIS flow against the exact flow", "",
+             f"`flow.source=dis` (OpenCV {r['opencv']}'s DIS, `flow.dis_preset`) and zero flow (the control: its EPE "
+             f"is the mean motion) on the {r['split']} split of the generated data, every pair (t, t+k) for k in "
+             "`shards.k`. EPE: end-point error against the generator's exact flow, px, over all pixels and over the "
+             "valid ones (visible in both frames); > 1 px, > 3 px: share of pixels; ms per pair: one cv2 thread, as in "
+             "the flow stage's Ray tasks, grey conversion included (CPU time of that thread; wall time beside it, "
+             "on a machine shared with other work).", ""]
+    for name, d in r["datasets"].items():
+        ks = list(d["flow_px_by_k"])
+        best = min((n for n in d["rows"] if n.startswith("dis")), key=lambda n: d["rows"][n]["epe"])
+        lines += [f"**{name}** (`{d['config']}`): {d['clips']} clips, {d['pairs']} pairs of {d['frame'][0]}x"
+                  f"{d['frame'][1]} frames. The exact flow moves a median {d['flow_px']['median']:.2f} px (90th "
+                  f"percentile {d['flow_px']['p90']:.2f} px); by k: " +
+                  ", ".join(f"{k}: {v['median']:.2f} px" for k, v in d["flow_px_by_k"].items()) +
+                  f". Lowest mean EPE of the presets: {best}.", "",
+                  "| flow | EPE px | EPE valid px | > 1 px | > 3 px | EPE by k (" + ", ".join(ks) +
+                  ") | ms/pair CPU | ms/pair wall |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {n} | {row['epe']:.2f} | {row['epe_valid']:.2f} | {row['over_1px']:.1f} % | "
+                  f"{row['over_3px']:.1f} % | " + ", ".join(f"{row['epe_by_k'][k]:.2f}" for k in ks) +
+                  f" | {row['ms_per_pair']:.2f} | {row['wall_ms_per_pair']:.2f} |" for n, row in d["rows"].items()]
+        lines.append("")
+    lines += [f"{name}: not measured ({why})." for name, why in r.get("skipped", {}).items()]
+    return lines + ([""] if r.get("skipped") else [])
+
+
 def inference_section(r: dict) -> list[str]:
     lines = ["## 4. Inference speed", "",
              f"Batch 1, {r['device']} ({r['threads']} threads), 19 classes, random weights (speed does not depend "
@@ -197,18 +224,25 @@ def figures(repro: dict | None, flow: dict | None, train: dict | None) -> None:
 NOT_MEASURED = {"flow_stage": "3. Flow stage (`python -m benchmarks.flow_stage`): not yet measured since the stage moved "
                                "to Ray Data (issue 19); the run of 2026-11-25 measured the stage before it (git "
                                "history).",
+                "flow_epe": "DIS flow against the exact flow (`python -m benchmarks.flow_epe`): not yet measured.",
                 "reproduce": "5. Reproduction with controls (`python -m benchmarks.reproduce --sweep`, then "
                               "`python -m benchmarks.reproduce`): not yet measured on the accepted data.",
                 "data_acceptance_motion": "Data acceptance of the motion data (`python -m benchmarks.data_acceptance "
                                           "--config configs/reproduce_motion.yaml`): not yet measured.",
                 "reproduce_motion": "6. The motion study (`python -m benchmarks.reproduce --config "
                                     "configs/reproduce_motion.yaml`): not yet measured; it waits for the motion data's "
-                                    "acceptance."}
+                                    "acceptance.",
+                "reproduce_kd_sweep": "7a. The KD weights, swept on val (`python -m benchmarks.reproduce --study kd "
+                                      "--sweep`): not yet measured.",
+                "reproduce_kd": "7. The distillation study (`python -m benchmarks.reproduce --study kd`): not yet "
+                                "measured."}
 # Each result file (benchmarks/results/NAME.json) and its section of the page, in page order.
-SECTIONS = {"train_overhead": train_section, "flow_stage": flow_section, "inference": inference_section,
+SECTIONS = {"train_overhead": train_section, "flow_stage": flow_section, "flow_epe": flow_epe_section,
+            "inference": inference_section,
             "data_acceptance": report_repro.acceptance_section, "reproduce_sweep": report_repro.sweep_section,
             "reproduce": report_repro.reproduce_section,
             "data_acceptance_motion": report_repro.acceptance_section, "reproduce_motion": report_repro.reproduce_section,
+            "reproduce_kd_sweep": report_repro.kd_sweep_section, "reproduce_kd": report_repro.reproduce_section,
             "soak": soak_section}
 NAMES = tuple(SECTIONS)
 
@@ -240,7 +274,7 @@ def main() -> None:
     figures(results["reproduce"], results["flow_stage"], results["train_overhead"])
     if results["data_acceptance"]:
         report_repro.acceptance_figure(results["data_acceptance"], FIGURES)
-    for name in ("reproduce", "reproduce_motion"):
+    for name in ("reproduce", "reproduce_motion", "reproduce_kd"):
         if results[name]:
             report_repro.reproduce_figure(results[name], FIGURES)
     if results["data_acceptance_motion"]:

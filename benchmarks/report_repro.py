@@ -30,7 +30,9 @@ def _config(r: dict) -> str:
 
 
 def _suffix(r: dict) -> str:
-    """'' for configs/reproduce.yaml, '_motion' for configs/reproduce_motion.yaml (file names of figures)."""
+    """'' for the reproduction, '_motion' for the motion study, '_kd' for the distillation study (file names)."""
+    if r.get("study"):
+        return {"reproduce": ""}.get(r["study"], "_" + r["study"])
     stem = _config(r).rsplit("/", 1)[-1].removesuffix(".yaml")
     return "" if stem == "reproduce" else "_" + stem.removeprefix("reproduce_")
 
@@ -118,9 +120,17 @@ def _paired_table(paired: dict[str, dict]) -> list[str]:
 def reproduce_section(r: dict) -> list[str]:
     """Section 5 (configs/reproduce.yaml) or 6 (the motion study) from benchmarks/reproduce.py's result."""
     s = r["config"]["student"]["loss"]
-    motion = bool(_suffix(r))
+    motion, kd = _suffix(r) == "_motion", _suffix(r) == "_kd"
     ledger = f"benchmarks/results/reproduce{_suffix(r)}_ledger.json"
-    head = (["## 6. The motion study: motion guidance with exact and estimated flow (issue 33)", "",
+    weights = ", ".join(f"{k} {v:g}" for k, v in r.get("kd_weights", {}).items()) or "the config's (no KD sweep yet)"
+    head = (["## 7. The distillation study: a teacher with something to pass on (issue 33)", "",
+             f"`{_config(r)}`'s data; the teacher ({r['config']['teacher']['arch']}, seed 0) trains on every frame of "
+             "the train clips labelled (the generator gives them; the students see every 4th), on the baseline's "
+             f"schedule. Seeds {r['seeds']}; every arm fine-tunes its seed's baseline for {r['finetune_steps']} "
+             f"steps: λ = 0, +TL ({s['tc_on']}, {s['tc_weight']:g}), KD only and +TL+KD, with the KD weights the KD "
+             f"sweep chose on val ({weights}). Scored on **test**."]
+            if kd else
+            ["## 6. The motion study: motion guidance with exact and estimated flow (issue 33)", "",
              f"`{_config(r)}` (the accepted data plus a moving camera, accepted on the baseline alone above). "
              f"Seeds {r['seeds']}; every student fine-tunes its seed's baseline for {r['finetune_steps']} steps with "
              f"section 5's recipe unchanged (temporal loss on {s['tc_on']} at weight {s['tc_weight']:g}, no KD); "
@@ -158,7 +168,11 @@ def reproduce_section(r: dict) -> list[str]:
     lines += ["", "Secondary, **at unequal steps** (every student trains the fine-tune steps more than the baseline):",
               "", *_paired_table(unequal)]
     gap = {s: g for s, g in r["kd_gap_closure"].items() if g == g}
-    if not motion:
+    for arm, d in r.get("gap_closure_vs_lambda0", {}).items():
+        per_seed = ", ".join(f"{s}: {g:.2f}" for s, g in d["per_seed"].items())
+        lines.append(f"- {arm}: gap closure (S − S_λ=0) / (T − S_λ=0) in test mIoU "
+                     + (f"{_ci(d['ci'])}" if "ci" in d else "(one seed)") + f"; per seed: {per_seed or '-'}")
+    if not motion and not kd:
         lines += ["", "- KD gap closure (S_KD − S_TL) / (T − S_TL) in mIoU: "
                   + (f"{statistics.fmean(gap.values()):.2f} (per seed: "
                      + ", ".join(f"{s}: {g:.2f}" for s, g in r["kd_gap_closure"].items()) + ")"
@@ -215,3 +229,17 @@ def reproduce_figure(r: dict, figures) -> None:
     fig.tight_layout()
     fig.savefig(figures / f"repro_miou_tc{_suffix(r)}.png", dpi=120)
     plt.close(fig)
+
+
+def kd_sweep_section(r: dict) -> list[str]:
+    """The distillation study's sweep of the KD weights on val (benchmarks/reproduce.py --study kd --sweep)."""
+    keys = list(r["chosen"])
+    lines = ["## 7a. The KD weights, swept on val (issue 33)", "",
+             f"Each trial fine-tunes seed 0's baseline (val mIoU {r['baseline_val_miou']:.2f}) with the KD terms alone "
+             f"from the study's teacher (val mIoU {r['teacher_val_miou']:.2f}); rule: {r['rule']}. Chosen: **"
+             + ", ".join(f"{k} {v:g}" for k, v in r["chosen"].items()) + "**.", "",
+             "| " + " | ".join(keys) + " | " + " | ".join(TITLES[:5]) + " |", "|---" * (len(keys) + 5) + "|"]
+    for t in r["trials"]:
+        cells = " | ".join("error" if t["error"] else f"{t[k]:.2f}" for k in METRICS[:5])
+        lines.append("| " + " | ".join(f"{t[k]:g}" for k in keys) + f" | {cells} |")
+    return lines + [""]

@@ -1,4 +1,4 @@
-"""Reproduction (issue 17): ETC trained as defined on the accepted generated video, with controls and power.
+"""Reproduction (issues 17, 33): ETC trained as defined on the accepted generated video, with controls and power.
 
 Per seed: the per-frame baseline (cross-entropy only, from scratch, checkpoint chosen on val), then four students
 fine-tuned from that baseline for the same number of steps: +TL, +TL+KD (from a teacher better by capacity),
@@ -13,6 +13,8 @@ and fixed in configs/reproduce.yaml. Every row is scored on test; differences ar
     python -m benchmarks.reproduce                  # seeds 0-4
     python -m benchmarks.reproduce --config configs/reproduce_motion.yaml   # the motion study (MOTION_STUDENTS):
                                                     # benchmarks/results/reproduce_motion.json and its own ledger
+    python -m benchmarks.reproduce --study kd --sweep ray.num_cpus=3   # the distillation study: its KD weights, on val
+    python -m benchmarks.reproduce --study kd       # then its teacher (every frame labelled) and arms, 2000 steps each
 
 Every trained model's test row goes into benchmarks/results/reproduce_ledger.json as soon as it is scored, under a key
 of what trained it (common.bench_key): a stopped run, rerun, trains only what has no row, and the rows of several runs
@@ -36,22 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks import common
+from benchmarks.repro_plan import (BLURRED, METRICS, NO_KD, SCORED, STUDIES, Plan, above_curve, ci95,  # noqa: F401
+                                   paired, study_of)
 
-METRICS = ("miou", "tc", "tc_noc", "flicker_interior", "flicker_boundary")  # compared when a model is measured again
-SCORED = (*METRICS, "mvc8")  # every row's metrics (mvc8: VSPW's video consistency; rows measured before it lack it)
-NO_KD = {"student.loss.kd_pixel_weight": 0.0, "student.loss.kd_temporal_weight": 0.0}
-STUDENTS = {  # name -> overrides of the fine-tuned student (all start from the seed's baseline)
-    "+TL": NO_KD,
-    "+TL+KD": {},
-    "control: lambda=0": {**NO_KD, "student.loss.tc_weight": 0.0, "student.loss.ce_weight": 1.0},
-    "control: TL zero flow": {**NO_KD, "student.loss.tc_flow": "zero"},
-}
-# The motion study (configs/reproduce_motion.yaml, issue 33): does motion compensation matter when the pairs move?
-# No teacher; one more arm trains on the flow a user's pipeline would estimate (DIS, flow.source=dis, shards of its
-# own) instead of the exact flow. Every arm is scored on the exact-flow test shards.
-MOTION_STUDENTS = {name: STUDENTS[name] for name in ("+TL", "control: lambda=0", "control: TL zero flow")}
-MOTION_STUDENTS["+TL dis flow"] = {**NO_KD, "flow.source": "dis"}
-STUDIES = {"": STUDENTS, "_motion": MOTION_STUDENTS}  # by the bench config's suffix (common.suffix)
 # The swept temporal weights, per form: each tuple is one grid sweep (every value tried once), run in order. Logits:
 # around the official 0.1. The probability form's squared differences are one to two orders smaller than the
 # logits' (probabilities lie in [0, 1]; the baseline's logits have a norm of about 10), so its grid sits higher.
@@ -59,7 +48,6 @@ STUDIES = {"": STUDENTS, "_motion": MOTION_STUDENTS}  # by the bench config's su
 # extended upward by a second sweep, on val, before any student of the reproduction was trained; the rule is the same.
 GRID = {"logits": [(0.03, 0.1, 0.3), (1.0, 3.0)], "probs": [(1.0, 3.0, 10.0), (30.0, 100.0)]}
 SIGMAS = (0.5, 1.0, 2.0, 3.0, 5.0)  # test-time Gaussian blur of the baseline's logits, pixels
-BLURRED = "control: lambda=0"  # the blur control at equal steps: this row's logits blurred (rows since 2026-12-07)
 
 
 class Smoothed(nn.Module):
@@ -81,25 +69,6 @@ class Smoothed(nn.Module):
         return out._replace(logits=z)
 
 
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262)  # Student's t, 97.5 %, 1..9 df
-
-
-def ci95(values: list[float]) -> dict:
-    """Mean and the half-width of its 95 % confidence interval (Student's t), with the values."""
-    n = len(values)
-    mean = statistics.fmean(values)
-    t = T975[n - 2] if 1 < n <= len(T975) + 1 else 1.96
-    half = t * statistics.stdev(values) / math.sqrt(n) if n > 1 else float("nan")
-    return {"mean": mean, "ci95": half, "n": n, "values": values}
-
-
-def paired(runs: list[dict], a: str, b: str) -> dict | None:
-    """Mean and 95 % CI of the per-seed differences a - b of the first four metrics, over the seeds with both rows."""
-    by = {(r["seed"], r["variant"]): r for r in runs if r["seed"] is not None}
-    seeds = sorted({s for s, v in by if v == a} & {s for s, v in by if v == b})
-    return {k: ci95([by[(s, a)][k] - by[(s, b)][k] for s in seeds]) for k in METRICS[:4]} if seeds else None
-
-
 def smoothing_curve(cfg, registered) -> list[dict]:
     """The baseline's test mIoU / TC / tc_noc / flicker under test-time Gaussian blur of its logits (SIGMAS; the
     reproduction puts the unblurred baseline, sigma 0, at the curve's top)."""
@@ -111,18 +80,6 @@ def smoothing_curve(cfg, registered) -> list[dict]:
     rows = evaluate_models(models, shards=cfg.shards.uri, split="test", device=torch.device("cpu"), s3=cfg.s3.access,
                            batch_size=cfg.pipeline.eval_batch_size)["rows"][:len(SIGMAS)]
     return [{"sigma": s, **{k: r[k] for k in METRICS}} for s, r in zip(SIGMAS, rows)]
-
-
-def above_curve(point: dict, curve: list[dict], key: str = "tc_noc") -> float | None:
-    """point[key] minus the curve's `key` at point's mIoU (linear interpolation). Beyond the curve's top (a point
-    more accurate than the unblurred baseline): the margin over the top when the point is above it there too (it
-    then beats every point of the curve on both axes), else None; None below the curve's lowest mIoU."""
-    pts = sorted((c["miou"], c[key]) for c in curve)
-    for (m0, v0), (m1, v1) in zip(pts, pts[1:]):
-        if m0 <= point["miou"] <= m1:
-            return point[key] - (v0 + (v1 - v0) * (point["miou"] - m0) / max(m1 - m0, 1e-9))
-    top_miou, top = pts[-1]
-    return point[key] - top if point["miou"] > top_miou and point[key] > top else None
 
 
 def run_sweep(base, tune: dict, quick: bool) -> dict:
@@ -156,11 +113,55 @@ def run_sweep(base, tune: dict, quick: bool) -> dict:
             "trials": trials}
 
 
+KD_GRID = {"student.loss.kd_pixel_weight": [0.3, 1.0, 3.0], "student.loss.kd_temporal_weight": [0.0, 1.0]}
+
+
+def run_kd_sweep(base, plan: Plan, tune: dict, quick: bool) -> dict:
+    """The distillation study's sweep of the KD weights (KD_GRID, every pair once), on val: each trial fine-tunes seed
+    0's baseline with the KD terms alone (no temporal loss) from the study's teacher; the choice is the highest val
+    mIoU (what distillation is for)."""
+    from etc_core.config import ParamSpace, apply_values
+    from etc_core.sweep.run import run_sweep as sweep
+
+    common.ensure_shards(plan.teacher_cfg)
+    teacher, _ = common.train_or_reuse(plan.teacher_cfg, "teacher")
+    baseline, _ = common.train_or_reuse(plan.seeds[0], "baseline")
+    cfg = apply_values(base, {**tune, "train.seed": 0, "student.init_from": baseline.model_uri,
+                              "student.teacher_uri": teacher.model_uri, "student.loss.tc_weight": 0.0,
+                              "sweep.search": "random", "sweep.scheduler": "fifo", "sweep.num_samples": 1,
+                              "sweep.max_concurrent_trials": 1})
+    grid = {k: v[:1] if quick else v for k, v in KD_GRID.items()}
+    cfg = cfg.model_copy(update={"sweep": cfg.sweep.model_copy(update={"space": {
+        k: ParamSpace(type="grid", values=list(v)) for k, v in grid.items()}})})
+    trials = [{**{k.rsplit(".", 1)[1]: t.values[k] for k in grid}, "error": t.error,
+               **{k: t.value(f"val_{k}") for k in METRICS}} for t in sweep(cfg)["trials"]]
+    ok = [t for t in trials if t["error"] is None and math.isfinite(t["miou"])]
+    chosen = max(ok, key=lambda t: t["miou"])
+    return {"teacher_val_miou": max((v for _, v in common.val_curve(plan.teacher_cfg, teacher)), default=None),
+            "baseline_val_miou": max((v for _, v in common.val_curve(plan.seeds[0], baseline)), default=None),
+            "rule": "max val mIoU (KD only)", "chosen": {k.rsplit(".", 1)[1]: chosen[k.rsplit(".", 1)[1]]
+                                                          for k in grid}, "trials": trials}
+
+
+def kd_weights(quick: bool) -> dict:
+    """The KD weights the KD sweep chose (benchmarks/results/reproduce_kd_sweep.json), as overrides; none before it."""
+    import json
+
+    path = common.RESULTS / f"reproduce_kd_sweep{'_quick' if quick else ''}.json"
+    if not path.exists():
+        return {}
+    return {f"student.loss.{k}": v for k, v in json.loads(path.read_text())["chosen"].items()}
+
+
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0], config=True)
+    p.add_argument("--study", choices=sorted(STUDIES), help="which study (default: the config's: motion for "
+                   "configs/reproduce_motion.yaml, else reproduce)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--finetune-steps", type=int, default=600, help="train.max_steps of every fine-tuned student")
-    p.add_argument("--sweep", action="store_true", help="run the sweep of the temporal weight and form, then stop")
+    p.add_argument("--finetune-steps", type=int, help="train.max_steps of every fine-tuned student (default: the "
+                   "study's, 600; 2000 for kd)")
+    p.add_argument("--sweep", action="store_true", help="run the study's sweep on val, then stop: the temporal "
+                   "weight and form (reproduce), the KD weights (kd)")
     p.add_argument("--from-ledger", action="store_true", help="train nothing: write the result from the ledger's "
                    "rows as they are (a run in progress, or one stopped before the end)")
     p.add_argument("--remeasure", action="store_true", help="train every model again, even those with a ledger row "
@@ -174,18 +175,24 @@ def main() -> None:
         p.error("--supersede trains models again: it cannot go with --from-ledger or --sweep")
     from etc_core.config import apply_values
 
-    tune = {"train.max_steps": 4 if args.quick else args.finetune_steps,
-            "train.steps_per_epoch": 2 if args.quick else max(1, args.finetune_steps // 3)}
-    suffix = common.suffix(args.config) + ("_quick" if args.quick else "")
+    name = args.study or study_of(args.config)
+    study = STUDIES[name]
+    steps = args.finetune_steps or study.finetune_steps
+    tune = {"train.max_steps": 4 if args.quick else steps,
+            "train.steps_per_epoch": 2 if args.quick else max(1, steps // 3)}
+    suffix = study.suffix + ("_quick" if args.quick else "")
     # the command line as run, defaults spelled out (the sweep's fine-tune schedule included)
-    flags = [*(["--quick"] if args.quick else []), "--config", args.config, "--finetune-steps", str(args.finetune_steps), *args.overrides]
+    flags = [*(["--quick"] if args.quick else []), "--config", args.config, "--study", name, "--finetune-steps",
+             str(steps), *args.overrides]
+    extra = kd_weights(args.quick) if name == "kd" else {}
+    plan = Plan(base, args.seeds, tune, study, extra)
     if args.sweep:
-        result = run_sweep(base, tune, args.quick)
+        result = run_kd_sweep(base, plan, tune, args.quick) if name == "kd" else run_sweep(base, tune, args.quick)
         command = " ".join(["python -m benchmarks.reproduce --sweep", *flags])
-        common.save("reproduce_sweep" + suffix, {"command": command, **result}, started)
+        common.save(f"reproduce{study.suffix}_sweep" + ("_quick" if args.quick else ""), {"command": command, **result},
+                    started)
         return
-    ledger = common.Ledger("reproduce" + common.suffix(args.config) + "_ledger" + ("_quick" if args.quick else ""))
-    plan = Plan(base, args.seeds, tune, STUDIES[common.suffix(args.config)])
+    ledger = common.Ledger(f"reproduce{study.suffix}_ledger" + ("_quick" if args.quick else ""))
     if args.supersede:
         ledger.supersede([plan.baseline[s] for s in args.seeds]
                          + [key for s in args.seeds for _, key in plan.students[s].values()], args.supersede)
@@ -195,11 +202,15 @@ def main() -> None:
         """The model of `key`, trained (or reused from the store) and scored on test into the ledger once per run.
         started_from: the rows (as measured in this run) of the models it starts from or distils from."""
         if key not in done:
+            if cfg.shards.uri != base.shards.uri:  # flow of another source, or a teacher's own data: made once
+                common.ensure_shards(cfg)
             registered, secs = common.train_or_reuse(cfg, stage)
             secs = secs or common.training_seconds(cfg, registered)  # trained by an earlier run into this store
             began = time.perf_counter()
             rows = common.score(base, registered)  # on the exact-flow test shards, whatever flow it trained with
+            curve = common.val_curve(cfg, registered)
             row = {"seed": seed, "variant": variant, "train_s": secs, **{k: rows[0].get(k) for k in SCORED},
+                   **({"val_miou": max(v for _, v in curve), "val_curve": curve} if curve else {}),
                    **{name: {k: r[k] for k in METRICS} for name, r in (started_from or {}).items()}}
             if stage == "baseline":
                 row["references"] = [{"variant": r["model"], **{k: r.get(k) for k in SCORED}} for r in rows[1:]]
@@ -215,8 +226,6 @@ def main() -> None:
 
     def student(seed: int, name: str, teacher=None) -> None:
         cfg, key = plan.students[seed][name]
-        if cfg.shards.uri != base.shards.uri:  # trains on flow of another source: its own shards, made once
-            common.ensure_shards(cfg)
         baseline, b_row = model(plan.seeds[seed], "baseline", plan.baseline[seed], seed, "baseline")
         cfg = apply_values(cfg, {"student.init_from": baseline.model_uri,
                                  **({"student.teacher_uri": teacher[0].model_uri} if teacher else {})})
@@ -240,104 +249,10 @@ def main() -> None:
                 student(seed, name, teacher)
     common.save("reproduce" + suffix, {
         "command": " ".join(["python -m benchmarks.reproduce --seeds", *map(str, args.seeds), *flags]),
-        "finetune_steps": tune["train.max_steps"], **plan.result(ledger), "config": {
-            k: v for k, v in base.model_dump(mode="json").items() if k in ("data", "shards", "train", "teacher",
-                                                                           "student")}}, started)
+        "study": name, "finetune_steps": tune["train.max_steps"], "kd_weights": extra, **plan.result(ledger),
+        "config": {k: v for k, v in base.model_dump(mode="json").items()
+                   if k in ("data", "shards", "train", "teacher", "student")}}, started)
 
-
-def _same(measured: dict, row: dict | None) -> bool:
-    """Whether a model's metrics as measured when another model started from it equal its ledger row."""
-    return row is not None and all(abs(measured[k] - row[k]) <= 1e-6 for k in METRICS)
-
-
-class Plan:
-    """Every model of the reproduction and its ledger key (common.bench_key): the teacher (seed 0), and per seed the
-    baseline and the students of STUDENTS, each fine-tuned from that seed's baseline."""
-
-    def __init__(self, base, seeds: list[int], tune: dict, students: dict[str, dict] = STUDENTS):
-        from etc_core.config import apply_values
-
-        self.teacher_cfg = apply_values(base, {"train.seed": 0})
-        self.teacher = common.bench_key(self.teacher_cfg, "teacher")
-        self.seeds = {s: apply_values(base, {"train.seed": s}) for s in seeds}
-        self.baseline = {s: common.bench_key(cfg, "baseline") for s, cfg in self.seeds.items()}
-        self.students: dict[int, dict] = {s: {} for s in seeds}
-        for s, cfg in self.seeds.items():
-            for name, overrides in students.items():
-                if overrides.get("flow.source", cfg.flow.source) != cfg.flow.source:  # its flow: shards of its own
-                    overrides = {**overrides, "shards.uri": f"{cfg.shards.uri}_{overrides['flow.source']}"}
-                student = apply_values(cfg, {**tune, **overrides})
-                refs = {"init_from": self.baseline[s],
-                        **({"teacher": self.teacher} if student.student.loss.needs_teacher else {})}
-                self.students[s][name] = (student, common.bench_key(student, "student", refs))
-
-    def missing(self, known: dict, seed: int, kd: bool) -> list[str]:
-        """The students of `seed` (with KD, or without) whose key is not in `known` (the ledger's rows)."""
-        return [name for name, (cfg, key) in self.students[seed].items()
-                if cfg.student.loss.needs_teacher == kd and key not in known]
-
-    def result(self, ledger) -> dict:
-        """reproduce.json's body from the ledger rows of this plan: every row found, what is missing, the paired
-        differences, KD's gap closure and the distance above the blur curve, over the seeds that have the rows."""
-        runs, curves, curves_equal, refs, missing, commits = [], {}, {}, None, [], set()
-        # the teacher is one model (seed 0): one row, the reference of every seed's KD student (when there is one)
-        kd = any(cfg.student.loss.needs_teacher for students in self.students.values() for cfg, _ in students.values())
-        entries = [(0, "teacher", self.teacher)] if kd else []
-        for seed in self.seeds:
-            entries += [(seed, "baseline", self.baseline[seed])]
-            entries += [(seed, name, key) for name, (_, key) in self.students[seed].items()]
-        for seed, name, key in entries:
-            row = ledger.get(key)
-            if row is None:
-                missing.append({"seed": seed, "variant": name})
-                continue
-            other = [ref for ref, ref_key in (("baseline", self.baseline.get(seed)), ("teacher", self.teacher))
-                     if ref in row and not _same(row[ref], ledger.get(ref_key))]
-            if other:  # its baseline or teacher was trained again since and came out different: not paired
-                missing.append({"seed": seed, "variant": name, "reason": f"trained from another {other[0]}"})
-                continue
-            runs.append({"seed": seed, "variant": name, "train_s": row["train_s"], "measured": row["commit"],
-                         **{k: row.get(k) for k in SCORED}})
-            commits.add(row["commit"])
-            if name == "baseline":
-                curves[seed] = row["smoothing"]
-                refs = refs or [{"seed": None, **r} for r in row["references"]]
-            if name == BLURRED and "smoothing" in row:
-                curves_equal[seed] = row["smoothing"]
-        by = {(r["seed"], r["variant"]): r for r in runs}
-        teacher = by.get((0, "teacher"))
-        seeds = [s for s in self.seeds if teacher and all((s, v) in by for v in ("+TL", "+TL+KD"))]
-        gap = {s: (by[(s, "+TL+KD")]["miou"] - by[(s, "+TL")]["miou"]) / (teacher["miou"] - by[(s, "+TL")]["miou"])
-               if teacher["miou"] > by[(s, "+TL")]["miou"] else float("nan") for s in seeds}
-        # above the blur curve of the lambda=0 control (equal steps) where the row has one, else of the baseline
-        blur = {**curves, **curves_equal}
-        above = {name: {s: above_curve(by[(s, name)], blur[s]) for s in blur if (s, name) in by}
-                 for name in ("+TL", "+TL+KD", "+TL dis flow") if any(v == name for _, v in by)}
-        # First the comparisons at an equal number of steps, which isolate the method: the ETC terms against lambda=0
-        # (the baseline trained as long without them), motion compensation against zero flow, estimated flow against
-        # exact. Then, secondary, against the baseline, which every student out-trains by the fine-tune steps.
-        pairs = (("+TL", "control: lambda=0"), ("+TL+KD", "control: lambda=0"), ("+TL", "control: TL zero flow"),
-                 ("control: TL zero flow", "control: lambda=0"), ("+TL dis flow", "control: lambda=0"),
-                 ("+TL dis flow", "+TL"), ("+TL+KD", "+TL"),
-                 ("+TL", "baseline"), ("+TL+KD", "baseline"), ("control: lambda=0", "baseline"))
-        diffs = {f"{a} - {b}": d for a, b in pairs if (d := paired(runs, a, b)) is not None}
-        used = {k: ledger.get(k) for k in [*([self.teacher] if kd else []), *self.baseline.values()]
-                + [k for students in self.students.values() for _, k in students.values()]}
-        compute = sum(r["train_s"] + r.get("score_s", 0.0) for r in used.values() if r)
-        aside: dict[tuple, dict] = {}  # rows set aside (Ledger.supersede), one group per call: reason and date
-        for s in ledger.superseded:
-            group = aside.setdefault((s["reason"], s["date"]), {"reason": s["reason"], "date": s["date"], "rows": []})
-            group["rows"].append({"seed": s["row"]["seed"], "variant": s["row"]["variant"],
-                                  "measured": s["row"]["commit"], **{k: s["row"][k] for k in METRICS}})
-        return {"seeds": list(self.seeds), "split": "test", "complete": not missing, "missing": missing,
-                "compute_s": round(compute, 1),
-                "cpus": dict(Counter(r.get("cpu", "an unrecorded CPU") for r in used.values() if r)),
-                "superseded": list(aside.values()),
-                "measured_at": sorted(commits), "runs": runs + (refs or []),
-                "smoothing": {str(s): c for s, c in curves.items()},
-                "smoothing_lambda0": {str(s): c for s, c in curves_equal.items()}, "paired": diffs,
-                "kd_gap_closure": {str(s): g for s, g in gap.items()},
-                "tc_noc_above_smoothing_curve": {n: {str(s): v for s, v in d.items()} for n, d in above.items()}}
 
 if __name__ == "__main__":
     main()

@@ -152,3 +152,39 @@ def test_plan_result_lists_the_one_teacher_once_and_measures_every_seeds_gap_aga
     other = reproduce.Plan(_bench(tmp_path), [1], {"train.max_steps": 600}).result(ledger)  # seed 0 not among them
     assert [x["seed"] for x in other["runs"] if x["variant"] == "teacher"] == [0] and other["kd_gap_closure"] == {
         "1": pytest.approx(0.25)}
+
+
+def test_the_studies_plan_their_own_models(tmp_path, monkeypatch):
+    """The motion study has no teacher and trains its estimated-flow arm on shards of its own; the distillation
+    study's teacher trains on every frame labelled, its KD arms take the swept weights, and its result measures
+    how much of the teacher's lead over lambda=0 each arm takes, per seed and with a CI."""
+    from benchmarks import common
+    from benchmarks.repro_plan import STUDIES
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    base = _bench(tmp_path)
+    motion = reproduce.Plan(base, [0], {"train.max_steps": 600}, STUDIES["motion"])
+    dis, _ = motion.students[0]["+TL dis flow"]
+    assert dis.flow.source == "dis" and dis.shards.uri == f"{base.shards.uri}_dis"
+    assert motion.students[0]["+TL"][0].shards.uri == base.shards.uri
+    assert "teacher" not in [m["variant"] for m in motion.result(common.Ledger("m"))["missing"]]
+    kd = reproduce.Plan(base, [0, 1], {"train.max_steps": 2000}, STUDIES["kd"],
+                        {"student.loss.kd_pixel_weight": 3.0})
+    assert kd.teacher_cfg.data.label_every == 1 and kd.teacher_cfg.data.root == f"{base.data.root}_every_frame"
+    assert kd.students[0]["KD only"][0].student.loss.kd_pixel_weight == 3.0
+    assert kd.students[0]["KD only"][0].student.loss.tc_weight == 0.0
+    assert kd.students[0]["+TL"][0].student.loss.kd_pixel_weight == 0.0  # its own overrides win
+    ledger = common.Ledger("kd")
+    row = {"train_s": 1.0, "miou": 60.0, "tc": 70.0, "tc_noc": 75.0, "flicker_interior": 2.0,
+           "flicker_boundary": 15.0}
+    ledger.put(kd.teacher, {**row, "miou": 70.0})
+    for seed, (s_kd, s_both) in enumerate(((65.0, 62.0), (62.0, 61.0))):
+        ledger.put(kd.baseline[seed], {**row, "references": [], "smoothing": [{"sigma": 0.0, **row}]})
+        ledger.put(kd.students[seed]["control: lambda=0"][1], {**row, "baseline": row})
+        ledger.put(kd.students[seed]["KD only"][1], {**row, "miou": s_kd, "baseline": row, "teacher": {
+            **row, "miou": 70.0}})
+        ledger.put(kd.students[seed]["+TL+KD"][1], {**row, "miou": s_both, "baseline": row, "teacher": {
+            **row, "miou": 70.0}})
+    closure = kd.result(ledger)["gap_closure_vs_lambda0"]
+    assert closure["KD only"]["per_seed"] == {"0": pytest.approx(0.5), "1": pytest.approx(0.2)}
+    assert closure["KD only"]["ci"]["mean"] == pytest.approx(0.35) and closure["+TL+KD"]["ci"]["n"] == 2
