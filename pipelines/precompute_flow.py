@@ -2,6 +2,7 @@
 
     python pipelines/precompute_flow.py --config configs/demo.yaml                 # local Ray on 127.0.0.1
     python pipelines/precompute_flow.py --config configs/demo.yaml flow.source=ptlflow flow.model=rapidflow_it1
+    python pipelines/precompute_flow.py --config configs/demo.yaml flow.source=dis   # OpenCV's DIS: CPU, no weights
     python pipelines/precompute_flow.py --config configs/demo.yaml shards.uri=s3://etc-demo/shards \
         s3.endpoint_url=http://127.0.0.1:5555                                      # S3 (credentials from env)
     ray job submit --working-dir . -- python pipelines/precompute_flow.py ...      # joins the cluster
