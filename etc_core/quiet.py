@@ -10,7 +10,9 @@ quiets, and why each is noise rather than news:
 - Ray Train's "Reporting training result ... TrainingReport(...)" per report (a logger named by its file's path)
   and its INFO lines on worker groups and checkpoints (`ray.train`, see etc_core.train.run: LoggingConfig);
 - MLflow's INFO lines on creating tables and starting system metrics, and its progress bar per artifact
-  download (MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, unless set).
+  download (MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, unless set);
+- urllib3's "Retrying (Retry(total=2, ...)) after connection broken" per retry of an MLflow request: the bounded
+  retries' last failure is one line naming the tracking URI and the retries (etc_core.tracking.mlflow).
 They stay available: set ETC_VERBOSE=1 to see everything.
 """
 from __future__ import annotations
@@ -25,7 +27,8 @@ import sys
 import warnings
 
 QUIET_LOGGERS = {"dinov2": logging.ERROR, "mlflow.store.db.utils": logging.WARNING,
-                 "mlflow.system_metrics": logging.WARNING, "mlflow.pyfunc": logging.WARNING}
+                 "mlflow.system_metrics": logging.WARNING, "mlflow.pyfunc": logging.WARNING,
+                 "urllib3.connectionpool": logging.ERROR}
 RAY_TRAIN_REPORT_MODULE = "ray.train.v2._internal.execution.context"  # logs with getLogger(__file__)
 PRINTING_IMPORTS = ("ptlflow",)  # packages that print at import time
 

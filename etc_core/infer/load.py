@@ -16,14 +16,15 @@ log = logging.getLogger(__name__)
 def load_any(spec: str, tracking_uri: str | None = None) -> tuple[nn.Module, dict]:
     """Return (model in eval mode on CPU, meta with at least arch and num_classes); InputError when unusable.
 
-    spec: `models:/name@alias`, `models:/name/3`, `runs:/<run_id>[/model]` (resolved against tracking_uri),
-    or a checkpoint `state.pt` (or its directory) holding {"model", "arch", "num_classes"}.
+    spec: `models:/name@alias`, `models:/name/3`, `runs:/<run_id>[/model]` (resolved against tracking_uri, default
+    the mlflow section's: $MLFLOW_TRACKING_URI or runs/mlflow.db), or a checkpoint `state.pt` (or its directory)
+    holding {"model", "arch", "num_classes"}. A store that is not there is a TrackingError, never created.
     """
     if spec.startswith(("models:/", "runs:/")):
-        import mlflow
+        from etc_core.tracking.config import MlflowConfig
+        from etc_core.tracking.mlflow import open_store
 
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
+        open_store(tracking_uri or MlflowConfig().tracking_uri)  # bounded retries; a missing local store refused
         if spec.startswith("runs:/") and spec.rstrip("/").count("/") == 1:
             spec = spec.rstrip("/") + "/model"  # a bare run: its logged model
         try:

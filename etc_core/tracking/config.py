@@ -3,7 +3,9 @@ registered version becomes champion (etc_core/tracking/registry.py)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal
+from urllib.parse import urlparse
 
 from pydantic import Field, field_validator
 
@@ -20,6 +22,7 @@ class RegistryConfig(Section):
 
 
 DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
+OTHER_STORE = "set MLFLOW_TRACKING_URI or mlflow.tracking_uri=URI to use another store"  # ends the store's errors
 
 
 class MlflowConfig(Section):
@@ -46,3 +49,12 @@ class MlflowConfig(Section):
 def node_local_store(tracking_uri: str) -> bool:
     """An MLflow store on this machine's disk (sqlite:, file: or a bare path), not a server every node reaches."""
     return tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+
+
+def local_store_path(tracking_uri: str) -> Path | None:
+    """The file (sqlite:) or folder (file:, a bare path) of a store on this machine's disk; None for a server."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri[len("sqlite:///"):].split("?")[0])  # sqlite:////abs/path, sqlite:///rel/path
+    if tracking_uri.startswith("file:"):
+        return Path(urlparse(tracking_uri).path)
+    return Path(tracking_uri) if "://" not in tracking_uri else None

@@ -23,7 +23,7 @@ import numpy as np
 
 from etc_core.errors import TrackingError
 from etc_core.section import digest as _digest
-from etc_core.tracking.config import MlflowConfig
+from etc_core.tracking.config import OTHER_STORE, MlflowConfig, local_store_path
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def bound_http_retries() -> None:
 
 
 def _unreachable(uri: str, err: Exception) -> TrackingError:
-    """One line naming the tracking URI and the root cause of an MLflow client failure."""
+    """One line naming the tracking URI, the root cause of an MLflow client failure and how to choose another store."""
     text = str(err)
     errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)  # connection refused, name not known, ...
     caused = re.search(r"Caused by (\w+)\(['\"]([^'\"]*)", text)  # urllib3's root cause once retries ran out
@@ -65,7 +65,8 @@ def _unreachable(uri: str, err: Exception) -> TrackingError:
         reason = (text.strip().splitlines() or [type(err).__name__])[0][:300]
     retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "?")
     after = f" after {retries} retries" if uri.startswith(("http://", "https://")) else ""
-    return TrackingError(f"mlflow.tracking_uri {redact(uri)}: cannot use the MLflow store{after} ({redact(reason)})")
+    return TrackingError(f"mlflow.tracking_uri {redact(uri)}: cannot use the MLflow store{after} ({redact(reason)}); "
+                         f"{OTHER_STORE}")
 
 
 def setup(cfg: MlflowConfig) -> str:
@@ -79,6 +80,35 @@ def setup(cfg: MlflowConfig) -> str:
         raise
     except Exception as e:  # noqa: BLE001 - MlflowException, requests/SQLAlchemy errors: one line naming the store
         raise _unreachable(cfg.tracking_uri, e) from None
+
+
+def open_store(tracking_uri: str) -> None:
+    """Point MLflow at a store to read from, with setup's bounded HTTP retries. A store on this disk must exist: a
+    read never creates one (MLflow would make an empty SQLite file or mlruns/ folder). TrackingError names the URI."""
+    path = local_store_path(tracking_uri)
+    if path is not None:
+        sqlite = tracking_uri.startswith("sqlite:")
+        if not path.exists() or path.is_dir() == sqlite or (sqlite and path.stat().st_size == 0):
+            kind = "file" if sqlite else "folder"
+            what = (f"no such {kind}" if not path.exists() else "an empty file" if sqlite and path.is_file() else
+                    f"not a {kind}")
+            raise TrackingError(f"mlflow.tracking_uri {redact(tracking_uri)}: no MLflow store there ({what}; a read "
+                                f"creates none); {OTHER_STORE}")
+    import mlflow
+
+    bound_http_retries()
+    mlflow.set_tracking_uri(tracking_uri)
+
+
+def check_store(tracking_uri: str) -> None:
+    """open_store, then one request (a registry search) that shows the store answers; TrackingError otherwise."""
+    open_store(tracking_uri)
+    import mlflow
+
+    try:
+        mlflow.MlflowClient().search_registered_models(max_results=1)
+    except Exception as e:  # noqa: BLE001 - MlflowException, requests/SQLAlchemy errors: one line naming the store
+        raise _unreachable(tracking_uri, e) from None
 
 
 FIRST_USE_WAIT_S = 600.0  # how long a run waits for another one that is creating the same new SQLite store

@@ -28,7 +28,7 @@ import torch
 
 from etc_core.errors import EtcError
 from etc_core.metrics import val_score
-from etc_core.tracking.config import RegistryConfig
+from etc_core.tracking.config import OTHER_STORE, RegistryConfig
 
 log = logging.getLogger(__name__)
 
@@ -149,16 +149,16 @@ def _beats_champion(client, name: str, metrics: dict[str, float], cfg: RegistryC
     return score(metrics, cfg) >= theirs + cfg.min_improvement
 
 
-def _download(uri: str) -> str:
+def _download(uri: str, dst: str) -> str:
     import mlflow
 
     try:
-        return mlflow.artifacts.download_artifacts(artifact_uri=uri)
+        return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)
     except mlflow.exceptions.MlflowException as e:
         from etc_core.tracking.mlflow import redact
 
         raise RegistryError(f"{uri}: cannot resolve in the MLflow registry at {redact(mlflow.get_tracking_uri())} "
-                            f"({str(e).splitlines()[0]})") from None
+                            f"({str(e).splitlines()[0]}); {OTHER_STORE}") from None
 
 
 def resolve_version(uri: str | None) -> str | None:
@@ -177,7 +177,11 @@ def resolve_version(uri: str | None) -> str | None:
 
 def load_weights(uri: str) -> tuple[dict, dict]:
     """Return (etc_model.json contents, state dict) of a registered model (`models:/name@alias`, a version, ...)."""
-    root = _download(uri)
+    with tempfile.TemporaryDirectory(prefix="etc-model-") as tmp:  # MLflow's own download folder would stay behind
+        return _read_weights(uri, _download(uri, tmp))
+
+
+def _read_weights(uri: str, root: str) -> tuple[dict, dict]:
     found = [os.path.join(root, d) for d in LAYOUTS if os.path.isfile(os.path.join(root, d, "etc_model.json"))]
     if not found:
         raise RegistryError(f"{uri}: not an etc-pipeline model (no etc_model.json under {' or '.join(LAYOUTS)}/); "
