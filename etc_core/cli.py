@@ -76,6 +76,7 @@ def predict(argv: list[str] | None = None) -> int:
     """Predict every frame of a video, frames directory or glob: OUT/masks/{i:06d}.png (palette) and an overlay."""
     from etc_core.infer.load import load_any, pick_device
     from etc_core.infer.predict import OVERLAYS, Predictor, parse_size, run_predict
+    from etc_core.preflight import bad_input, check_predict
 
     def add(parser) -> None:
         _model_args(parser)
@@ -86,7 +87,9 @@ def predict(argv: list[str] | None = None) -> int:
 
     cfg, args = parse_args(predict.__doc__.splitlines()[0], argv, add)
     size = parse_size(args.size)
-    model, meta = load_any(args.model, cfg.mlflow.tracking_uri)
+    check_predict(cfg, args)  # --input, --out, the store: before the model loads
+    with bad_input():
+        model, meta = load_any(args.model, cfg.mlflow.tracking_uri)
     predictor = Predictor(model, pick_device(args.device), args.half, size)
     res = run_predict(predictor, int(meta["num_classes"]), args.input, args.out, args.batch_size, args.overlay)
     print(f"{res.num_frames} frames -> {res.masks_dir}" + (f", overlay {res.overlay}" if res.overlay else ""))
@@ -102,8 +105,8 @@ def evaluate(argv: list[str] | None = None) -> int:
     from etc_core.infer.evaluate import evaluate_models, format_table, write_json
     from etc_core.infer.load import load_any, pick_device
     from etc_core.infer.predict import parse_size
-    from etc_core.preflight import bad_input
-    from etc_core.errors import ConfigError, ShardError
+    from etc_core.preflight import bad_input, check_evaluate
+    from etc_core.errors import ConfigError
 
     def add(parser) -> None:
         _model_args(parser, repeat=True)
@@ -135,13 +138,9 @@ def evaluate(argv: list[str] | None = None) -> int:
     if args.data is not None:  # the config's data section, pointed at --data (with --kind)
         data = DataConfig.model_validate({**cfg.data.model_dump(), "kind": args.kind or cfg.data.kind,
                                           "root": args.data})
-    with bad_input():  # the models, and a shard set that is missing or refuses the credentials: exit 2
+    check_evaluate(cfg, args, data, flow_model, flow_weights)  # the source, --json, the store: before the models
+    with bad_input():
         models = [(spec, *load_any(spec, cfg.mlflow.tracking_uri)) for spec in args.model]
-        if args.shards:
-            from etc_core.data import shards
-
-            if shards.read_manifest(args.shards) is None:
-                raise ShardError(f"{args.shards}/manifest.json: not found (--shards: a flow-stage shard set)")
     result = evaluate_models(models, shards=args.shards, data=data, video=args.input, split=args.split,
                              flow_model=flow_model, flow_weights=flow_weights,
                              device=pick_device(args.device), half=args.half, size=size, batch_size=args.batch_size,
@@ -158,6 +157,7 @@ def export(argv: list[str] | None = None) -> int:
     from etc_core.infer.export import MIN_OPSET, export_model
     from etc_core.infer.load import load_any
     from etc_core.infer.predict import parse_size
+    from etc_core.preflight import bad_input, check_export
 
     def add(parser) -> None:
         _model_args(parser)
@@ -169,8 +169,10 @@ def export(argv: list[str] | None = None) -> int:
 
     cfg, args = parse_args(export.__doc__.splitlines()[0], argv, add)
     size = parse_size(args.size) or (cfg.data.height, cfg.data.width)
-    model, meta = load_any(args.model, cfg.mlflow.tracking_uri)
     formats = ("torchscript", "onnx") if args.format == "both" else (args.format,)
+    check_export(cfg, args, formats)  # the formats, --out, the store: before the model loads
+    with bad_input():
+        model, meta = load_any(args.model, cfg.mlflow.tracking_uri)
     for name in ("onnx_ir", "onnxscript"):  # their INFO lines narrate every graph pass
         logging.getLogger(name).setLevel(logging.WARNING)
     results = export_model(model, meta, args.out, formats, args.opset, size, args.tolerance)

@@ -191,10 +191,18 @@ def _relative_paths(tree: dict) -> tuple[tuple[str, str], ...]:
     return tuple((key, value) for key, value in found if key == "mlflow.tracking_uri" or is_relative(value))
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (`ConfigError: ...`) instead of the usage block and the error."""
+
+    def error(self, message: str):
+        print(f"ConfigError: {self.prog}: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def parse_args(description: str, argv: list[str] | None = None,
                add_arguments=None) -> tuple[EtcConfig, argparse.Namespace]:
-    """Parse `--config PATH [section.key=value ...]`; on a config error print one line and exit 2."""
-    parser = argparse.ArgumentParser(description=description)
+    """Parse `--config PATH [section.key=value ...]`; on a config or argument error print one line and exit 2."""
+    parser = _OneLineParser(description=description)
     parser.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="dotted overrides")
     if add_arguments is not None:

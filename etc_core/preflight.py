@@ -9,18 +9,28 @@ etc_core/cluster_check.py (run right after init_ray, still before any work).
     check_training(cfg, stage)           pipelines/train_teacher.py, train_student.py
     check_sweep(cfg)                     pipelines/sweep.py
     check_full(cfg, force)               pipelines/full.py
+    check_predict / check_evaluate / check_export(cfg, args, ...)   etc-pipeline predict / evaluate / export
+
+The inference commands check their inputs and outputs first, then the MLflow store their models are read from (it
+must exist: a read creates no store), and only then load the models (etc_core/cli.py); they write nothing they were
+not asked to.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from etc_core.errors import ConfigError, EtcError, StorageError
+from etc_core.errors import ConfigError, EtcError, StorageError, TrackingError
 from etc_core.section import first_difference
 
 if TYPE_CHECKING:  # only named as a type here
+    from argparse import Namespace
+
     from etc_core.config import EtcConfig
+    from etc_core.data.config import DataConfig
 
 
 @contextmanager
@@ -93,6 +103,85 @@ def check_full(cfg: EtcConfig, force: tuple[str, ...] = ()) -> None:
         _stores(cfg)
         if cfg.student.init_from not in (None, "baseline"):  # a models:/ URI resolves against the store
             _model_uri("student.init_from", cfg.student.init_from, cfg)
+
+
+def check_predict(cfg: EtcConfig, args: Namespace) -> None:
+    """predict: the run's settings, --input's frames, --out writable, then the store of --model."""
+    from etc_core.infer.video import open_frames
+
+    with bad_input():
+        _run_settings(args)
+        open_frames(args.input)
+        _writable("--out", args.out)
+        _model_store(cfg, [args.model])
+
+
+def check_evaluate(cfg: EtcConfig, args: Namespace, data: DataConfig | None, flow_model: str | None,
+                   flow_weights: str) -> None:
+    """evaluate: one source that reads (--shards' manifest, the --data tree, --input's frames) and its flow, --json
+    writable, then the store of the --model URIs."""
+    from etc_core.data import shards
+    from etc_core.data.registry import open_dataset
+    from etc_core.errors import ShardError
+    from etc_core.infer.evaluate import check_sources, flow_source
+    from etc_core.infer.video import open_frames
+
+    with bad_input():
+        _run_settings(args)
+        check_sources(args.shards, data, args.input, flow_model)
+        if args.shards and shards.read_manifest(args.shards, cfg.s3.endpoint_url, cfg.s3.region) is None:
+            raise ShardError(f"{args.shards}/manifest.json: not found (--shards: a flow-stage shard set)")
+        if data is not None:
+            open_dataset(data).clip_ids(args.split)
+        if args.input:
+            open_frames(args.input)
+        if flow_model is not None:
+            flow_source(flow_model, flow_weights, data)
+        if args.json:
+            _writable("--json", args.json, folder=False)
+        _model_store(cfg, args.model)
+
+
+def check_export(cfg: EtcConfig, args: Namespace, formats: tuple[str, ...]) -> None:
+    """export: the formats and opset, --out writable, then the store of --model."""
+    from etc_core.infer.export import check_formats
+
+    with bad_input():
+        check_formats(formats, args.opset)
+        _writable("--out", args.out)
+        _model_store(cfg, [args.model])
+
+
+def _run_settings(args: Namespace) -> None:
+    """--device names a usable device, --batch-size and --half fit it."""
+    from etc_core.infer.load import pick_device
+    from etc_core.infer.predict import check_run
+
+    check_run(args.batch_size, pick_device(args.device), args.half)
+
+
+def _writable(flag: str, path: str, folder: bool = True) -> None:
+    """`path` (a folder, or with folder=False a file) can be written: the nearest folder of it that exists is
+    writable. Creates nothing."""
+    given = Path(path).expanduser().absolute()
+    if given.exists() and given.is_dir() != folder:
+        raise StorageError(f"{flag} {path}: " + ("a file, not a folder" if folder else "a folder, not a file"))
+    target = given if folder else given.parent
+    while not target.exists():
+        target = target.parent  # the command makes the folders below it
+    if not target.is_dir():
+        raise StorageError(f"{flag} {path}: {target} is a file, not a folder")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise StorageError(f"{flag} {path}: {target} is not writable")
+
+
+def _model_store(cfg: EtcConfig, specs: list[str]) -> None:
+    """The MLflow store of the models:/ and runs:/ URIs among `specs` is there and answers (bounded retries); a
+    checkpoint path needs no store."""
+    from etc_core.tracking.mlflow import check_store
+
+    if any(spec.startswith(("models:/", "runs:/")) for spec in specs):
+        check_store(cfg.mlflow.tracking_uri)
 
 
 def _flow_source(cfg: EtcConfig, timing: bool = False) -> None:
@@ -181,5 +270,5 @@ def _model_uri(key: str, uri: str, cfg: EtcConfig) -> None:
                           "give its URI (models:/etc-baseline-<arch>/<version>) or student.init_from=null")
     try:
         load_any(uri, cfg.mlflow.tracking_uri)
-    except InputError as e:
+    except (InputError, TrackingError) as e:
         raise ConfigError(f"{key}: {e}") from None

@@ -71,13 +71,8 @@ class _Scores:
                                      self.scores.num_classes)
 
 
-def evaluate_models(models: list[tuple[str, torch.nn.Module, dict]], *, shards: str | None = None,
-                    data: DataConfig | None = None, video: str | None = None, split: str = "val",
-                    flow_model: str | None = None, flow_weights: str = "none", device: torch.device,
-                    half: bool = False, size: tuple[int, int] | None = None, batch_size: int = 8,
-                    s3: S3Access = S3Access()) -> dict:
-    """Score (name, model, meta) triples on exactly one of shards / data / video; return {"source", "rows"}.
-    data: a data section (any registered data.kind at data.root); s3: cfg.s3.access, where s3:// shards live."""
+def check_sources(shards: str | None, data: DataConfig | None, video: str | None, flow_model: str | None) -> None:
+    """Exactly one source, and --flow-model where (and only where) it applies; ConfigError otherwise."""
     if sum(x is not None for x in (shards, data, video)) != 1:
         raise ConfigError("evaluate: give exactly one of --shards URI, --data DIR or --input VIDEO")
     if shards is not None and flow_model is not None:
@@ -85,7 +80,17 @@ def evaluate_models(models: list[tuple[str, torch.nn.Module, dict]], *, shards: 
     if video is not None and flow_model is None:
         raise ConfigError("evaluate --input: TC on a video without labels needs --flow-model (dis, or a ptlflow "
                           "model)")
-    estimator = _flow_estimator(flow_model, flow_weights, data) if flow_model is not None else None
+
+
+def evaluate_models(models: list[tuple[str, torch.nn.Module, dict]], *, shards: str | None = None,
+                    data: DataConfig | None = None, video: str | None = None, split: str = "val",
+                    flow_model: str | None = None, flow_weights: str = "none", device: torch.device,
+                    half: bool = False, size: tuple[int, int] | None = None, batch_size: int = 8,
+                    s3: S3Access = S3Access()) -> dict:
+    """Score (name, model, meta) triples on exactly one of shards / data / video; return {"source", "rows"}.
+    data: a data section (any registered data.kind at data.root); s3: cfg.s3.access, where s3:// shards live."""
+    check_sources(shards, data, video, flow_model)
+    estimator = flow_source(flow_model, flow_weights, data).estimator() if flow_model is not None else None
     scores = [_Scores(Predictor(model, device, half, size)) for _, model, _ in models]
     refs = [_Scores(None, name) for name in REFERENCES] if video is None else []
     if shards is not None:
@@ -240,9 +245,9 @@ def _flow_label(model: str, weights: str) -> str:
     return f"dis:{weights}" if model == "dis" else f"ptlflow:{model}"
 
 
-def _flow_estimator(model: str, weights: str, data: DataConfig | None):
-    """The estimator of --flow-model, checked first (the flow-source registry's entry): dis (OpenCV's DIS, `weights`
-    its preset: the CLI passes flow.dis_preset) or ptlflow model `model` with `weights`."""
+def flow_source(model: str, weights: str, data: DataConfig | None):
+    """The flow source of --flow-model, checked (the flow-source registry's entry): dis (OpenCV's DIS, `weights` its
+    preset: the CLI passes flow.dis_preset) or ptlflow model `model` with `weights`."""
     from etc_core.flow.config import FlowConfig
     from etc_core.flow.dis import PRESETS
     from etc_core.flow.sources import create_flow_source
@@ -253,7 +258,7 @@ def _flow_estimator(model: str, weights: str, data: DataConfig | None):
             FlowConfig(source="ptlflow", model=model, weights=weights))
     source = create_flow_source(flow)
     source.check(data)
-    return source.estimator()
+    return source
 
 
 COLUMNS = (("mIoU", "miou"), ("TC", "tc"), ("TC-noc", "tc_noc"), ("flick-int", "flicker_interior"),
@@ -285,6 +290,7 @@ def write_json(result: dict, path: str) -> None:
     import json
     import os
 
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(result, f, indent=1)

@@ -56,10 +56,9 @@ def example_frames(size: tuple[int, int], batch: int = 2, seed: int = 0) -> torc
     return normalize(torch.randint(0, 256, (batch, 3, *size), generator=gen, dtype=torch.uint8))
 
 
-def export_model(model: nn.Module, meta: dict, out_dir: str | os.PathLike, formats: tuple[str, ...] = FORMATS,
-                 opset: int = MIN_OPSET, size: tuple[int, int] = (96, 160),
-                 tolerance: float = 1e-3) -> list[ExportResult]:
-    """Write out_dir/model.torchscript.pt and/or out_dir/model.onnx plus etc_model.json; return parity results."""
+def check_formats(formats: tuple[str, ...], opset: int) -> None:
+    """The formats are known, the opset new enough and the ONNX packages installed; ConfigError (or the extras' error)
+    otherwise."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ConfigError(f"--format {','.join(formats)}: expected torchscript, onnx or both")
@@ -69,6 +68,13 @@ def export_model(model: nn.Module, meta: dict, out_dir: str | os.PathLike, forma
     if "onnx" in formats:
         for module in ("onnxscript", "onnxruntime"):  # the exporter, the parity check
             require(module, "--format onnx")
+
+
+def export_model(model: nn.Module, meta: dict, out_dir: str | os.PathLike, formats: tuple[str, ...] = FORMATS,
+                 opset: int = MIN_OPSET, size: tuple[int, int] = (96, 160),
+                 tolerance: float = 1e-3) -> list[ExportResult]:
+    """Write out_dir/model.torchscript.pt and/or out_dir/model.onnx plus etc_model.json; return parity results."""
+    check_formats(formats, opset)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     wrapper = LogitsOnly(model.cpu().float().eval()).eval()

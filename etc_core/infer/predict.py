@@ -37,13 +37,20 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return int(m.group(1)), int(m.group(2))
 
 
+def check_run(batch_size: int, device: torch.device, half: bool) -> None:
+    """--batch-size and --half can be used on this device; ConfigError otherwise."""
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
+    if half and device.type != "cuda":
+        raise ConfigError("--half: half precision needs a CUDA device (this run uses the CPU)")
+
+
 class Predictor:
     """Frames in, class ids out, on one device; optionally resized for the network and in half precision."""
 
     def __init__(self, model: nn.Module, device: torch.device, half: bool = False,
                  size: tuple[int, int] | None = None):
-        if half and device.type != "cuda":
-            raise ConfigError("--half: half precision needs a CUDA device (this run uses the CPU)")
+        check_run(1, device, half)
         self.device = device
         self.half = half
         self.size = size
@@ -100,8 +107,7 @@ def run_predict(predictor: Predictor, num_classes: int, input_spec: str, out_dir
     """Predict every frame of `input_spec`; write out_dir/masks/{i:06d}.png and the overlay; return timings."""
     if overlay_kind not in OVERLAYS:
         raise ConfigError(f"--overlay {overlay_kind!r}: expected one of {', '.join(OVERLAYS)}")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
+    check_run(batch_size, predictor.device, predictor.half)
     source = open_frames(input_spec)  # raises InputError before anything is written
     out = Path(out_dir)
     masks_dir = out / "masks"

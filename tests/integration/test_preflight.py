@@ -47,7 +47,7 @@ CASES = {
     "cli_make_dataset_other_settings": ([*ETC[1:], "make-dataset"], "DatasetError",
                                         ["data/dataset.json: generated with data."]),
     "cli_evaluate_missing_shards": ([*ETC[1:], "evaluate", "--model", "{root}/none.pt", "--shards", "{root}/none"],
-                                    "InputError", ["none.pt: not a models:/ or runs:/ URI"]),
+                                    "ShardError", ["none/manifest.json: not found"]),  # the source before the model
 }
 
 
