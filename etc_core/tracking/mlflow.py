@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import subprocess
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -50,8 +52,9 @@ def bound_http_retries() -> None:
         os.environ.setdefault(key, value)
 
 
-def _unreachable(uri: str, err: Exception) -> TrackingError:
-    """One line naming the tracking URI, the root cause of an MLflow client failure and how to choose another store."""
+def _unreachable(uri: str, err: Exception, retried: bool = True) -> TrackingError:
+    """One line naming the tracking URI, the root cause of an MLflow client failure and how to choose another store
+    (retried=False: a failure before any request, such as _answers' connection, says so)."""
     text = str(err)
     errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)  # connection refused, name not known, ...
     caused = re.search(r"Caused by (\w+)\(['\"]([^'\"]*)", text)  # urllib3's root cause once retries ran out
@@ -65,6 +68,8 @@ def _unreachable(uri: str, err: Exception) -> TrackingError:
         reason = (text.strip().splitlines() or [type(err).__name__])[0][:300]
     retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "?")
     after = f" after {retries} retries" if uri.startswith(("http://", "https://")) else ""
+    if not retried:
+        after = ": its server takes no connection"
     return TrackingError(f"mlflow.tracking_uri {redact(uri)}: cannot use the MLflow store{after} ({redact(reason)}); "
                          f"{OTHER_STORE}")
 
@@ -94,10 +99,24 @@ def open_store(tracking_uri: str) -> None:
                     f"not a {kind}")
             raise TrackingError(f"mlflow.tracking_uri {redact(tracking_uri)}: no MLflow store there ({what}; a read "
                                 f"creates none); {OTHER_STORE}")
+    _answers(tracking_uri)
     import mlflow
 
     bound_http_retries()
     mlflow.set_tracking_uri(tracking_uri)
+
+
+def _answers(tracking_uri: str, timeout_s: float = 3.0) -> None:
+    """A tracking server's host must take a connection: one try, no retries. A one-shot read (predict, evaluate,
+    export) against a server that is down says so at once; a training run keeps setup's retries for a server that
+    restarts. TrackingError names the URI."""
+    url = urlparse(tracking_uri)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        return
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout_s).close()
+    except OSError as e:
+        raise _unreachable(tracking_uri, e, retried=False) from None
 
 
 def check_store(tracking_uri: str) -> None:
