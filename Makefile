@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt requirements.lock
 	    $(PY) -m pip install --quiet --no-deps -e . ; \
 	else \
 	    $(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1 && \
-	    $(PY) -m pip install --quiet -c constraints.txt -e '.[test,infer,sweep]' ; \
+	    $(PY) -m pip install --quiet -c constraints.txt -e '.[test,infer,sweep,server]' ; \
 	fi
 	$(PY) -m pip check
 	touch $(STAMP)
@@ -31,7 +31,7 @@ lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
 	.lock-venv/bin/python -m pip install --quiet --dry-run --ignore-installed --report .lock-venv/report.json \
-	    -c constraints.txt torch==2.14.1 torchvision==0.29.1 -e '.[test,infer,sweep]'
+	    -c constraints.txt torch==2.14.1 torchvision==0.29.1 -e '.[test,infer,sweep,server]'
 	$(PYTHON) infra/lock.py .lock-venv/report.json requirements.lock
 	rm -rf .lock-venv
 

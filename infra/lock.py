@@ -1,7 +1,7 @@
 """Write requirements.lock, the hashed lock of the whole environment, from pip's resolution (`make lock`).
 
     python -m pip install --dry-run --ignore-installed --report report.json -c constraints.txt \
-        torch==2.14.1 torchvision==0.29.1 -e '.[test,infer,sweep]'
+        torch==2.14.1 torchvision==0.29.1 -e '.[test,infer,sweep,server]'
     python infra/lock.py report.json requirements.lock
 
 Every package pip would install, at the version and with the sha256 of the file it chose (the project itself
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 HEADER = """\
-# The hashed lock of the whole environment (the core dependencies, the test, infer and sweep extras) for CPython
+# The hashed lock of the whole environment (the core dependencies, the test, infer, sweep and server extras) for CPython
 # 3.11 on Linux x86_64: regenerate with `make lock` after changing pyproject.toml or constraints.txt
 # (infra/lock.py). Install: pip install --require-hashes --no-deps -r requirements.lock, then the project with
 # pip install --no-deps -e .
