@@ -13,7 +13,7 @@ from etc_core.config import load_config
 from tests.conftest import REPO
 
 INFRA = REPO / "infra"
-SCRIPTS = sorted(INFRA.glob("*.sh"))
+SCRIPTS = sorted([*INFRA.glob("*.sh"), *INFRA.glob("aws/*.sh")])  # lib/: sourced, not run
 CONFIG_ENV = {"CITYSCAPES_ROOT": "/data/cityscapes", "CAMVID_ROOT": "/data/camvid", "ETC_BUCKET": "etc-test-bucket"}
 
 
@@ -48,11 +48,14 @@ def test_ray_cluster_yaml_has_head_and_gpu_workers():
     gpu_workers = [name for name, t in types.items() if name != cfg["head_node_type"] and t["resources"].get("GPU")]
     assert gpu_workers and all(types[n]["min_workers"] == 0 for n in gpu_workers)
     assert any(types[n]["max_workers"] >= 1 for n in gpu_workers)
-    setup = "\n".join(cfg["setup_commands"])
-    assert "--require-hashes --no-deps -r requirements.lock" in setup and "--no-deps -e ." in setup
-    assert setup.index("requirements.lock") < setup.index("-e .")  # the Makefile's order
-    installs = [c for c in cfg["setup_commands"] if "pip install" in c and "--upgrade pip" not in c]
-    assert installs and all("--no-deps" in c for c in installs)  # nothing beyond the lock's files
+    # every node runs in the project's image (the one the RayJob runs): no node installs a package
+    job, _ = _rayjob()
+    images = {c["image"] for group in [job["spec"]["rayClusterSpec"]["headGroupSpec"],
+                                       *job["spec"]["rayClusterSpec"]["workerGroupSpecs"]]
+              for c in group["template"]["spec"]["containers"]}
+    assert {cfg["docker"]["image"]} == images
+    assert not any("pip install" in c for c in cfg["setup_commands"] + cfg.get("worker_setup_commands", []))
+    assert "pip check" in "\n".join(cfg["setup_commands"])
     assert "." in cfg["file_mounts"].values()
     start = "\n".join(cfg["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in start
@@ -284,3 +287,61 @@ def test_mlflow_server_offers_basic_auth_beyond_loopback(tmp_path):
     assert words[words.index("--app-name") + 1] == "basic-auth"
     bare = _print("mlflow_server.sh", "--host", "10.0.0.5")
     assert "without --auth" in bare.stderr and "--app-name" not in bare.stdout
+
+
+def test_the_head_may_launch_workers_with_their_profile():
+    """Ray's default head role (ray-autoscaler-v1) has no iam:PassRole: the head gets a profile of its own whose policy
+    passes exactly the workers' role, and create_roles.sh fills the account and bucket into both policies."""
+    cfg = yaml.safe_load((REPO / "ray_cluster.yaml").read_text())
+    types = cfg["available_node_types"]
+    head = types[cfg["head_node_type"]]["node_config"]["IamInstanceProfile"]["Name"]
+    workers = {t["node_config"]["IamInstanceProfile"]["Name"] for n, t in types.items() if n != cfg["head_node_type"]}
+    assert len(workers) == 1 and head not in workers
+    done = subprocess.run([str(INFRA / "aws" / "create_roles.sh"), "my-bucket", "--print"], capture_output=True,
+                          text=True, timeout=30, env={"PATH": "/usr/bin:/bin", "AWS_ACCOUNT_ID": "123456789012"})
+    assert done.returncode == 0, done.stderr
+    worker_doc, head_doc = (json.loads(part.split("\n", 1)[1]) for part in done.stdout.split("# etc-pipeline-")[1:])
+    (worker,) = workers
+
+    def allowed(doc: dict, action: str) -> list:
+        return [st["Resource"] for st in doc["Statement"] if action in st["Action"] or st["Action"] == action]
+
+    assert allowed(head_doc, "iam:PassRole") == [f"arn:aws:iam::123456789012:role/{worker}"]
+    assert allowed(head_doc, "ec2:RunInstances") == ["*"] and allowed(head_doc, "ssm:GetParameters")
+    for doc in (head_doc, worker_doc):
+        assert allowed(doc, "s3:PutObject") == ["arn:aws:s3:::my-bucket/*"]
+        assert allowed(doc, "s3:ListBucket") == ["arn:aws:s3:::my-bucket"]
+    assert "BUCKET" not in done.stdout and "ACCOUNT" not in done.stdout
+    assert not allowed(worker_doc, "iam:PassRole")
+
+
+def test_the_mlflow_server_files_give_the_rayjob_its_address():
+    """infra/kuberay/mlflow.yaml serves the URI rayjob.yaml names, from PostgreSQL, with artifacts through the server;
+    infra/mlflow/compose.yaml does the same on a VM, published on 127.0.0.1 unless told otherwise."""
+    from urllib.parse import urlparse
+
+    job, docs = _rayjob()
+    uri = urlparse(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["MLFLOW_TRACKING_URI"])
+    name, namespace = uri.hostname.split(".")[:2]
+    k8s = [d for d in yaml.safe_load_all((INFRA / "kuberay" / "mlflow.yaml").read_text()) if d]
+    by = {(d["kind"], d["metadata"]["name"]): d for d in k8s}
+    assert {d["metadata"]["namespace"] for d in k8s} == {namespace}
+    service = by[("Service", name)]
+    assert [p["port"] for p in service["spec"]["ports"]] == [uri.port]
+    server = by[("Deployment", name)]
+    assert server["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+    (container,) = server["spec"]["template"]["spec"]["containers"]
+    command = container["command"][-1]
+    assert "--backend-store-uri \"postgresql+psycopg2://" in command and "--serve-artifacts" in command
+    db_host = re.search(r"@([\w.-]+):5432/", command).group(1)
+    assert ("Service", db_host.split(".")[0]) in by and ("StatefulSet", "postgres") in by
+    assert uri.hostname in by[("ConfigMap", "etc-mlflow")]["data"]["ALLOWED_HOSTS"]
+    assert container["image"] == job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0][
+        "image"]
+    assert not any("password" in json.dumps(d).lower().replace("postgres_password", "") for d in k8s)
+    compose = yaml.safe_load((INFRA / "mlflow" / "compose.yaml").read_text())["services"]
+    assert {"postgres", "minio", "mlflow"} <= set(compose)
+    assert "postgresql+psycopg2://" in compose["mlflow"]["command"][-1] and "--serve-artifacts" in compose[
+        "mlflow"]["command"][-1]
+    assert all(p.startswith("${MLFLOW_BIND:-127.0.0.1}:") for svc in compose.values() for p in svc.get("ports", []))
+
