@@ -35,14 +35,15 @@ def config_hash(*sections: BaseModel) -> str:
     """A short stable hash of config sections (12 hex chars), for caching stage outputs and naming runs.
 
     A section's HASH_OMIT_AT_DEFAULT fields count only when they differ from their default, so a field added
-    later leaves the hashes of existing configs (and the stages cached under them) as they were."""
+    later leaves the hashes of existing configs (and the stages cached under them) as they were; its HASH_OMIT
+    fields never count (how something is stored, not what it is)."""
     return digest([type(s).__name__ for s in sections] + [hash_dump(s) for s in sections], 12)
 
 
 def hash_dump(section: BaseModel) -> dict:
-    """section.model_dump without its HASH_OMIT_AT_DEFAULT fields while they hold their defaults, at every depth (a
-    section's own models, such as a stage's `loss`, alike): a key added later, left unset, leaves the hashes (and so
-    the cached stages) of existing configs as they were."""
+    """section.model_dump without its HASH_OMIT fields, nor its HASH_OMIT_AT_DEFAULT ones while they hold their
+    defaults, at every depth (a section's own models, such as a stage's `loss`, alike): a key added later, left unset,
+    leaves the hashes (and so the cached stages) of existing configs as they were."""
     dump = section.model_dump(mode="json")
     for name in type(section).model_fields:
         value = getattr(section, name)
@@ -51,6 +52,8 @@ def hash_dump(section: BaseModel) -> dict:
     for name in getattr(section, "HASH_OMIT_AT_DEFAULT", ()):
         if getattr(section, name) == type(section).model_fields[name].get_default(call_default_factory=True):
             dump.pop(name, None)
+    for name in getattr(section, "HASH_OMIT", ()):
+        dump.pop(name, None)
     return dump
 
 

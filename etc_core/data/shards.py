@@ -2,11 +2,11 @@
 
 Layout under a shard URI (local folder or s3://bucket/prefix):
 
-    {uri}/manifest.json               written last: shards, sample counts, config hash, versions
+    {uri}/manifest.json               written last: shards, sample counts, config hash, flow encoding, versions
     {uri}/{train,val}/shard-{i:06d}.tar
     {uri}/{train,val}/shard-{i:06d}.tar.json    its sidecar, written after it: {"samples", "bytes"} (resume)
-    sample `{video}_{t:06d}_{k}`: img0.png (frame t, RGB), img1.png (frame t+k), flow.npy (float16 [2,H,W],
-    project convention), label.png (uint8, 255 = ignore; only when frame t is labelled), meta.json
+    sample `{video}_{t:06d}_{k}`: its members and their encoding are etc_core/data/shard_sample.py's (the flow:
+    etc_core/data/flow_codec.py)
 
 Readers: `iter_samples` (each sample once, numpy) and `make_loader` (a rank-aware torch DataLoader for training
 and evaluation). s3:// shards are streamed through boto3 at the caller's `S3Access` (cfg.s3.access: endpoint and
@@ -14,7 +14,6 @@ region, handed to the gopen handler registered at import with every URL, so Data
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -27,9 +26,9 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 
 from etc_core.data.base import IGNORE_INDEX
+from etc_core.data.shard_sample import FIELDS, decode_sample, encode_sample, sample_key  # noqa: F401 (re-exported)
 from etc_core.errors import ShardError, StorageError
 from etc_core.storage import uri as storage
 from etc_core.storage.tmp import owned_temp
@@ -40,34 +39,20 @@ log = logging.getLogger(__name__)
 FORMAT = "etc-shards-v1"
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
-FIELDS = ("img0.png", "img1.png", "flow.npy", "meta.json")  # label.png, label1.png, valid.png are optional
 _SHUFFLE_BUFFER = 256
+
+
+def flow_encoding(manifest: dict) -> str:
+    """How a shard set stores its flow (flow_codec.ENCODINGS): the manifest's `flow_encoding`; sets written before
+    it existed hold float16 npy."""
+    return manifest.get("flow_encoding", "npy")
 
 
 def shard_name(split: str, index: int) -> str:
     return f"{split}/shard-{index:06d}.tar"
 
 
-def sample_key(video: str, t: int, k: int) -> str:
-    return f"{video}_{t:06d}_{k}"
-
-
 # ----------------------------------------------------------------------------------------------- writing
-
-def encode_sample(key: str, img0: np.ndarray, img1: np.ndarray, flow: np.ndarray, label: np.ndarray | None,
-                  meta: dict, label1: np.ndarray | None = None, valid: np.ndarray | None = None) -> dict:
-    """One WebDataset sample: img0/img1 uint8 [H,W,3], flow float [2,H,W] (stored float16), label (frame t) and
-    label1 (frame t+k) uint8 [H,W], valid bool [H,W] (stored 255 = visible in both frames, 0 = not)."""
-    sample = {"__key__": key, "img0.png": img0, "img1.png": img1, "flow.npy": flow.astype(np.float16),
-              "meta.json": meta}
-    if label is not None:
-        sample["label.png"] = label
-    if label1 is not None:
-        sample["label1.png"] = label1
-    if valid is not None:
-        sample["valid.png"] = np.asarray(valid, bool).astype(np.uint8) * 255
-    return sample
-
 
 def write_shard(samples: list[dict], url: str, endpoint_url: str | None = None, region: str | None = None) -> int:
     """Write samples as one tar and make it visible at url only when complete; return its size in bytes."""
@@ -241,48 +226,6 @@ def _check_counts(src: Iterator[dict], expected: dict[str, int]) -> Iterator[dic
         yield sample
     if url is not None and seen != expected.get(url, seen):
         raise ShardError(f"{url}: truncated shard ({seen} of {expected[url]} samples)")
-
-
-def _decode_png(data: bytes, mode: str) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert(mode))
-
-
-def decode_sample(sample: dict) -> dict:
-    """Raw tar members -> {__key__, img0, img1 uint8 [H,W,3], flow float32 [2,H,W], label, label1 uint8 [H,W] | None,
-    valid bool [H,W] | None, meta}."""
-    url, key = sample.get("__url__", "?"), sample.get("__key__", "?")
-    if ".." in key or key.startswith("/") or "\\" in key:
-        raise ShardError(f"{url}: refusing member name {key!r} (absolute or '..' path)")
-    for field in FIELDS:
-        if field not in sample:
-            raise ShardError(f"{url}: member {key}.{field} missing")
-    field = "?"
-    try:
-        field = "img0.png"
-        img0 = _decode_png(sample[field], "RGB")
-        field = "img1.png"
-        img1 = _decode_png(sample[field], "RGB")
-        field = "flow.npy"
-        flow = np.load(io.BytesIO(sample[field]), allow_pickle=False).astype(np.float32)
-        field = "label.png"
-        label = _decode_png(sample[field], "L") if field in sample else None
-        field = "label1.png"
-        label1 = _decode_png(sample[field], "L") if field in sample else None
-        field = "valid.png"
-        valid = _decode_png(sample[field], "L") > 127 if field in sample else None
-        field = "meta.json"
-        meta = json.loads(sample[field])
-    except (OSError, ValueError) as e:
-        raise ShardError(f"{url}: member {key}.{field} unreadable ({type(e).__name__}: {e})") from None
-    shape = img0.shape[:2]
-    maps = {"label": label, "label1": label1, "valid": valid}
-    if img1.shape != img0.shape or flow.shape != (2, *shape) or any(m is not None and m.shape != shape
-                                                                     for m in maps.values()):
-        sizes = ", ".join(f"{n} {m.shape}" for n, m in maps.items() if m is not None)
-        raise ShardError(f"{url}: member {key}: shapes img0 {img0.shape}, img1 {img1.shape}, flow {flow.shape}, "
-                         f"{sizes} disagree")
-    return {"__key__": key, "__url__": url, "img0": img0, "img1": img1, "flow": flow, **maps, "meta": meta}
 
 
 def _decoded(src: Iterator[dict]) -> Iterator[dict]:

@@ -34,11 +34,16 @@ class FlowConfig(Section):
 class ShardsConfig(Section):
     """The WebDataset shards the flow stage writes and training reads: a local folder or s3://bucket/prefix."""
 
+    HASH_OMIT: ClassVar[tuple[str, ...]] = ("flow_encoding",)  # how flow is stored, not what it is: in no cache key
     uri: str = "runs/demo/shards"
     k: list[int] = Field(default_factory=lambda: [1])  # frame gaps of training pairs (t, t+k); negative allowed
     max_samples_per_shard: int = Field(64, ge=1)
     max_shard_bytes: int = Field(256 * 2**20, ge=2**16)
     seed: int = 0  # shuffled assignment of videos to shards
+    flow_encoding: Literal["png16", "npy"] = Field("png16", description=(
+        "how new shard sets store each pair's flow (docs/shards.md, \"Flow encodings\"): png16 = KITTI's 16-bit PNG, "
+        "1/64 px steps, within 1/128 px of the estimate, a pair beyond +-512 px kept as npy; npy = float16, what sets "
+        "written before this key hold. A set keeps the encoding it was started in; in no cache key"))
 
     @field_validator("uri")
     @classmethod

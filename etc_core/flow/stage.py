@@ -115,8 +115,11 @@ def plan_shards(dataset, cfg: EtcConfig) -> dict[str, list[list[Sample]]]:
     return plan
 
 
-def _claim(uri: str, identity: dict, cfg: EtcConfig) -> dict | None:
-    """Refuse a shard URI written with another config; return its manifest when complete for this one."""
+def _claim(uri: str, identity: dict, cfg: EtcConfig) -> tuple[dict | None, str]:
+    """Refuse a shard URI written with another config; return its manifest (None before one is written) and the flow
+    encoding its shards are written in: the set's own when it was started before (its manifest's or stage.json's;
+    neither says one in sets older than the key: npy), else shards.flow_encoding. The encoding is not in the hash
+    (how flow is stored, not which flow), and one set never mixes two."""
     ep, region = cfg.s3.endpoint_url, cfg.s3.region
     digest = config_hash(identity)
     manifest = shards.read_manifest(uri, ep, region)
@@ -133,12 +136,18 @@ def _claim(uri: str, identity: dict, cfg: EtcConfig) -> dict | None:
             raise ConfigError(f"shards.uri: {uri} holds shards made with {key}={old!r}, this config has "
                               f"{new!r}; choose another shards.uri or delete it")
     if stamp is None:
+        encoding = cfg.shards.flow_encoding
         try:
-            storage.put_bytes(json.dumps({"config_hash": digest, "config": identity}, sort_keys=True).encode(),
-                              stamp_path, ep, region)
+            storage.put_bytes(json.dumps({"config_hash": digest, "config": identity, "flow_encoding": encoding},
+                                         sort_keys=True).encode(), stamp_path, ep, region)
         except storage.UriError as e:
             raise ConfigError(f"shards.uri: {e}") from None
-    return manifest
+    else:
+        encoding = shards.flow_encoding(manifest if manifest is not None else stamp)
+        if encoding != cfg.shards.flow_encoding:
+            log.info("shards at %s store flow as %s and keep doing so (shards.flow_encoding=%s is for new sets: "
+                     "delete this one, or run with --force, to rewrite it)", uri, encoding, cfg.shards.flow_encoding)
+    return manifest, encoding
 
 
 def _manifest_complete(manifest: dict, uri: str, cfg: EtcConfig) -> bool:
@@ -213,7 +222,7 @@ def _finished_bytes(url: str, samples: int, cfg: EtcConfig, verify: bool) -> int
 def _write_shards(cfg: EtcConfig, dataset, source: FlowSource, progress: bool, verify: bool) -> FlowStageResult:
     uri, ep, region = cfg.shards.uri, cfg.s3.endpoint_url, cfg.s3.region
     identity = stage_identity(cfg, source)
-    manifest = _claim(uri, identity, cfg)
+    manifest, encoding = _claim(uri, identity, cfg)
     if manifest is not None and not verify and _manifest_complete(manifest, uri, cfg):
         log.info("shards at %s are complete for this config; nothing to do", uri)
         return FlowStageResult(manifest, 0, 0.0, 0, sum(len(s["shards"]) for s in manifest["splits"].values()))
@@ -230,12 +239,12 @@ def _write_shards(cfg: EtcConfig, dataset, source: FlowSource, progress: bool, v
     skipped = len(sizes)
     log.info("flow stage: %d shards to write, %d already complete, at %s", len(todo), skipped, uri)
     start, cpu_start = time.perf_counter(), time.process_time()
-    run = _compute_shards(cfg, dataset, source, todo, progress) if todo else {"sizes": {}}
+    run = _compute_shards(cfg, dataset, source, todo, encoding, progress) if todo else {"sizes": {}}
     sizes.update(run.pop("sizes"))
     seconds = time.perf_counter() - start
     manifest = {"format": shards.FORMAT, "config_hash": config_hash(identity), "config": identity,
                 "num_classes": dataset.num_classes, "class_names": list(dataset.class_names),
-                "versions": _versions(), "splits": {}}
+                "flow_encoding": encoding, "versions": _versions(), "splits": {}}
     for split, shard_list in plan.items():
         entries = [{"path": shards.shard_name(split, i), "samples": len(s), "bytes": sizes[(split, i)]}
                    for i, s in enumerate(shard_list)]
@@ -266,7 +275,7 @@ def _flow_resources(cfg: EtcConfig) -> tuple[int, float]:
     return actors, per_actor
 
 
-def _pipeline(cfg: EtcConfig, dataset, source: FlowSource, todo: list[ShardJob]):
+def _pipeline(cfg: EtcConfig, dataset, source: FlowSource, todo: list[ShardJob], encoding: str):
     """The Ray Data dataset that writes the shards of `todo`: one row per shard through read (tasks), flow (an
     actor pool of flow models, or tasks for the ground truth), encode and write (tasks); rows out are small."""
     import ray
@@ -287,11 +296,14 @@ def _pipeline(cfg: EtcConfig, dataset, source: FlowSource, todo: list[ShardJob])
                             fn_kwargs={"source": source, "dataset": dataset, "batch_size": cfg.flow.batch_size})
     return ds.map_batches(work.write_batch, batch_size=1,
                           fn_kwargs={"uri": cfg.shards.uri, "meta": work.flow_meta(cfg, source),
-                                     "endpoint_url": cfg.s3.endpoint_url, "region": cfg.s3.region})
+                                     "flow_encoding": encoding, "endpoint_url": cfg.s3.endpoint_url,
+                                     "region": cfg.s3.region})
 
 
-def _compute_shards(cfg: EtcConfig, dataset, source: FlowSource, todo: list[ShardJob], progress: bool) -> dict:
-    """Run the Ray Data pipeline over `todo`; the driver only collects one small row per written shard. Returns
+def _compute_shards(cfg: EtcConfig, dataset, source: FlowSource, todo: list[ShardJob], encoding: str,
+                    progress: bool) -> dict:
+    """Run the Ray Data pipeline over `todo` (flow stored in `encoding`); the driver only collects one small row per
+    written shard. Returns
     {"sizes": {(split, index): bytes}, "startup_s", "steady_pairs_per_s", "profile"}."""
     import ray
     from ray.data import DataContext, ExecutionResources
@@ -305,7 +317,7 @@ def _compute_shards(cfg: EtcConfig, dataset, source: FlowSource, todo: list[Shar
     start = time.perf_counter()
     try:
         with DataContext.current(ctx):
-            for row in _pipeline(cfg, dataset, source, todo).iter_rows():
+            for row in _pipeline(cfg, dataset, source, todo, encoding).iter_rows():
                 sizes[(str(row["split"]), int(row["index"]))] = int(row["bytes"])
                 done_at.append((time.perf_counter() - start, int(row["samples"])))
                 for key in profile:

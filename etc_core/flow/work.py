@@ -9,6 +9,7 @@ write the same bytes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import time
@@ -16,11 +17,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from etc_core.data import shards
+from etc_core.data import flow_codec, shards
 from etc_core.errors import ConfigError, DatasetError
 from etc_core.flow.estimate import FlowEstimator, PairRef
 from etc_core.flow.sources import FlowSource, create_flow_source
 from etc_core.storage import uri as storage
+
+log = logging.getLogger(__name__)
 
 Sample = tuple[str, int, int, bool]  # (clip_id, t, k, frame t labelled)
 
@@ -37,7 +40,7 @@ class ShardJob:
 @dataclass
 class ShardPairs:
     """The decoded pairs of one shard: img0, img1 uint8 [N,H,W,3] (frames t, t+k), labels[i] uint8 [H,W] of frame t
-    or None, extras[i] (label1, valid) for evaluation splits, flow float16 [N,2,H,W] once estimated."""
+    or None, extras[i] (label1, valid) for evaluation splits, flow float32 [N,2,H,W] once estimated."""
 
     job: ShardJob
     img0: np.ndarray
@@ -81,7 +84,7 @@ def read_pairs(dataset, job: ShardJob) -> ShardPairs:
 
 
 def estimate_pairs(estimator: FlowEstimator, pairs: ShardPairs, batch_size: int, what: str) -> None:
-    """Fill pairs.flow (float16 [N,2,H,W]) with `batch_size` pairs per estimator call; non-finite flow is refused
+    """Fill pairs.flow (float32 [N,2,H,W]) with `batch_size` pairs per estimator call; non-finite flow is refused
     (`what` names the model in the message): garbage flow is never written silently."""
     start = time.perf_counter()
     refs, flows = pairs.refs, []
@@ -92,24 +95,29 @@ def estimate_pairs(estimator: FlowEstimator, pairs: ShardPairs, batch_size: int,
             ref = refs[lo]
             raise ConfigError(f"flow.model: {what} gave non-finite flow for {ref.split}/{ref.clip_id} t={ref.t} "
                               f"k={ref.k}; try other weights or larger frames")
-        flows.append(flow.astype(np.float16))  # what the shard stores
+        flows.append(flow.astype(np.float32, copy=False))  # rounded to the shard's encoding when written
     pairs.flow = np.concatenate(flows)
     pairs.timings["flow_s"] = time.perf_counter() - start
 
 
-def write_pairs(pairs: ShardPairs, uri: str, flow_meta: dict, endpoint_url: str | None = None,
+def write_pairs(pairs: ShardPairs, uri: str, flow_meta: dict, flow_encoding: str, endpoint_url: str | None = None,
                 region: str | None = None) -> int:
-    """Encode the pairs (PNG, float16 .npy, JSON) and write them as the shard of pairs.job under uri, atomically,
-    with its sidecar; returns the shard's size in bytes. flow_meta: source, flow_model, flow_weights."""
+    """Encode the pairs (PNG, the flow in flow_encoding, JSON) and write them as the shard of pairs.job under uri,
+    atomically, with its sidecar; returns the shard's size in bytes. flow_meta: source, flow_model, flow_weights."""
     start = time.perf_counter()
     job = pairs.job
     samples = []
     for i, (clip_id, t, k, _) in enumerate(job.samples):
         meta = {"video": clip_id, "t": t, "k": k, "split": job.split, **flow_meta}
         samples.append(shards.encode_sample(shards.sample_key(clip_id, t, k), pairs.img0[i], pairs.img1[i],
-                                            pairs.flow[i], pairs.labels[i], meta, **pairs.extras[i]))
-    nbytes = shards.write_shard(samples, storage.join(uri, shards.shard_name(job.split, job.index)),
-                                endpoint_url, region)
+                                            pairs.flow[i], pairs.labels[i], meta, **pairs.extras[i],
+                                            flow_encoding=flow_encoding))
+    url = storage.join(uri, shards.shard_name(job.split, job.index))
+    kept = sum(flow_codec.MEMBERS["npy"] in s for s in samples) if flow_encoding != "npy" else 0
+    if kept:  # KITTI's PNG holds +-512 px: such a pair keeps its float16 flow rather than being clipped
+        log.warning("%s: %d of %d pairs have flow beyond +-512 px; stored as flow.npy, not %s", url, kept,
+                    len(samples), flow_encoding)
+    nbytes = shards.write_shard(samples, url, endpoint_url, region)
     pairs.timings["write_s"] = time.perf_counter() - start
     return nbytes
 
@@ -127,8 +135,8 @@ def write_shards_sequentially(cfg, dataset, jobs: list[ShardJob], estimator: Flo
     for job in jobs:
         pairs = read_pairs(dataset, job)
         estimate_pairs(estimator, pairs, cfg.flow.batch_size, source.describe())
-        sizes[(job.split, job.index)] = write_pairs(pairs, cfg.shards.uri, flow_meta(cfg, source), cfg.s3.endpoint_url,
-                                                    cfg.s3.region)
+        sizes[(job.split, job.index)] = write_pairs(pairs, cfg.shards.uri, flow_meta(cfg, source),
+                                                    cfg.shards.flow_encoding, cfg.s3.endpoint_url, cfg.s3.region)
     return sizes
 
 
@@ -196,12 +204,13 @@ class FlowPredictor:
         return _pack(items)
 
 
-def write_batch(batch: dict, uri: str, meta: dict, endpoint_url: str | None, region: str | None) -> dict:
+def write_batch(batch: dict, uri: str, meta: dict, flow_encoding: str, endpoint_url: str | None,
+                region: str | None) -> dict:
     """Ray Data step 3 (tasks): encode and write each shard; returns the small rows the driver collects."""
     rows = {name: [] for name in ("split", "index", "samples", "bytes", "actor", "startup_s", "read_s", "flow_s",
                                   "write_s")}
     for pairs in _unpack(batch):
-        nbytes = write_pairs(pairs, uri, meta, endpoint_url, region)
+        nbytes = write_pairs(pairs, uri, meta, flow_encoding, endpoint_url, region)
         values = {"split": pairs.job.split, "index": pairs.job.index, "samples": len(pairs.job.samples),
                   "bytes": nbytes, "actor": pairs.actor, "startup_s": pairs.startup_s,
                   **{k: pairs.timings.get(k, 0.0) for k in ("read_s", "flow_s", "write_s")}}

@@ -3,7 +3,6 @@ and warping frame t+k with it reconstructs frame t better than zero flow on gene
 zero flow in end-point error against the exact flow, is validated by the config and writes shards."""
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 from etc_core.config import load_config
-from etc_core.data import make_clip, shards, write_dataset
+from etc_core.data import flow_codec, make_clip, shards, write_dataset
 from etc_core.data.synthetic import Look, pair_flow
 from etc_core.errors import ConfigError
 from etc_core.flow.config import FlowConfig
@@ -91,7 +90,8 @@ def test_dis_shards_carry_its_preset_in_the_hash_and_meta_and_its_flow(tmp_path)
     write_shards_sequentially(cfg, dataset, jobs, create_flow_source(cfg.flow).estimator(dataset))
     with tarfile.open(tmp_path / "shards" / shards.shard_name("train", 0)) as tar:
         members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isreg()}
-    flows = np.stack([np.load(io.BytesIO(data)) for name, data in members.items() if name.endswith(".flow.npy")])
+    flows = np.stack([flow_codec.decode_flow(name.split(".", 1)[1], data) for name, data in members.items()
+                      if ".flow." in name])  # flow.png (shards.flow_encoding) or flow.npy
     metas = [json.loads(data) for name, data in members.items() if name.endswith(".meta.json")]
     assert flows.shape[1:] == (2, 32, 48) and np.isfinite(flows).all() and flows.any()
     assert {(m["source"], m["flow_model"], m["flow_weights"]) for m in metas} == {("dis", "dis", "medium")}

@@ -37,24 +37,26 @@ def test_shards_example_runs_on_real_shards(tmp_path, capsys):
 
     rng = np.random.default_rng(0)
     samples = []
-    for t, labelled in ((0, True), (1, False)):
+    for t, labelled, motion in ((0, True, 0.25), (1, False, 600.0)):  # 600 px: beyond KITTI's range, kept as npy
         img0, img1 = (rng.integers(0, 255, (8, 12, 3), dtype=np.uint8) for _ in range(2))
         label = rng.integers(0, 3, (8, 12), dtype=np.uint8) if labelled else None
         meta = {"video": "clip_000000", "t": t, "k": 1, "split": "val", "source": "ground_truth"}
         samples.append(shards.encode_sample(shards.sample_key("clip_000000", t, 1), img0, img1,
-                                            np.zeros((2, 8, 12), np.float32), label, meta))
+                                            np.full((2, 8, 12), motion, np.float32), label, meta,
+                                            flow_encoding="png16"))
     path = shards.shard_name("val", 0)
     nbytes = shards.write_shard(samples, str(tmp_path / path))
-    shards.write_manifest(str(tmp_path), {"format": shards.FORMAT, "splits": {"val": {"samples": 2, "shards": [
-        {"path": path, "samples": 2, "bytes": nbytes}]}}})
+    shards.write_manifest(str(tmp_path), {"format": shards.FORMAT, "flow_encoding": "png16", "splits": {
+        "val": {"samples": 2, "shards": [{"path": path, "samples": 2, "bytes": nbytes}]}}})
 
     text = (REPO / "docs" / "shards.md").read_text()
     code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
     assert 'uri = "runs/demo/shards"' in code
     exec(compile(code.replace('uri = "runs/demo/shards"', f'uri = "{tmp_path}"'), "docs/shards.md", "exec"), {})
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "clip_000000_000000_1 (8, 12, 3) float16 (2, 8, 12) clip_000000 0 1"
-    assert lines[1].startswith("clip_000000_000000_1 (2, 8, 12) [") and lines[2].endswith(" None")
+    assert lines[:2] == ["flow encoding: png16", "clip_000000_000000_1 (8, 12, 3) flow.png (2, 8, 12) clip_000000 0 1"]
+    assert lines[2].startswith("clip_000000_000000_1 (2, 8, 12) max |flow| 0.25 px [")
+    assert lines[3] == "clip_000000_000001_1 (2, 8, 12) max |flow| 600.00 px None"
 
 
 def test_benchmarks_page_matches_the_committed_results():

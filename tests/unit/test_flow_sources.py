@@ -3,7 +3,6 @@ listed by the CLI, checked by pre-flight and made by create_flow_source into the
 built-in sources keep the shard-set hashes of existing configs."""
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 
@@ -12,7 +11,7 @@ import pytest
 
 from etc_core.cli import main as cli_main
 from etc_core.config import load_config
-from etc_core.data import shards, write_dataset
+from etc_core.data import flow_codec, shards, write_dataset
 from etc_core.errors import ConfigError
 from etc_core.flow.estimate import GroundTruthSource, PtlflowSource
 from etc_core.flow.sources import FLOW_SOURCES, FlowSource, create_flow_source, list_flow_sources, register_flow_source
@@ -105,7 +104,7 @@ def test_a_registered_source_is_validated_listed_checked_and_written_into_shards
     write_shards_sequentially(cfg, dataset, jobs, source.estimator(dataset))
     with tarfile.open(tmp_path / "shards" / shards.shard_name("train", 0)) as tar:
         members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isreg()}
-    flows = [np.load(io.BytesIO(data)) for name, data in members.items() if name.endswith(".flow.npy")]
+    flows = [flow_codec.decode_flow(name.split(".", 1)[1], data) for name, data in members.items() if ".flow." in name]
     metas = [json.loads(data) for name, data in members.items() if name.endswith(".meta.json")]
     assert flows and len(flows) == len(metas) and not np.stack(flows).any()  # [N,2,H,W] all zero
     assert {m["source"] for m in metas} == {"zero"} and {m["flow_model"] for m in metas} == {None}
