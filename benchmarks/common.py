@@ -161,7 +161,7 @@ def _training_run(cfg, registered):
 
     from etc_core.tracking import mlflow as tracking
 
-    tracking.setup(cfg.mlflow)
+    tracking.setup(cfg.mlflow, cfg.s3.access)
     client = mlflow.MlflowClient()
     return client, client.get_model_version(registered.name, registered.version).tags.get("etc.run_id")
 

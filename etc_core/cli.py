@@ -89,7 +89,7 @@ def predict(argv: list[str] | None = None) -> int:
     size = parse_size(args.size)
     check_predict(cfg, args)  # --input, --out, the store: before the model loads
     with bad_input():
-        model, meta = load_any(args.model, cfg.mlflow.tracking_uri)
+        model, meta = load_any(args.model, cfg.mlflow.tracking_uri, cfg.s3.access)
     predictor = Predictor(model, pick_device(args.device), args.half, size)
     res = run_predict(predictor, int(meta["num_classes"]), args.input, args.out, args.batch_size, args.overlay)
     print(f"{res.num_frames} frames -> {res.masks_dir}" + (f", overlay {res.overlay}" if res.overlay else ""))
@@ -140,7 +140,7 @@ def evaluate(argv: list[str] | None = None) -> int:
                                           "root": args.data})
     check_evaluate(cfg, args, data, flow_model, flow_weights)  # the source, --json, the store: before the models
     with bad_input():
-        models = [(spec, *load_any(spec, cfg.mlflow.tracking_uri)) for spec in args.model]
+        models = [(spec, *load_any(spec, cfg.mlflow.tracking_uri, cfg.s3.access)) for spec in args.model]
     result = evaluate_models(models, shards=args.shards, data=data, video=args.input, split=args.split,
                              flow_model=flow_model, flow_weights=flow_weights,
                              device=pick_device(args.device), half=args.half, size=size, batch_size=args.batch_size,
@@ -172,7 +172,7 @@ def export(argv: list[str] | None = None) -> int:
     formats = ("torchscript", "onnx") if args.format == "both" else (args.format,)
     check_export(cfg, args, formats)  # the formats, --out, the store: before the model loads
     with bad_input():
-        model, meta = load_any(args.model, cfg.mlflow.tracking_uri)
+        model, meta = load_any(args.model, cfg.mlflow.tracking_uri, cfg.s3.access)
     for name in ("onnx_ir", "onnxscript"):  # their INFO lines narrate every graph pass
         logging.getLogger(name).setLevel(logging.WARNING)
     results = export_model(model, meta, args.out, formats, args.opset, size, args.tolerance)

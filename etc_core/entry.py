@@ -49,4 +49,4 @@ def check_stores(cfg, need_shards: bool = False) -> None:
     uri, endpoint, region = cfg.shards.uri, cfg.s3.endpoint_url, cfg.s3.region
     if shards.read_manifest(uri, endpoint, region) is None and need_shards:
         raise ShardError(f"{uri}/manifest.json: not found (run pipelines/precompute_flow.py first)")
-    tracking.setup(cfg.mlflow)
+    tracking.setup(cfg.mlflow, cfg.s3.access)

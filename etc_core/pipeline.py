@@ -53,7 +53,8 @@ def _run_stages(cfg: EtcConfig, force: tuple[str, ...]) -> PipelineResult:
     from etc_core.data.registry import open_dataset
 
     result = PipelineResult()
-    with tracking.stage_run(cfg.mlflow, "pipeline", run_name="pipeline", params=flatten(cfg)) as parent:
+    with tracking.stage_run(cfg.mlflow, "pipeline", run_name="pipeline", params=flatten(cfg),
+                            s3=cfg.s3.access) as parent:
         result.parent_run_id = parent.info.run_id
         with announce("dataset", f"{cfg.data.kind} at {cfg.data.root}"):
             dataset = open_dataset(cfg.data, generate=True)

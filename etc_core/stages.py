@@ -59,7 +59,7 @@ def flow_stage(cfg: EtcConfig, dataset=None, force: bool = False, verify: bool =
         dataset = open_dataset(cfg.data, generate=True)  # synthetic: generated (on Ray) when missing
     source = create_flow_source(cfg.flow)  # once for the whole stage run
     with announce("flow", f"{cfg.flow.source} flow into shards at {cfg.shards.uri}"), \
-            tracking.stage_run(cfg.mlflow, "flow", params=flatten(cfg)):
+            tracking.stage_run(cfg.mlflow, "flow", params=flatten(cfg), s3=cfg.s3.access):
         result = run_flow_stage(cfg, dataset, progress=progress, force=force, verify=verify, source=source)
         tracking.log_metrics(result.metrics())
         tracking.log_image(_pair_picture(cfg, dataset, source), "flow/pair")
@@ -85,7 +85,7 @@ def flow_timing_stage(cfg: EtcConfig) -> dict | None:
     flow = timed_flow(cfg)
     if flow is None:
         return None
-    with tracking.stage_run(cfg.mlflow, "flow-timing", params={"flow.model": flow.model}):
+    with tracking.stage_run(cfg.mlflow, "flow-timing", params={"flow.model": flow.model}, s3=cfg.s3.access):
         timing = time_flow_model(cfg.model_copy(update={"flow": flow}), cfg.pipeline.ptlflow_timing_pairs)
         tracking.log_metrics({"flow_timing/pairs_per_s": timing["pairs_per_s"],
                               "flow_timing/epe_vs_shards": timing["epe_vs_shards"]})

@@ -8,23 +8,25 @@ import torch
 from torch import nn
 
 from etc_core.infer import InputError
+from etc_core.storage.uri import S3Access
 from etc_core.tracking.registry import RegistryError, load_model
 
 log = logging.getLogger(__name__)
 
 
-def load_any(spec: str, tracking_uri: str | None = None) -> tuple[nn.Module, dict]:
+def load_any(spec: str, tracking_uri: str | None = None, s3: S3Access | None = None) -> tuple[nn.Module, dict]:
     """Return (model in eval mode on CPU, meta with at least arch and num_classes); InputError when unusable.
 
     spec: `models:/name@alias`, `models:/name/3`, `runs:/<run_id>[/model]` (resolved against tracking_uri, default
     the mlflow section's: $MLFLOW_TRACKING_URI or runs/mlflow.db), or a checkpoint `state.pt` (or its directory)
-    holding {"model", "arch", "num_classes"}. A store that is not there is a TrackingError, never created.
+    holding {"model", "arch", "num_classes"}. A store that is not there is a TrackingError, never created. s3: the
+    config's S3 access, for a model whose artifacts are on S3 (tracking.mlflow.use_s3).
     """
     if spec.startswith(("models:/", "runs:/")):
         from etc_core.tracking.config import MlflowConfig
         from etc_core.tracking.mlflow import open_store
 
-        open_store(tracking_uri or MlflowConfig().tracking_uri)  # bounded retries; a missing local store refused
+        open_store(tracking_uri or MlflowConfig().tracking_uri, s3)  # bounded retries; a missing local store refused
         if spec.startswith("runs:/") and spec.rstrip("/").count("/") == 1:
             spec = spec.rstrip("/") + "/model"  # a bare run: its logged model
         try:

@@ -226,7 +226,7 @@ def run_sweep(cfg: EtcConfig, parent_run_id: str | None = None, force: bool = Fa
     cfg = stage_config(cfg, "student")  # every trial trains the student
     manifest = read_manifest(cfg)
     num_classes = int(manifest["num_classes"])
-    tracking.setup(cfg.mlflow)  # before resolving models:/ URIs
+    tracking.setup(cfg.mlflow, cfg.s3.access)  # before resolving models:/ URIs
     teacher = resolve_teacher(cfg, "student", may_need_teacher(cfg))
     init = resolve_init(cfg, "student", num_classes)  # every trial fine-tunes from the same weights
     trainable = tune.with_resources(

@@ -30,7 +30,7 @@ class MlflowConfig(Section):
 
     tracking_uri: str | None = Field(None, validate_default=True)
     experiment: str = "etc-pipeline"
-    artifact_root: str = "runs/mlartifacts"  # artifact location of an experiment created on a local store
+    artifact_root: str = "runs/mlartifacts"  # new experiments' artifacts: a folder or s3://bucket/prefix
 
     @field_validator("tracking_uri")
     @classmethod
@@ -43,7 +43,7 @@ class MlflowConfig(Section):
     @field_validator("artifact_root")
     @classmethod
     def _absolute_artifacts(cls, value: str) -> str:
-        return expand_path(value)
+        return value if "://" in value else expand_path(value)  # s3://bucket/prefix passes through as it is
 
 
 def node_local_store(tracking_uri: str) -> bool:

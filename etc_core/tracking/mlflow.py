@@ -25,6 +25,7 @@ import numpy as np
 
 from etc_core.errors import TrackingError
 from etc_core.section import digest as _digest
+from etc_core.storage.uri import S3Access
 from etc_core.tracking.config import OTHER_STORE, MlflowConfig, local_store_path
 
 log = logging.getLogger(__name__)
@@ -74,11 +75,29 @@ def _unreachable(uri: str, err: Exception, retried: bool = True) -> TrackingErro
                          f"{OTHER_STORE}")
 
 
-def setup(cfg: MlflowConfig) -> str:
-    """Point MLflow at cfg.tracking_uri and make sure the experiment exists; return its id.
+S3_ENDPOINT_ENV = "MLFLOW_S3_ENDPOINT_URL"  # MLflow's S3 artifact client reads its endpoint from here only
+
+
+def use_s3(s3: S3Access | None) -> None:
+    """MLflow's S3 artifact client in this process meets the project's S3 endpoint (s3.endpoint_url, and s3.region
+    for boto3), so `mlflow.artifact_root=s3://...` and an artifact store on S3 need no MLFLOW_S3_ENDPOINT_URL from
+    you; one you set wins. Called by everything here that logs or loads (setup, open_store, RunLogger), in whichever
+    process it runs: the driver, a Ray Train worker, a Tune trial, predict / evaluate / export."""
+    if s3 is None:
+        return
+    if s3.endpoint_url and not os.environ.get(S3_ENDPOINT_ENV):
+        os.environ[S3_ENDPOINT_ENV] = s3.endpoint_url
+    if s3.region and not os.environ.get("AWS_DEFAULT_REGION"):
+        os.environ["AWS_DEFAULT_REGION"] = s3.region
+
+
+def setup(cfg: MlflowConfig, s3: S3Access | None = None) -> str:
+    """Point MLflow at cfg.tracking_uri and make sure the experiment exists; return its id. s3: the config's S3
+    access (cfg.s3.access), for artifacts on S3 (use_s3).
 
     TrackingError (one line naming the URI) when the store cannot be reached or refuses the request.
     """
+    use_s3(s3)
     try:
         return _setup(cfg)
     except TrackingError:
@@ -87,7 +106,7 @@ def setup(cfg: MlflowConfig) -> str:
         raise _unreachable(cfg.tracking_uri, e) from None
 
 
-def open_store(tracking_uri: str) -> None:
+def open_store(tracking_uri: str, s3: S3Access | None = None) -> None:
     """Point MLflow at a store to read from, with setup's bounded HTTP retries. A store on this disk must exist: a
     read never creates one (MLflow would make an empty SQLite file or mlruns/ folder). TrackingError names the URI."""
     path = local_store_path(tracking_uri)
@@ -100,6 +119,7 @@ def open_store(tracking_uri: str) -> None:
             raise TrackingError(f"mlflow.tracking_uri {redact(tracking_uri)}: no MLflow store there ({what}; a read "
                                 f"creates none); {OTHER_STORE}")
     _answers(tracking_uri)
+    use_s3(s3)
     import mlflow
 
     bound_http_retries()
@@ -157,7 +177,9 @@ def _open(cfg: MlflowConfig) -> str:
     exp = client.get_experiment_by_name(cfg.experiment)
     if exp is None:
         location = None
-        if not cfg.tracking_uri.startswith(("http://", "https://", "databricks")):
+        if "://" in cfg.artifact_root:  # s3://bucket/prefix: MLflow's S3 client, at the endpoint use_s3 set
+            location = cfg.artifact_root
+        elif not cfg.tracking_uri.startswith(("http://", "https://", "databricks")):
             Path(cfg.artifact_root).mkdir(parents=True, exist_ok=True)
             location = Path(cfg.artifact_root).as_uri()
         try:
@@ -188,14 +210,15 @@ def git_commit() -> str | None:
 @contextmanager
 def stage_run(cfg: MlflowConfig, stage: str, run_name: str | None = None, params: dict[str, Any] | None = None,
               parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-              system_metrics: bool = False) -> Iterator[Any]:
+              system_metrics: bool = False, s3: S3Access | None = None) -> Iterator[Any]:
     """Open a run for one stage, tagged `etc.stage` and the git commit; nested under the active run or `parent_run_id`.
+    s3: the config's S3 access, for artifacts on S3 (use_s3).
 
     system_metrics: MLflow samples this process's machine (CPU, memory, disk, GPU) into `system/*` while it is open.
     """
     import mlflow
 
-    exp_id = setup(cfg)
+    exp_id = setup(cfg, s3)
     active = mlflow.active_run()
     parent = parent_run_id or (active.info.run_id if active else None)
     run_tags = {"etc.stage": stage, **(tags or {})}
@@ -288,9 +311,10 @@ def log_figure(fig: Any, artifact_file: str) -> None:
 class RunLogger:
     """Logs to one run by id from any process (a Ray Train rank-0 worker), without an active run."""
 
-    def __init__(self, tracking_uri: str, run_id: str):
+    def __init__(self, tracking_uri: str, run_id: str, s3: S3Access | None = None):
         import mlflow
 
+        use_s3(s3)
         bound_http_retries()
         self.client = mlflow.MlflowClient(tracking_uri)
         self.run_id = run_id

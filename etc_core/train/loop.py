@@ -182,7 +182,7 @@ def train_loop_per_worker(config: dict) -> None:
     teacher = frozen_teacher(config.get("teacher"), device) if spec.loss.needs_teacher else None
     spec.loss.check_teacher(teacher is not None)  # before the first step
     loss_fn = EtcLoss(spec.loss).to(device)
-    logger = RunLogger(cfg.mlflow.tracking_uri, config["run_id"]) if rank == 0 and config.get("run_id") else None
+    logger = RunLogger(cfg.mlflow.tracking_uri, config["run_id"], cfg.s3.access) if rank == 0 and config.get("run_id") else None
     augment = PairAugment(crop=t.crop, scale=t.scale, flip=t.flip) if t.crop else None
 
     while True:

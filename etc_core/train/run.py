@@ -80,8 +80,8 @@ def resolve_init(cfg: EtcConfig, stage: str, num_classes: int) -> tuple[dict, di
     if stage != "student" or not uri:
         return None
     if uri == "baseline":
-        raise ConfigError("student.init_from: `baseline` names the baseline of a pipelines/full.py run; for this "
-                          "stage alone give its URI (models:/etc-baseline-<arch>/<version>)")
+        raise ConfigError("student.init_from: `baseline` is resolved by the entry points (etc_core/stages.py, "
+                          "with_baseline); here give its URI (models:/etc-baseline-<arch>/<version>)")
     from etc_core.infer import InputError
     from etc_core.infer.load import load_any
 
@@ -141,7 +141,7 @@ def run_training(cfg: EtcConfig, stage: str, parent_run_id: str | None = None, f
     spec = stage_spec(cfg, stage)
     manifest = read_manifest(cfg)
     num_classes = int(manifest["num_classes"])
-    tracking.setup(cfg.mlflow)  # before resolving models:/ URIs
+    tracking.setup(cfg.mlflow, cfg.s3.access)  # before resolving models:/ URIs
     teacher = resolve_teacher(cfg, stage, spec.loss.needs_teacher)
     teacher_ref = ray.put(teacher) if teacher is not None else None
     init = resolve_init(cfg, stage, num_classes)
@@ -223,7 +223,7 @@ def find_registered(cfg: EtcConfig, stage: str) -> Registered | None:
     """The newest registered version trained from this stage's exact config (tag etc.config_hash), if any."""
     import mlflow
 
-    tracking.setup(cfg.mlflow)
+    tracking.setup(cfg.mlflow, cfg.s3.access)
     name = registered_name(cfg, stage)
     versions = mlflow.MlflowClient().search_model_versions(
         f"name='{name}' and tag.`etc.config_hash`='{stage_hash(cfg, stage)}'")
