@@ -118,16 +118,34 @@ def _log_history(trial) -> None:
             tracking.log_metrics(metrics, step=int(row["step"]))
 
 
-def _register(trial, run_id: str, num_classes: int, manifest: dict):
-    """Register the trial's kept checkpoint with the best val mIoU (local storage); None when none is reachable."""
+def _kept_checkpoint(path: str, filesystem) -> bool:
+    """Whether Ray still keeps the checkpoint at `path` (train.num_to_keep drops the others): a local folder, or
+    bucket/prefix on the storage's S3 filesystem."""
+    if filesystem is None:
+        return os.path.isdir(path)
+    from pyarrow import fs
+
+    return filesystem.get_file_info(path).type == fs.FileType.Directory
+
+
+def _register(cfg: EtcConfig, trial, run_id: str, num_classes: int, manifest: dict):
+    """Register the trial's kept checkpoint with the best val mIoU, read through the filesystem Ray Train stored it
+    on (train.storage_path: a local folder or s3:// at s3.endpoint_url); None when no checkpoint is kept."""
+    filesystem = cfg.s3.access.filesystem(cfg.train.storage_path)
     rows = [r for r in trial.history if isinstance(r.get("checkpoint_path"), str)
-            and os.path.isdir(r["checkpoint_path"]) and math.isfinite(r.get("val_miou", math.nan))]
+            and math.isfinite(r.get("val_miou", math.nan)) and _kept_checkpoint(r["checkpoint_path"], filesystem)]
     if not rows:
-        log.warning("sweep.register_best: trial %s has no checkpoint on local storage; nothing registered",
-                    trial.trial_id)
+        log.warning("sweep.register_best: trial %s kept no checkpoint at %s; nothing registered", trial.trial_id,
+                    cfg.train.storage_path)
         return None
     row = max(rows, key=lambda r: r["val_miou"])
-    state = load_checkpoint(row["checkpoint_path"])
+    if filesystem is None:
+        state = load_checkpoint(row["checkpoint_path"])
+    else:
+        from ray.train import Checkpoint
+
+        with Checkpoint(row["checkpoint_path"], filesystem=filesystem).as_directory() as local:
+            state = load_checkpoint(local)
     return register_state(trial.config, "student", state, best_metrics(row), num_classes, run_id, manifest)
 
 
@@ -151,7 +169,7 @@ def log_sweep(cfg: EtcConfig, name: str, trials: list, best, front: list[str], n
                 tracking.log_shards_input(trial.config.shards.uri, manifest)
                 _log_history(trial)
                 if trial is best and sweep.register_best:
-                    registered = _register(trial, child.info.run_id, num_classes, manifest)
+                    registered = _register(cfg, trial, child.info.run_id, num_classes, manifest)
         tracking.log_metrics({f"best/{k}": best.value(k) for k in ("val_miou", "val_tc", "val_score")
                               if math.isfinite(best.value(k))} |
                              {"sweep/trials": len(trials), "sweep/failed": sum(t.error is not None for t in trials),

@@ -72,6 +72,27 @@ def test_asha_sweep_logs_parent_children_pictures_and_best_yaml(tiny_shards, tmp
         best.trial_id]
 
 
+@pytest.mark.slow
+def test_a_sweep_on_s3_storage_registers_its_best_trial(tiny_shards, moto_s3, tmp_path):
+    """train.storage_path=s3://... (moto, at s3.endpoint_url): the best trial's checkpoint is read back through the
+    filesystem Ray Train stored it on and registered (issue 32: it used to be skipped with a warning)."""
+    from etc_core.storage import uri as storage
+
+    storage.s3_client(moto_s3).create_bucket(Bucket="etc-sweep")
+    cfg = load_config(None, [*tiny_shards, *run_dirs(tmp_path), *TINY_TRAIN, "train.cpus_per_worker=2",
+                             "sweep.cpus_per_trial=0", "sweep.num_samples=1", "sweep.search=random",
+                             "sweep.scheduler=fifo", "sweep.space={train.lr: {type: grid, values: [0.05]}}",
+                             "sweep.metric=val_miou", "sweep.register_best=true",
+                             "train.storage_path=s3://etc-sweep/ray", f"s3.endpoint_url={moto_s3}"])
+    summary = run_sweep(cfg)
+    assert [t.error for t in summary["trials"]] == [None]
+    kept = [r["checkpoint_path"] for r in summary["best"].history if "checkpoint_path" in r]
+    assert kept and all(p.startswith("etc-sweep/ray/") for p in kept)  # on S3, not on this disk
+    registered = summary["registered"]
+    version = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_model_version(registered.name, registered.version)
+    assert version.run_id == summary["child_run_ids"][summary["best"].trial_id]
+
+
 def test_placement_groups_of_a_dead_creator_are_released_and_live_ones_kept(ray_local):
     # what ReleaseStoppedTrials does for a trial ASHA stopped: it reads Ray's private GCS table (no public API says
     # which actor created a placement group), so a Ray upgrade that changes it fails here
