@@ -1,6 +1,7 @@
 """Shared model plumbing: the typed output, backbone weights (ImageNet or a file) with one-line errors, freezing."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -116,6 +117,28 @@ def read_backbone(source: str, s3=None) -> BackboneState:
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise PretrainedWeightsError(f"{source}: not a state dict (a mapping of parameter names to tensors)")
     return BackboneState(source, state, hashlib.sha256(data).hexdigest())
+
+
+def weights_identity(model_name: str, pretrained, s3=None) -> str | None:
+    """What a stage's cache key holds of its backbone weights (etc_core/train/run.py, stage_hash): None from random
+    init; torchvision's URL for ImageNet (its file name carries the hash torchvision checks); the sha256 of the file
+    for a path or s3:// URI, so a file replaced at the same path is a new stage. Read once per file and process
+    (a local file again when its size or time changes)."""
+    if pretrained in (None, False, "none"):
+        return None
+    if is_imagenet(pretrained):
+        weights = imagenet_weights(model_name)
+        return f"imagenet:{weights.url}" if weights is not None else None
+    source, stamp = str(pretrained), None
+    if "://" not in source and os.path.isfile(source):
+        info = os.stat(source)
+        stamp = (info.st_size, info.st_mtime_ns)
+    return _file_identity(source, tuple(s3 or ()), stamp)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_identity(source: str, s3: tuple, stamp) -> str:
+    return "sha256:" + read_backbone(source, s3 or None).sha256
 
 
 def is_imagenet(pretrained) -> bool:

@@ -26,7 +26,7 @@ from etc_core.section import config_hash
 from etc_core.sweep.space import apply_values, check_space, may_need_teacher, pareto_front, tune_space
 from etc_core.tracking import mlflow as tracking
 from etc_core.train.config import stage_config, trial_resources
-from etc_core.train.run import make_trainer, read_manifest, resolve_init, resolve_teacher
+from etc_core.train.run import make_trainer, read_manifest, read_pretrained, resolve_init, resolve_teacher
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,8 @@ def sweep_name(cfg: EtcConfig) -> str:
     return "sweep-" + config_hash(cfg.data, cfg.shards, cfg.train, cfg.student, sweep)
 
 
-def train_trial(values: dict, base: dict, num_classes: int, teacher, storage_path: str, init=None) -> None:
+def train_trial(values: dict, base: dict, num_classes: int, teacher, storage_path: str, init=None,
+                backbone=None) -> None:
     """One Tune trial: the base config with the trial's values, trained as a student by Ray Train (no live MLflow)."""
     import ray
     from ray import tune
@@ -124,6 +125,7 @@ def train_trial(values: dict, base: dict, num_classes: int, teacher, storage_pat
                            name=tune.get_context().get_trial_id(), storage_path=storage_path,
                            callbacks=[TuneReportCallback()],  # rank 0's reports, val_score included, to Tune
                            init=ray.put(init) if init is not None else None,
+                           backbone=ray.put(backbone) if backbone is not None else None,
                            score_tc_weight=cfg.sweep.score_tc_weight)
     trainer.fit()
 
@@ -229,10 +231,11 @@ def run_sweep(cfg: EtcConfig, parent_run_id: str | None = None, force: bool = Fa
     tracking.setup(cfg.mlflow, cfg.s3.access)  # before resolving models:/ URIs
     teacher = resolve_teacher(cfg, "student", may_need_teacher(cfg))
     init = resolve_init(cfg, "student", num_classes)  # every trial fine-tunes from the same weights
+    backbone = read_pretrained(cfg, "student", init)  # read once here: trials and their workers get the object
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, base=cfg.model_dump(mode="json"), num_classes=num_classes,
                              teacher=teacher, storage_path=f"{cfg.train.storage_path.rstrip('/')}/{name}-train",
-                             init=init),
+                             init=init, backbone=backbone),
         # Tune refuses a trial that asks for nothing; one byte of memory asks for no CPU (the trial's Ray Train
         # workers take theirs outside the trial's placement group)
         {"cpu": cfg.sweep.cpus_per_trial} if cfg.sweep.cpus_per_trial else {"cpu": 0, "memory": 1})

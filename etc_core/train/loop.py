@@ -63,18 +63,18 @@ def _fp32(out: SegOutput | None) -> SegOutput | None:
     return None if out is None else SegOutput(*[None if x is None else x.float() for x in out])
 
 
-def build_training(cfg: EtcConfig, arch: str, num_classes: int, use_amp: bool, pretrained: str = "none",
+def build_training(cfg: EtcConfig, arch: str, num_classes: int, use_amp: bool, pretrained="none",
                    init_state: dict | None = None):
     """(model, optimizer, poly LR scheduler, grad scaler) for one stage, on the CPU, before any resume.
 
-    pretrained: the backbone's weights (none, imagenet, or a path / s3:// URI read at cfg.s3); init_state: a whole
-    model's weights to fine-tune from (student.init_from)."""
+    pretrained: the backbone's weights (a BackboneState the driver read, or none, imagenet, or a path / s3:// URI
+    read here at cfg.s3); init_state: a whole model's weights to fine-tune from (student.init_from)."""
     t = cfg.train
     if init_state is not None:  # the whole network from those weights (a backbone's would be overwritten: not read)
         model = from_weights(arch, num_classes, init_state).train()
     else:
         model = create_model(arch, num_classes=num_classes, pretrained=pretrained, s3=cfg.s3.access)
-    opt = build_optimizer(model, cfg, pretrained=pretrained != "none")
+    opt = build_optimizer(model, cfg, pretrained=pretrained not in (None, False, "none"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / t.max_steps) ** t.poly_power)
     return model, opt, sched, torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -159,7 +159,13 @@ def train_loop_per_worker(config: dict) -> None:
 
     init = config.get("init")  # (meta, state) of student.init_from, put in the object store by the driver
     init_state = (ray.get(init) if isinstance(init, ray.ObjectRef) else init)[1] if init is not None else None
-    model, opt, sched, scaler = build_training(cfg, spec.arch, num_classes, use_amp, spec.pretrained, init_state)
+    backbone = config.get("backbone")  # the backbone's weights, read once by the driver (train/run.py)
+    if isinstance(backbone, ray.ObjectRef):
+        backbone = ray.get(backbone)
+    if backbone is None and init_state is None and spec.pretrained != "none":
+        raise RuntimeError(f"{stage}.pretrained={spec.pretrained}: the driver passes the backbone's weights to the "
+                           "workers (make_trainer's backbone); a worker never reads them itself")
+    model, opt, sched, scaler = build_training(cfg, spec.arch, num_classes, use_amp, backbone or "none", init_state)
     raw = model
     step = 0
     if (ckpt := ray.train.get_checkpoint()) is not None:

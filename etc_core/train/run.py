@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from etc_core.data import shards
 from etc_core.errors import ConfigError, EtcError, ShardError
-from etc_core.section import config_hash, flatten
+from etc_core.section import config_hash, digest as _digest, flatten
 from etc_core.tracking import mlflow as tracking
 from etc_core.tracking.registry import Registered, load_weights, log_and_register
 from etc_core.train.checkpoint import load_checkpoint
@@ -35,9 +35,16 @@ def registered_name(cfg: EtcConfig, stage: str) -> str:
 
 def stage_hash(cfg: EtcConfig, stage: str) -> str:
     """Hash of everything that determines this stage's model: data, shards, the stage's training (train with its
-    teacher.train / student.train overrides) and the stage's section; another stage's settings leave it alone."""
+    teacher.train / student.train overrides) and the stage's section, and the backbone weights' content when it
+    starts from a file (models._builder.weights_identity); another stage's settings leave it alone."""
+    from etc_core.models._builder import weights_identity
+
     cfg = stage_config(cfg, stage)
-    return config_hash(cfg.data, cfg.shards, cfg.train, stage_spec(cfg, stage))
+    spec = stage_spec(cfg, stage)
+    digest = config_hash(cfg.data, cfg.shards, cfg.train, spec)
+    init = getattr(spec, "init_from", None)  # a whole network to start from: the backbone file is not read
+    weights = weights_identity(spec.arch, spec.pretrained, cfg.s3.access) if init is None else None
+    return digest if weights is None else _digest([digest, weights], 12)  # random init: the keys of before
 
 
 def read_manifest(cfg: EtcConfig) -> dict:
@@ -60,13 +67,20 @@ def resolve_teacher(cfg: EtcConfig, stage: str, needed: bool) -> tuple[dict, dic
     return load_weights(cfg.student.teacher_uri)
 
 
-def pretrained_tags(cfg: EtcConfig, stage: str) -> dict[str, str]:
-    """The run's record of its backbone weights: `etc.pretrained_sha256` (of the file, or of torchvision's cached
-    ImageNet file) and `etc.pretrained_source` (its URI or URL); {} from random init."""
+def read_pretrained(cfg: EtcConfig, stage: str, init) -> "BackboneState | None":
+    """The stage's backbone weights (teacher.pretrained / student.pretrained: ImageNet through torchvision, or a
+    path / s3:// URI), read once, by the driver: the workers get them through Ray's object store and never download
+    or open a weights file (a GPU node may have no cache, no egress and no copy of the path). None from random
+    init, and when `init` (student.init_from's weights) replaces the whole network."""
     from etc_core.models._builder import backbone_weights
 
     spec = stage_spec(cfg, stage)
-    weights = backbone_weights(spec.arch, spec.pretrained, cfg.s3.access)
+    return None if init is not None else backbone_weights(spec.arch, spec.pretrained, cfg.s3.access)
+
+
+def pretrained_tags(weights) -> dict[str, str]:
+    """The run's record of its backbone weights (a BackboneState, or None): `etc.pretrained_sha256` (of the file,
+    or of torchvision's cached ImageNet file) and `etc.pretrained_source` (its URI or URL); {} from random init."""
     if weights is None:
         return {}
     return {"etc.pretrained_sha256": weights.sha256, "etc.pretrained_source": weights.source}
@@ -97,10 +111,11 @@ def resolve_init(cfg: EtcConfig, stage: str, num_classes: int) -> tuple[dict, di
 
 def make_trainer(cfg: EtcConfig, stage: str, num_classes: int, teacher, run_id: str | None, name: str,
                  storage_path: str | None = None, callbacks: list | None = None, init=None,
-                 score_tc_weight: float | None = None):
+                 score_tc_weight: float | None = None, backbone=None):
     """A TorchTrainer running the shared loop for `stage` with cfg.train's scaling; checkpoints kept by val mIoU.
 
     teacher, init: ObjectRefs of (meta, state dict) or None (the frozen teacher; the weights to start from);
+    backbone: an ObjectRef of the BackboneState read_pretrained gave, or None (random init, or init given);
     run_id: the MLflow run rank 0 logs to live (None: none); score_tc_weight: every report also carries
     val_score with this TC weight (a sweep's objective; None: no val_score).
     """
@@ -116,7 +131,8 @@ def make_trainer(cfg: EtcConfig, stage: str, num_classes: int, teacher, run_id: 
     return TorchTrainer(
         train_loop_per_worker, torch_config=OneNodeTorchConfig(),
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": stage, "num_classes": num_classes,
-                           "run_id": run_id, "teacher": teacher, "init": init, "score_tc_weight": score_tc_weight},
+                           "run_id": run_id, "teacher": teacher, "init": init, "score_tc_weight": score_tc_weight,
+                           "backbone": backbone},
         scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker,
                                                            **({"GPU": 1} if t.use_gpu else {})},
@@ -146,15 +162,17 @@ def run_training(cfg: EtcConfig, stage: str, parent_run_id: str | None = None, f
     teacher_ref = ray.put(teacher) if teacher is not None else None
     init = resolve_init(cfg, stage, num_classes)
     init_ref = ray.put(init) if init is not None else None
+    backbone = read_pretrained(cfg, stage, init)
+    backbone_ref = ray.put(backbone) if backbone is not None else None
     digest = stage_hash(cfg, stage)
     with tracking.stage_run(cfg.mlflow, stage, run_name=f"{stage}-{spec.arch}", parent_run_id=parent_run_id,
                             params={**flatten(cfg), "pretrained": spec.pretrained},
-                            tags={"etc.config_hash": digest, "etc.arch": spec.arch, **pretrained_tags(cfg, stage)},
+                            tags={"etc.config_hash": digest, "etc.arch": spec.arch, **pretrained_tags(backbone)},
                             system_metrics=True) as run:
         tracking.log_shards_input(cfg.shards.uri, manifest)
         trainer = make_trainer(cfg, stage, num_classes, teacher_ref, run.info.run_id,
                                name=f"{stage}-{spec.arch}-{digest}" + (time.strftime("-%Y%m%d-%H%M%S") if force else ""),
-                               init=init_ref)
+                               init=init_ref, backbone=backbone_ref)
         try:
             result = trainer.fit()
         except Exception as e:  # ControllerError / WorkerGroupError: one line, the root cause first

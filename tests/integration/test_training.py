@@ -4,6 +4,7 @@ A Ray Train worker killed mid-epoch: tests/reliability/test_faults.py.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 
@@ -129,3 +130,38 @@ def test_missing_teacher_alias_is_one_clear_line(tiny_shards, tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("ConfigError: student.teacher_uri: models:/etc-teacher@nope"), proc.stderr[-2000:]
     assert "started a local Ray" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_workers_get_the_backbone_from_the_driver_never_from_its_file(tiny_shards, moto_s3, tmp_path, monkeypatch):
+    """teacher.pretrained=s3://...: the driver reads the weights once and hands them over through Ray's object store.
+    The file is deleted from S3 right after that read, before any worker starts: training still works (no worker
+    opens it), and the run records the file's sha256 in its tags and its stage key (issue 32)."""
+    import io
+
+    import torchvision.models as tvm
+
+    from etc_core.storage import uri as storage
+    from etc_core.train import run as train_run
+
+    storage.s3_client(moto_s3).create_bucket(Bucket="etc-weights")
+    buf = io.BytesIO()
+    torch.save(tvm.resnet18(weights=None).state_dict(), buf)
+    storage.put_bytes(buf.getvalue(), "s3://etc-weights/r18.pth", moto_s3)
+    cfg = load_config(None, [*tiny_shards, *run_dirs(tmp_path), *FAST, "teacher.arch=pspnet18",
+                             "teacher.pretrained=s3://etc-weights/r18.pth", f"s3.endpoint_url={moto_s3}",
+                             "train.max_steps=2", "train.steps_per_epoch=2", "train.workers=1", "train.pictures=0"])
+    digest = train_run.stage_hash(cfg, "teacher")  # holds the file's sha256 (read once per process, kept)
+    read = train_run.read_pretrained
+
+    def read_then_delete(*args):
+        weights = read(*args)
+        storage.remove("s3://etc-weights/r18.pth", moto_s3)
+        return weights
+
+    monkeypatch.setattr(train_run, "read_pretrained", read_then_delete)
+    summary = train_run.run_training(cfg, "teacher")
+    assert not storage.exists("s3://etc-weights/r18.pth", moto_s3)
+    tags = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_run(summary["run_id"]).data.tags
+    assert tags["etc.config_hash"] == digest and tags["etc.pretrained_source"] == "s3://etc-weights/r18.pth"
+    assert tags["etc.pretrained_sha256"] == hashlib.sha256(buf.getvalue()).hexdigest()

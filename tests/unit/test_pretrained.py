@@ -94,3 +94,23 @@ def test_head_lr_multiplier_follows_a_weights_file(resnet18_file):
     assert [g["lr"] for g in opt.param_groups] == [0.01, 0.1]
     _, opt, _, _ = build_training(cfg, "pspnet18", 5, use_amp=False)
     assert [g["lr"] for g in opt.param_groups] == [0.01, 0.01]
+
+
+def test_the_stage_key_holds_the_weights_content_not_only_their_path(resnet18_file, tmp_path):
+    """Replace the file at the same path and the stage is another one (its registered model is not reused);
+    random init keeps the keys of before (tests/unit/test_stage_hash.py pins them)."""
+    import os
+
+    from etc_core.train.run import stage_hash
+
+    path = tmp_path / "backbone.pth"
+    torch.save(resnet18_file[1], path)
+    cfg = load_config(None, ["student.arch=pspnet18", f"student.pretrained={path}", "data.root=/d", "shards.uri=/s"])
+    first = stage_hash(cfg, "student")
+    assert stage_hash(cfg, "student") == first
+    other = {k: v + 1 if v.is_floating_point() else v for k, v in resnet18_file[1].items()}
+    torch.save(other, path)
+    os.utime(path, ns=(0, 10**9))  # a different time stamp too, as a real rewrite has
+    assert stage_hash(cfg, "student") != first
+    plain = load_config(None, ["student.arch=pspnet18", "data.root=/d", "shards.uri=/s"])
+    assert stage_hash(plain, "student") not in (first, stage_hash(cfg, "student"))
