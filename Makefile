@@ -47,7 +47,7 @@ demo: $(STAMP)
 # Every benchmark from a clean runs/bench/, then docs/benchmarks.md (many hours on 2 cores: the reproduction trains
 # 26 models; each script's last wall time is on that page). The reproduction resumes from its ledger
 # (benchmarks/results/reproduce_ledger.json): only models without a row are trained; `--remeasure` trains them all.
-BENCH := data_acceptance reproduce train_overhead inference flow_stage flow_epe soak
+BENCH := data_acceptance reproduce train_overhead inference flow_stage flow_epe flow_encoding soak
 bench: $(STAMP)
 	rm -rf runs/bench
 	set -e; for b in $(BENCH); do $(PY) -m benchmarks.$$b; done

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks import common, report_repro
+from benchmarks import common, flow_encoding, report_repro
 
 DOC = common.REPO / "docs" / "benchmarks.md"
 FIGURES = common.REPO / "docs" / "figures"
@@ -238,6 +238,7 @@ NOT_MEASURED = {"flow_stage": "3. Flow stage (`python -m benchmarks.flow_stage`)
                                 "measured."}
 # Each result file (benchmarks/results/NAME.json) and its section of the page, in page order.
 SECTIONS = {"train_overhead": train_section, "flow_stage": flow_section, "flow_epe": flow_epe_section,
+            "flow_encoding": flow_encoding.report_section,
             "inference": inference_section,
             "data_acceptance": report_repro.acceptance_section, "reproduce_sweep": report_repro.sweep_section,
             "reproduce": report_repro.reproduce_section,

@@ -146,7 +146,8 @@ def _claim(uri: str, identity: dict, cfg: EtcConfig) -> tuple[dict | None, str]:
         encoding = shards.flow_encoding(manifest if manifest is not None else stamp)
         if encoding != cfg.shards.flow_encoding:
             log.info("shards at %s store flow as %s and keep doing so (shards.flow_encoding=%s is for new sets: "
-                     "delete this one, or run with --force, to rewrite it)", uri, encoding, cfg.shards.flow_encoding)
+                     "delete this one, or run pipelines/full.py --force flow, to rewrite it)", uri, encoding,
+                     cfg.shards.flow_encoding)
     return manifest, encoding
 
 
