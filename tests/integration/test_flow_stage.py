@@ -27,13 +27,18 @@ from tests.conftest import run_python
 pytestmark = pytest.mark.integration
 
 TINY = ["data.num_videos=3", "data.num_frames=5", "data.height=32", "data.width=48", "data.label_every=2"]
-# the shards of _cfg(tiny_data) as the ActorPool stage before Ray Data wrote them (main at f5063c7): config hash and
-# sha256 of every tar. Same config, same bytes.
+# the shards of _cfg(tiny_data) as the ActorPool stage before Ray Data wrote them (main at f5063c7), flow as float16
+# npy (shards.flow_encoding=npy now): config hash and sha256 of every tar. Same config, same bytes.
 BEFORE_HASH = "82b79d8b94007c4d"
 BEFORE_TARS = {"test/shard-000000.tar": "e24335bffa2b6df5ecf95eb3fac649b4f05dbee01adf6d98b603ae555860030f",
                "train/shard-000000.tar": "7e50ae0365a4161d4a267d9b5b3fb10e22d2bcdd43b237629ba7c3044349f0b2",
                "train/shard-000001.tar": "ae05136ad8f1adca7849c2fb815ff4145c9e71d2ba0ded6383d9a2f9b6890d8b",
                "val/shard-000000.tar": "24fa1127515b8d9a821ae30827d746720c12d7c1a489b2b3d9a71f100b3d9655"}
+# the same shards with flow as KITTI 16-bit PNG (shards.flow_encoding=png16, the default since), same config hash
+PNG16_TARS = {"test/shard-000000.tar": "d3ba3e6b83b9aab0d970507ad95ef608a5c924b1ff80e0dc94ce3676454651a1",
+              "train/shard-000000.tar": "f77dc21cd0e97b1329b14300a53d31da42f30df387f245a139317f2bbf251406",
+              "train/shard-000001.tar": "0cacaefe28ff17311be666af47f36cdd71896048d376c317e969d36d4f88e186",
+              "val/shard-000000.tar": "71e860bdc3005aae07381647f15e8aa181ac17d10e6a75838c611e22fd4bf5f3"}
 
 
 def _cfg(tmp_path, *extra: str, uri: str | None = None):
@@ -60,7 +65,7 @@ def test_ground_truth_round_trip_rerun_and_refusal(ray_local, tiny_data, tmp_pat
     result = run_flow_stage(cfg, progress=False)
     manifest = json.loads((tmp_path / "gt" / "manifest.json").read_text())
     assert manifest == result.manifest and manifest["config_hash"] == BEFORE_HASH
-    assert _tar_digests(tmp_path / "gt") == BEFORE_TARS  # byte for byte what the stage before Ray Data wrote
+    assert manifest["flow_encoding"] == "png16" and _tar_digests(tmp_path / "gt") == PNG16_TARS
     for split in ("train", "val", "test"):
         files = sorted(p.name for p in (tmp_path / "gt" / split).iterdir())
         count = len(manifest["splits"][split]["shards"])
@@ -75,7 +80,7 @@ def test_ground_truth_round_trip_rerun_and_refusal(ray_local, tiny_data, tmp_pat
         meta = sample["meta"]
         clip = dataset.read_clip("train", meta["video"])
         want, _ = dataset.pair_flow("train", meta["video"], meta["t"], meta["k"])
-        np.testing.assert_allclose(sample["flow"], want, atol=0.02, rtol=1e-3)  # float16
+        np.testing.assert_allclose(sample["flow"], want, atol=1 / 128)  # KITTI's 1/64 px steps
         np.testing.assert_array_equal(sample["img1"], clip.frames[meta["t"] + meta["k"]])
         np.testing.assert_array_equal(sample["label"], clip.labels[meta["t"]])
         assert sample["__key__"] == f"{meta['video']}_{meta['t']:06d}_{meta['k']}"
@@ -84,7 +89,7 @@ def test_ground_truth_round_trip_rerun_and_refusal(ray_local, tiny_data, tmp_pat
         val = list(shards.iter_samples(cfg.shards.uri, split))
         assert len(val) == 4 and all(s["label"] is not None and s["label1"] is not None for s in val)
         clip = dataset.read_clip(split, val[1]["meta"]["video"])
-        np.testing.assert_allclose(val[1]["flow"], clip.flows[1], atol=0.02, rtol=1e-3)
+        np.testing.assert_allclose(val[1]["flow"], clip.flows[1], atol=1 / 128)
         np.testing.assert_array_equal(val[1]["label1"], clip.labels[2])
         np.testing.assert_array_equal(val[1]["valid"], clip.valid[1])
         assert not val[1]["valid"].all() or not val[2]["valid"].all() or not val[3]["valid"].all()
@@ -104,13 +109,15 @@ def test_ground_truth_round_trip_rerun_and_refusal(ray_local, tiny_data, tmp_pat
         run_flow_stage(_cfg(tiny_data, "shards.k=[1]", uri=str(tmp_path / "gt")), progress=False)
 
 
-def test_the_plain_loop_writes_the_same_shards(tiny_data, tmp_path):
-    # the benchmark's sequential baseline: the same steps in one process, no Ray, the same bytes
-    cfg = _cfg(tiny_data, uri=str(tmp_path / "loop"))
+@pytest.mark.parametrize("encoding, tars", [("png16", PNG16_TARS), ("npy", BEFORE_TARS)])
+def test_the_plain_loop_writes_the_same_shards(tiny_data, tmp_path, encoding, tars):
+    # the benchmark's sequential baseline: the same steps in one process, no Ray, the same bytes (npy: the same bytes
+    # as before flow encodings existed)
+    cfg = _cfg(tiny_data, f"shards.flow_encoding={encoding}", uri=str(tmp_path / "loop"))
     dataset = GeneratedDataset(cfg.data.root)
     jobs = [ShardJob(split, i, s) for split, plan in plan_shards(dataset, cfg).items() for i, s in enumerate(plan)]
     write_shards_sequentially(cfg, dataset, jobs, GroundTruthEstimator(dataset))
-    assert _tar_digests(tmp_path / "loop") == BEFORE_TARS
+    assert _tar_digests(tmp_path / "loop") == tars
 
 
 def test_resume_trusts_sidecars_without_reading_shards_and_verify_reads_them(ray_local, tiny_data, tmp_path, caplog):
@@ -131,13 +138,13 @@ def test_resume_trusts_sidecars_without_reading_shards_and_verify_reads_them(ray
     assert result.shards_written == 2 and result.pairs_computed == 8
     assert (root / "val" / "shard-000000.tar").read_bytes() == garbage  # trusted from its sidecar: never read
     assert {k: v for k, v in _tar_digests(root).items() if not k.startswith("val")} == \
-        {k: v for k, v in BEFORE_TARS.items() if not k.startswith("val")}
+        {k: v for k, v in PNG16_TARS.items() if not k.startswith("val")}
 
     caplog.clear()
     (root / "manifest.json").unlink()
     run_flow_stage(cfg, progress=False, verify=True)
     assert "flow stage: 1 shards to write, 3 already complete" in caplog.text
-    assert _tar_digests(root) == BEFORE_TARS
+    assert _tar_digests(root) == PNG16_TARS
     assert json.loads((root / "manifest.json").read_text())["config_hash"] == BEFORE_HASH
 
 
