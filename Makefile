@@ -44,9 +44,11 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) pipelines/full.py --config configs/demo.yaml
 
-# Every benchmark from a clean runs/bench/, then docs/benchmarks.md (many hours on 2 cores: the reproduction trains
-# 26 models; each script's last wall time is on that page). The reproduction resumes from its ledger
+# The scripts of BENCH, in order, from a clean runs/bench/, then docs/benchmarks.md (its intro names them from this
+# line; each script's last wall time is on that page: hours on 2 cores). The reproduction resumes from its ledger
 # (benchmarks/results/reproduce_ledger.json): only models without a row are trained; `--remeasure` trains them all.
+# Not in BENCH, each run by its own command (the page's table gives it): the reproduction's sweep
+# (python -m benchmarks.reproduce --sweep), the motion study (--config configs/reproduce_motion.yaml), the KD study.
 BENCH := data_acceptance reproduce train_overhead inference flow_stage flow_epe flow_encoding soak
 bench: $(STAMP)
 	rm -rf runs/bench

@@ -1,7 +1,8 @@
-"""Plumbing shared by the Cityscapes and CamVid readers: an index of clips, PNG reading with one-line errors.
+"""Plumbing shared by the readers of real videos (Cityscapes, CamVid, a folder of your own): an index of clips, image
+reading with one-line errors.
 
-Both readers validate their tree once, build an index of `ClipIndex` entries (paths as templates, so the reader
-pickles small to Ray actors) and hand reading over to `IndexedDataset`.
+Each reader validates its tree once, builds an index of `ClipIndex` entries (paths as templates, so the reader
+pickles small to Ray actors) and hands reading over to `IndexedDataset`.
 """
 from __future__ import annotations
 
@@ -23,20 +24,26 @@ log = logging.getLogger(__name__)
 class ClipIndex:
     """Where one clip's files are: frames frame_fmt.format(first + t) for t < num_frames, relative to the root."""
 
-    sequence: str  # what check-dataset counts as a sequence (a Cityscapes snippet, a CamVid video)
+    sequence: str  # what check-dataset counts as a sequence (a Cityscapes snippet, a CamVid video, a folder clip)
     frame_fmt: str
     first: int
     num_frames: int
-    labelled: int  # index of the labelled frame inside the clip
-    label: str  # label image, relative to the root
+    labels: tuple[tuple[int, str], ...]  # (index of a labelled frame inside the clip, its label image), in order
     size: tuple[int, int]  # native (H,W) of the frames
+
+
+def image_header(path: Path) -> tuple[tuple[int, int], str]:
+    """((height, width), PIL mode) from the file header, without decoding the pixels."""
+    with open_image(path, decode=False) as im:
+        return (im.height, im.width), im.mode
 
 
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) from the file header, without decoding the pixels."""
-    with open_image(path, decode=False) as im:
-        width, height = im.size
-    return height, width
+    return image_header(path)[0]
+
+
+ID_MODES = ("L", "P", "I", "I;16")  # PIL modes of a single-channel id image
 
 
 def _open(path: Path, native: tuple[int, int] | None) -> Image.Image:
@@ -57,7 +64,7 @@ def read_rgb(path: Path, native: tuple[int, int] | None = None, out: tuple[int, 
 def read_ids(path: Path, out: tuple[int, int] | None = None) -> np.ndarray:
     """A single-channel id image as uint8 [H,W], resized (nearest) to out when given."""
     im = _open(path, None)
-    if im.mode not in ("L", "P", "I", "I;16"):
+    if im.mode not in ID_MODES:
         raise DatasetError(f"{path}: mode {im.mode}, expected a single-channel id image")
     if out is not None and (im.height, im.width) != tuple(out):
         im = im.resize((out[1], out[0]), Image.NEAREST)
@@ -76,6 +83,7 @@ class IndexedDataset:
     """A VideoDataset over an index {split: {clip_id: ClipIndex}}; labels go through `lut` (-1 = invalid id)."""
 
     kind = "?"
+    label_ids = "see docs/data.md"  # the ids a label image may hold, for the error on another one
     num_classes: int
     class_names: list[str]
 
@@ -105,25 +113,26 @@ class IndexedDataset:
         """(T, H, W, labelled frame indices) of a clip, without reading its images (used by the flow stage)."""
         entry = self._entry(split, clip_id)
         height, width = scaled(entry.size, self.resize)
-        return entry.num_frames, height, width, [entry.labelled]
+        return entry.num_frames, height, width, [t for t, _ in entry.labels]
 
     def frame_path(self, split: str, clip_id: str, t: int) -> Path:
         entry = self._entry(split, clip_id)
         return self.root / entry.frame_fmt.format(entry.first + t)
 
     def read_clip(self, split: str, clip_id: str) -> Clip:
-        """Load the clip's frames and its one label (mapped to train ids; 255 elsewhere), resized by data.resize."""
+        """Load the clip's frames and labels (mapped to train ids; 255 elsewhere), resized by data.resize."""
         entry = self._entry(split, clip_id)
         out = scaled(entry.size, self.resize)
         frames = np.stack([read_rgb(self.root / entry.frame_fmt.format(entry.first + t), entry.size, out)
                            for t in range(entry.num_frames)])  # [T,H,W,3]
         labels = np.full((entry.num_frames, *out), IGNORE_INDEX, np.uint8)  # [T,H,W]
-        label_path = self.root / entry.label
-        mapped = self._lut[read_ids(label_path, out)]
-        if (mapped < 0).any():
-            bad = int(np.unique(read_ids(label_path, out)[mapped < 0])[0])
-            raise DatasetError(f"{label_path}: id {bad} is not a {self.kind} label id")
-        labels[entry.labelled] = mapped.astype(np.uint8)
+        for t, label in entry.labels:
+            ids = read_ids(self.root / label, out)
+            mapped = self._lut[ids]
+            if (mapped < 0).any():
+                bad = int(ids[mapped < 0].min())
+                raise DatasetError(f"{self.root / label}: id {bad} is not a {self.kind} label id ({self.label_ids})")
+            labels[t] = mapped.astype(np.uint8)
         return Clip(frames=frames, labels=labels)
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -131,7 +140,8 @@ class IndexedDataset:
         out = {}
         for split, clips in self._index.items():
             out[split] = {"sequences": len({c.sequence for c in clips.values()}), "clips": len(clips),
-                          "frames": sum(c.num_frames for c in clips.values()), "labelled": len(clips)}
+                          "frames": sum(c.num_frames for c in clips.values()),
+                          "labelled": sum(len(c.labels) for c in clips.values())}
         return out
 
     def summary(self) -> str:
@@ -150,11 +160,12 @@ def require_dir(path: Path, hint: str) -> Path:
     return path
 
 
-def png_names(directory: Path) -> list[str]:
-    """Sorted *.png names in directory (other files are ignored); [] when it does not exist."""
+def png_names(directory: Path, suffixes: tuple[str, ...] = (".png",)) -> list[str]:
+    """Sorted names of the files in directory ending in one of suffixes, in any case (other files are ignored); []
+    when it does not exist."""
     if not directory.is_dir():
         return []
-    return sorted(e.name for e in _scandir(directory) if e.name.endswith(".png"))
+    return sorted(e.name for e in _scandir(directory) if e.name.lower().endswith(suffixes))
 
 
 def _scandir(directory: Path):

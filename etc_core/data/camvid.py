@@ -90,7 +90,7 @@ def _index_split(root: Path, split: str, cache: dict[str, set[int]]) -> dict[str
             checked.add(seq)
             _check_alignment(root / split / name, root / fmt.format(n))
         clips[name[:-4]] = ClipIndex(sequence=seq, frame_fmt=fmt, first=first, num_frames=last - first + 1,
-                                     labelled=n - first, label=f"{split}annot/{name}", size=size)
+                                     labels=((n - first, f"{split}annot/{name}"),), size=size)
     if not clips:
         raise DatasetError(f"{annot}: no label images")
     return clips
@@ -110,6 +110,7 @@ class CamVidDataset(IndexedDataset):
     """Reader for CamVid video frames + SegNet-style labels; implements etc_core.data.base.VideoDataset."""
 
     kind = "camvid"
+    label_ids = "0-10, 11 = void"
     num_classes = len(CLASS_NAMES)
     class_names = list(CLASS_NAMES)
 

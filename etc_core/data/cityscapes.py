@@ -98,7 +98,7 @@ def _index_split(root: Path, split: str) -> dict[str, ClipIndex]:
                 clip_id = f"{city}_{seq:06d}_{n:06d}"
                 clips[clip_id] = ClipIndex(
                     sequence=clip_id, frame_fmt=f"leftImg8bit_sequence/{split}/{city}/{city}_{seq:06d}_{{:06d}}"
-                    "_leftImg8bit.png", first=first, num_frames=SNIPPET, labelled=LABELLED_INDEX, label=label_rel,
+                    "_leftImg8bit.png", first=first, num_frames=SNIPPET, labels=((LABELLED_INDEX, label_rel),),
                     size=size)
             stray = sorted(have - covered)
             if stray:  # a snippet without its label: name the label its 20th frame would have
