@@ -1,4 +1,5 @@
-"""Tiny fake Cityscapes and CamVid trees in the official naming, for the reader, CLI and flow-stage tests.
+"""Tiny fake Cityscapes and CamVid trees in the official naming, and a folder of one's own labelled videos
+(docs/own_data.md), for the reader, CLI, flow-stage and end-to-end tests.
 
 Frame n of a video carries n in pixel (0, 0): red = n % 256, green = n // 256, so a test can tell which file a
 clip frame came from. Label images hold every id of the dataset in a fixed pattern (`label_pattern`).
@@ -27,6 +28,11 @@ def frame_image(n: int, h: int = H, w: int = W) -> np.ndarray:
     img = np.roll(base, n % w, axis=1) + rng.integers(0, 20, (h, w, 3), dtype=np.uint8)
     img[0, 0] = (n % 256, n // 256, 0)
     return img
+
+
+def frame_number(frame: np.ndarray) -> int:
+    """The n that frame_image(n) wrote into pixel (0, 0) of a decoded frame [H,W,3]."""
+    return int(frame[0, 0, 0]) + 256 * int(frame[0, 0, 1])
 
 
 def label_pattern(h: int, w: int, num_ids: int) -> np.ndarray:
@@ -66,4 +72,30 @@ def make_camvid(root: Path, splits: dict = CAMVID) -> Path:
             _save(label_pattern(H // 2, W // 2, 12), root / f"{split}annot" / f"{name}.png")
             small = Image.fromarray(frame_image(camvid_number(name))).resize((W // 2, H // 2), Image.BILINEAR)
             _save(np.asarray(small), root / split / f"{name}.png")
+    return root
+
+
+# split -> {clip: (frames, numbers of the labelled frames)}; frames are numbered from 1, as ffmpeg does
+FOLDER = {"train": {"walk": (6, [1, 4]), "street-2": (6, [3])}, "val": {"park": (6, [1, 2, 3, 4, 5, 6])}}
+FOLDER_CLASSES = ["background", "thing"]
+
+
+def folder_label(h: int = H, w: int = W) -> np.ndarray:
+    """The label of every labelled frame of make_folder: ids 0..K-1 in label_pattern, its first row 255 (ignore)."""
+    label = label_pattern(h, w, len(FOLDER_CLASSES))
+    label[0] = 255
+    return label
+
+
+def make_folder(root: Path, splits: dict = FOLDER, h: int = H, w: int = W, suffix: str = ".png") -> Path:
+    """classes.txt, {split}/{clip}/frames/{n:06d}{suffix} and labels/{n:06d}.png (folder_label)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("\n".join(FOLDER_CLASSES) + "\n")
+    label = folder_label(h, w)
+    for split, clips in splits.items():
+        for clip, (num_frames, labelled) in clips.items():
+            for n in range(1, num_frames + 1):
+                _save(frame_image(n, h, w), root / split / clip / "frames" / f"{n:06d}{suffix}")
+            for n in labelled:
+                _save(label, root / split / clip / "labels" / f"{n:06d}.png")
     return root

@@ -16,14 +16,15 @@ DatasetKindName = Annotated[str, AfterValidator(DATASETS.check)]  # a kind regis
 
 class DataConfig(Section):
     """The video dataset. `synthetic` is generated (etc_core/data/synthetic.py, docs/data.md); `cityscapes` and
-    `camvid` read the official layouts under root. The keys after `resize` apply to synthetic data only."""
+    `camvid` read the official layouts under root, `folder` your own labelled videos (docs/own_data.md). The keys after
+    `resize` apply to synthetic data only."""
 
     # keys added later: left at their default they stay out of every cache key (stages cached before them stay valid)
     HASH_OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("camera_pan", "camera_zoom")
 
     kind: DatasetKindName = "synthetic"
     root: str = "runs/demo/data"
-    resize: float = Field(1.0, gt=0, le=1)  # cityscapes/camvid: scale frames (bilinear) and labels (nearest) on read
+    resize: float = Field(1.0, gt=0, le=1)  # real videos: scale frames (bilinear) and labels (nearest) on read
     seed: int = 0
     num_videos: int = Field(10, ge=3)  # clips in all, split into train / val / test by the fractions below
     val_fraction: float = Field(0.2, gt=0, lt=1)  # val: checkpoint and weight selection; every frame labelled

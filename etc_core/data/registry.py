@@ -84,3 +84,4 @@ def downloadable() -> list[str]:
 register_dataset("synthetic", "etc_core.data.generated:KIND")
 register_dataset("cityscapes", "etc_core.data.cityscapes:KIND")
 register_dataset("camvid", "etc_core.data.camvid:KIND")
+register_dataset("folder", "etc_core.data.folder:KIND")

@@ -60,7 +60,7 @@ def stripes():
 
 
 def test_the_built_in_kinds_are_registered_in_order_with_what_the_pipeline_asks():
-    assert list_datasets() == ["synthetic", "cityscapes", "camvid"]
+    assert list_datasets() == ["synthetic", "cityscapes", "camvid", "folder"]
     assert DataConfig().kind == "synthetic" and DataConfig().model_dump()["kind"] == "synthetic"  # dumped as before
     synthetic, cityscapes = dataset_kind("synthetic"), dataset_kind("cityscapes")
     assert synthetic.generated and synthetic.exact_flow and synthetic.download_help is None
@@ -72,7 +72,7 @@ def test_an_unknown_kind_is_one_line_naming_the_key_and_the_known_kinds():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["data.kind=citiscapes"])
     assert str(err.value).startswith("override data.kind=citiscapes: data.kind: Value error, unknown dataset kind "
-                                     "'citiscapes' (did you mean cityscapes? known: synthetic, cityscapes, camvid)")
+                                     "'citiscapes' (did you mean cityscapes? known: synthetic, cityscapes, camvid, folder)")
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match=r"^data.kind: unknown dataset kind 'nope' \(known: synthetic, cityscapes"):
         dataset_kind("nope")
@@ -87,12 +87,13 @@ def test_a_registered_kind_is_validated_listed_and_opened(stripes, tmp_path, cap
     assert isinstance(ds, StripesDataset) and ds.root == str(tmp_path)
     check_dataset(cfg.data)  # no pre-flight of its own: opening it is the check
     assert "resize" in stage_identity(cfg)["data"]  # not generated: data.resize is part of the shards' identity
-    with pytest.raises(ConfigError, match=r"did you mean stripes\? known: synthetic, cityscapes, camvid, stripes\)"):
+    with pytest.raises(ConfigError, match=r"did you mean stripes\? known: synthetic, cityscapes, camvid, folder, "
+                                          r"stripes\)"):
         load_config(None, ["data.kind=stripe"])
     with pytest.raises(SystemExit) as exit_:
         cli_main(["--help"])
     assert exit_.value.code == 0
-    assert "dataset kinds (data.kind): synthetic, cityscapes, camvid, stripes" in capsys.readouterr().err
+    assert "dataset kinds (data.kind): synthetic, cityscapes, camvid, folder, stripes" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         cli_main(["check-dataset", "--kind", "stripes", "--root", str(tmp_path)])
     assert exit_.value.code == 0 and f"stripes at {tmp_path}" in capsys.readouterr().out

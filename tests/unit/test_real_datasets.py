@@ -16,7 +16,7 @@ from etc_core.data.cityscapes import CityscapesDataset, train_id_lut
 from etc_core.errors import DatasetError
 from etc_core.flow.stage import plan_shards
 from tests.conftest import REPO, run_python
-from tests.real_trees import H, W, camvid_number, label_pattern, make_camvid, make_cityscapes
+from tests.real_trees import H, W, camvid_number, frame_number, label_pattern, make_camvid, make_cityscapes
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +29,6 @@ def cv_root(tmp_path_factory):
     return make_camvid(tmp_path_factory.mktemp("camvid"))
 
 
-def _number(frame: np.ndarray) -> int:
-    return int(frame[0, 0, 0]) + 256 * int(frame[0, 0, 1])
-
-
 def test_cityscapes_snippets_labels_and_train_ids(cs_root):
     ds = open_dataset(DataConfig(kind="cityscapes", root=str(cs_root)))
     assert isinstance(ds, CityscapesDataset) and ds.num_classes == 19 and ds.class_names[13] == "car"
@@ -42,7 +38,7 @@ def test_cityscapes_snippets_labels_and_train_ids(cs_root):
     assert ds.clip_layout("val", "frankfurt_000000_001016") == (30, H, W, [19])
     clip = ds.read_clip("val", "frankfurt_000000_001016")  # Frankfurt: frames 000997-001026
     assert clip.frames.shape == (30, H, W, 3) and clip.labels.shape == (30, H, W)
-    assert [_number(f) for f in clip.frames] == list(range(997, 1027))
+    assert [frame_number(f) for f in clip.frames] == list(range(997, 1027))
     assert clip.labelled == [19] and clip.flows is None
     label_ids = label_pattern(H, W, 34)
     np.testing.assert_array_equal(clip.labels[19], train_id_lut()[label_ids])
@@ -117,7 +113,7 @@ def test_camvid_clips_windows_and_void(cv_root, caplog):
     assert ds.clip_layout("val", "Seq05VD_f00000") == (11, H, W, [0])  # cut at the video's first frame
     assert ds.clip_layout("val", "Seq05VD_f00030") == (30, H, W, [19])  # frames 11..40
     clip = ds.read_clip("train", "0016E5_00420")
-    assert [_number(f) for f in clip.frames] == list(range(401, 431)) and clip.labelled == [19]
+    assert [frame_number(f) for f in clip.frames] == list(range(401, 431)) and clip.labelled == [19]
     small = label_pattern(H // 2, W // 2, 12)
     want = np.where(small == 11, 255, small).repeat(2, axis=0).repeat(2, axis=1)  # nearest 2x, void -> 255
     np.testing.assert_array_equal(clip.labels[19], want)
