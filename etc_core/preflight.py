@@ -6,9 +6,10 @@ that belongs to one entry point goes into its function here; one that needs Ray 
 etc_core/cluster_check.py (run right after init_ray, still before any work).
 
     check_flow(cfg)                      pipelines/precompute_flow.py
-    check_training(cfg, stage)           pipelines/train_teacher.py, train_student.py
+    check_training(cfg, stage)           pipelines/train_teacher.py, train_baseline.py, train_student.py
     check_sweep(cfg)                     pipelines/sweep.py
     check_full(cfg, force)               pipelines/full.py
+    check_make_dataset(cfg)              etc-pipeline make-dataset
     check_predict / check_evaluate / check_export(cfg, args, ...)   etc-pipeline predict / evaluate / export
 
 The inference commands check their inputs and outputs first, then the MLflow store their models are read from (it
@@ -56,35 +57,41 @@ def check_flow(cfg: EtcConfig, force: bool = False) -> None:
 
 
 def check_training(cfg: EtcConfig, stage: str) -> None:
-    """A training stage: shards there, stores usable, the teacher and init_from URIs it needs resolvable."""
+    """A training stage: a GPU when it asks for one, shards there, stores usable, the teacher and init_from URIs it
+    needs resolvable (`student.init_from: baseline` is found or trained by the stage itself)."""
     from etc_core.train.config import stage_spec
 
+    warm = stage == "student" and cfg.student.init_from == "baseline"
     with bad_input():
+        _gpu(cfg, ("baseline", stage) if warm else (stage,))
         _pretrained(cfg, (stage,))
         _stores(cfg, need_shards=True)
         spec = stage_spec(cfg, stage)
         if stage == "student" and spec.loss.needs_teacher:
             _model_uri("student.teacher_uri", cfg.student.teacher_uri, cfg)
-        if stage == "student" and cfg.student.init_from:
+        if stage == "student" and cfg.student.init_from and not warm:
             _model_uri("student.init_from", cfg.student.init_from, cfg)
 
 
 def check_sweep(cfg: EtcConfig) -> None:
-    """The sweep: its search space, then what training the student needs."""
+    """The sweep: its search space, then what training the student (and its baseline) needs."""
     from etc_core.sweep.space import check_space, may_need_teacher
 
     with bad_input():
         check_space(cfg)
+        _gpu(cfg, ("student", "baseline") if cfg.student.init_from == "baseline" else ("student",))
         _pretrained(cfg, ("student",))
         _stores(cfg, need_shards=True)
         if may_need_teacher(cfg):
             _model_uri("student.teacher_uri", cfg.student.teacher_uri, cfg)
-        if cfg.student.init_from:
+        if cfg.student.init_from not in (None, "baseline"):  # baseline: found or trained before the sweep
             _model_uri("student.init_from", cfg.student.init_from, cfg)
 
 
 def check_full(cfg: EtcConfig, force: tuple[str, ...] = ()) -> None:
-    """The whole pipeline: what the flow stage checks, the sweep's space, the --force stages, init_from."""
+    """The whole pipeline: what the flow stage checks, the sweep's space, the --force stages, a GPU when training
+    asks for one, init_from."""
+    from etc_core.pipeline import training_stages
     from etc_core.sweep.space import check_space
 
     with bad_input():
@@ -95,6 +102,7 @@ def check_full(cfg: EtcConfig, force: tuple[str, ...] = ()) -> None:
             raise ConfigError("--force baseline: pipeline.baseline is false and student.init_from is not baseline")
         if cfg.pipeline.sweep:
             check_space(cfg)
+        _gpu(cfg, training_stages(cfg))
         _pretrained(cfg, ("teacher", "student"))
         _dataset(cfg)
         _flow_source(cfg, timing=True)
@@ -103,6 +111,20 @@ def check_full(cfg: EtcConfig, force: tuple[str, ...] = ()) -> None:
         _stores(cfg)
         if cfg.student.init_from not in (None, "baseline"):  # a models:/ URI resolves against the store
             _model_uri("student.init_from", cfg.student.init_from, cfg)
+
+
+def check_make_dataset(cfg: EtcConfig) -> None:
+    """make-dataset: data.kind is a generated kind (a real dataset's folder is never written into), and data.root holds
+    no dataset of other settings."""
+    from etc_core.data.generated import check_existing
+    from etc_core.data.registry import dataset_kind
+
+    with bad_input():
+        if not dataset_kind(cfg.data.kind).generated:
+            raise ConfigError(f"data.kind: {cfg.data.kind} is read in place, not generated; make-dataset writes "
+                              f"nothing into {cfg.data.root} (check it: etc-pipeline check-dataset --kind "
+                              f"{cfg.data.kind} --root {cfg.data.root})")
+        check_existing(cfg.data)
 
 
 def check_predict(cfg: EtcConfig, args: Namespace) -> None:
@@ -197,6 +219,40 @@ def _flow_source(cfg: EtcConfig, timing: bool = False) -> None:
         create_flow_source(timed).check(cfg.data)
 
 
+def _gpu(cfg: EtcConfig, stages: tuple[str, ...]) -> None:
+    """A stage with train.use_gpu (or its own teacher.train / student.train use_gpu) needs a CUDA GPU that torch can
+    use on this machine when this process starts the Ray it trains on; joining a cluster (ray.address, RAY_ADDRESS),
+    the cluster check counts the cluster's GPUs once Ray is up (etc_core/cluster_check.py)."""
+    from etc_core.train.config import stage_config
+
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        return
+    asking = [s for s in stages if stage_config(cfg, s).train.use_gpu]
+    if not asking:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    own = {"teacher": cfg.teacher.train, "student": cfg.student.train}.get(asking[0], {})
+    key = f"{asking[0]}.train.use_gpu" if "use_gpu" in own else "train.use_gpu"
+    build = (f"a CUDA {torch.version.cuda} build: an NVIDIA GPU and driver {cuda_driver(torch.version.cuda)}"
+             if torch.version.cuda else "a CPU-only build")
+    raise ConfigError(f"{key}: the {asking[0]} needs a GPU, and torch {torch.__version__} ({build}) finds no CUDA "
+                      f"GPU on this machine; see docs/gpu.md, or {key}=false to train on the CPU")
+
+
+# NVIDIA's minimum Linux driver of a CUDA release that the locked torch is built for (CUDA 13.0 GA: CUDA Toolkit 13.0
+# release notes, table "CUDA Toolkit and Corresponding Driver Versions"; docs/gpu.md)
+CUDA_DRIVERS = {"13.0": "580.65.06"}
+
+
+def cuda_driver(cuda: str) -> str:
+    """`>= <driver>` for a CUDA version in CUDA_DRIVERS ("13.0"), else `new enough for it`."""
+    found = CUDA_DRIVERS.get(cuda)
+    return f">= {found}" if found else "new enough for it"
+
+
 def _pretrained(cfg: EtcConfig, stages: tuple[str, ...]) -> None:
     """The backbone weights that `stages` start from (teacher.pretrained, student.pretrained) can be had (ImageNet: in
     the torch hub cache or reachable) and fit their networks: each network is built once here, before any store is
@@ -265,9 +321,6 @@ def _model_uri(key: str, uri: str, cfg: EtcConfig) -> None:
     from etc_core.infer import InputError
     from etc_core.infer.load import load_any
 
-    if uri == "baseline":
-        raise ConfigError(f"{key}: `baseline` names the baseline of a pipelines/full.py run; for this stage alone "
-                          "give its URI (models:/etc-baseline-<arch>/<version>) or student.init_from=null")
     try:
         load_any(uri, cfg.mlflow.tracking_uri)
     except (InputError, TrackingError) as e:

@@ -35,7 +35,8 @@ QUIET_HOOK = "etc_core.quiet.quiet_worker"  # runs in every worker process of th
 def init_ray(cfg: RayConfig | None = None, runtime_env: dict | None = None) -> dict:
     """Join the cluster named by cfg.address or RAY_ADDRESS (ray job submit sets it), else start Ray on 127.0.0.1.
 
-    Returns ray.init's context as a dict ({"address": ..., "dashboard_url": ...}). A no-op when Ray is up.
+    Returns ray.init's context as a dict ({"address": ..., "dashboard_url": ..., "local": started here}); a no-op
+    when Ray is up (its dashboard_url then None).
     """
     cfg = cfg or RayConfig()
     address = cfg.address or os.environ.get("RAY_ADDRESS")
@@ -51,7 +52,7 @@ def init_ray(cfg: RayConfig | None = None, runtime_env: dict | None = None) -> d
 
     quiet_env = {"worker_process_setup_hook": QUIET_HOOK, **(runtime_env or {})}  # this job's workers
     if ray.is_initialized():
-        return {"address": ray.get_runtime_context().gcs_address, "dashboard_url": None}
+        return {"address": ray.get_runtime_context().gcs_address, "dashboard_url": None, "local": False}
     if address:
         log.info("joining Ray at %s", address)
         ctx = ray.init(address=address, runtime_env=quiet_env, log_to_driver=True)  # merged into a job's own
@@ -61,5 +62,6 @@ def init_ray(cfg: RayConfig | None = None, runtime_env: dict | None = None) -> d
         # would otherwise join that one, and refuse num_cpus); joining is for ray.address / RAY_ADDRESS only
         ctx = ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                        runtime_env=quiet_env, logging_level=logging.WARNING)
-        log.info("started a local Ray on 127.0.0.1 (dashboard %s)", ctx.dashboard_url)
-    return {"address": ctx.address_info.get("gcs_address"), "dashboard_url": ctx.dashboard_url}
+        log.info("started a local Ray on 127.0.0.1")  # its dashboard: etc_core/tracking/ui.py, log_addresses
+    return {"address": ctx.address_info.get("gcs_address"), "dashboard_url": ctx.dashboard_url,
+            "local": not address}

@@ -5,7 +5,9 @@ MLflow stage run (nested under the active run or parent_run_id) and logs what th
     flow_stage(cfg, dataset=None, force=False, verify=False) -> FlowStageResult   pipelines/precompute_flow.py
     flow_timing_stage(cfg) -> dict | None                                        (full.py only)
     train_stage(cfg, stage, force=False, parent_run_id=None) -> TrainResult       pipelines/train_teacher.py,
-                                                                                 train_student.py, benchmarks
+                                                                                 train_baseline.py, train_student.py,
+                                                                                 benchmarks
+    with_baseline(cfg, parent_run_id=None) -> EtcConfig                           train_student.py, sweep.py
     sweep_stage(cfg, parent_run_id=None, force=False) -> dict                     pipelines/sweep.py
 
 The stages' work is in their packages: etc_core/flow/stage.py (run_flow_stage), etc_core/flow/timing.py,
@@ -20,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from etc_core.config import EtcConfig, flatten
+from etc_core.config import EtcConfig, apply_values, flatten
 from etc_core.tracking import mlflow as tracking
 from etc_core.tracking.registry import Registered
 
@@ -122,6 +124,20 @@ def train_stage(cfg: EtcConfig, stage: str, force: bool = False, parent_run_id: 
                          f"{train.workers} Ray Train worker(s)"):
         summary = run_training(cfg, stage, parent_run_id=parent_run_id, force=force)
     return TrainResult(summary["registered"], summary, time.perf_counter() - start)
+
+
+def with_baseline(cfg: EtcConfig, parent_run_id: str | None = None) -> EtcConfig:
+    """cfg with `student.init_from: baseline` replaced by the URI of the per-frame baseline registered from this
+    config (the baseline stage's cache key, tag etc.config_hash), trained first when there is none; one log line
+    says which. cfg itself when student.init_from is anything else. The baseline of pipelines/full.py on the same
+    config is the same model."""
+    if cfg.student.init_from != "baseline":
+        return cfg
+    trained = train_stage(cfg, "baseline", parent_run_id=parent_run_id)
+    reg = trained.registered
+    how = "registered from this config before: reused" if trained.reused else "none from this config: trained now"
+    log.info("student.init_from=baseline: %s (%s)", reg.model_uri, how)
+    return apply_values(cfg, {"student.init_from": reg.model_uri})
 
 
 def sweep_stage(cfg: EtcConfig, parent_run_id: str | None = None, force: bool = False) -> dict:

@@ -33,13 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     from etc_core.pipeline import run_pipeline, training_stages
     from etc_core.preflight import check_full
     from etc_core.ray_utils import init_ray
-    from etc_core.tracking.mlflow import redact
+    from etc_core.tracking.mlflow import redact, setup
+    from etc_core.tracking.ui import log_addresses, ui_lines
 
     check_full(cfg, tuple(args.force))  # bad input of any kind: one line, exit 2, before Ray and any run
     # one pipeline at a time per SQLite MLflow store, from its first use (a fresh store's tables are made there)
     with locks.hold(locks.store_lock(cfg.mlflow.tracking_uri), cfg.pipeline.lock_wait_s):
-        init_ray(cfg.ray)
+        ray_info = init_ray(cfg.ray)
         check_cluster(cfg, training_stages(cfg), sweep=cfg.pipeline.sweep)  # a request this cluster can never hold
+        log_addresses(cfg, ray_info)  # the Ray dashboard and the MLflow UI, to watch the run
         result = run_pipeline(cfg, force=tuple(args.force))
     print()
     print(f"stages run: {', '.join(result.ran) or '-'}; reused: {', '.join(result.skipped) or '-'}")
@@ -50,11 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     print(result.table)
     student = result.models["student"].name
     uri = redact(cfg.mlflow.tracking_uri)  # the commands printed never show a password inside the URI
-    if uri.startswith(("http://", "https://")):
-        print(f"\nMLflow UI (runs, metrics, pictures, registry): {uri}")
-    else:
-        print("\nMLflow UI (runs, metrics, pictures, registry):")
-        print(f"  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    print()
+    print("\n".join(ui_lines(cfg.mlflow, setup(cfg.mlflow, cfg.s3.access))))  # runs, metrics, pictures, registry
     name, (h, w) = f"models:/{student}@champion", (cfg.data.height, cfg.data.width)
     print("Pick up the champion student (uint8 RGB frames [N,H,W,3] in, class ids [N,H,W] out):")
     print(f"  MLFLOW_TRACKING_URI={uri} python -c \"import mlflow, numpy as np; "

@@ -38,9 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     # a bad flow model, a missing or broken dataset tree, shards of another config, an unreachable store or
     # refused credentials: one line, exit 2, before Ray starts and before any MLflow run exists
     check_flow(cfg)
-    init_ray(cfg.ray)
+    ray_info = init_ray(cfg.ray)
     check_cluster(cfg)  # relative paths on a multi-node cluster
     from etc_core.stages import flow_stage
+    from etc_core.tracking.ui import log_addresses
+
+    log_addresses(cfg, ray_info)  # the Ray dashboard and the MLflow UI, to watch the run
 
     result = flow_stage(cfg, verify=args.verify)  # the dataset first: synthetic is generated (on Ray) when missing
     splits = ", ".join(f"{s}: {v['samples']} samples in {len(v['shards'])} shards"

@@ -7,8 +7,10 @@
     infra/submit.sh --entry pipelines/sweep.py --config configs/cityscapes.yaml   # a cluster
 
 Needs the shards of pipelines/precompute_flow.py and, when distillation can be on, a registered teacher
-(student.teacher_uri). The sweep lives at <train.storage_path>/sweep-<hash>: rerunning the same command after an
-interruption resumes it (Tuner.restore); finished trials are not rerun. Prints the trials, the Pareto front of
+(student.teacher_uri); with `student.init_from: baseline` (the demo's) every trial fine-tunes the baseline registered
+from the same config, trained first when there is none (a log line says which). The sweep lives at
+<train.storage_path>/sweep-<hash>: rerunning the same command after an interruption resumes it (Tuner.restore);
+finished trials are not rerun. Prints the trials, the Pareto front of
 (mIoU, TC) and the path of the best trial's config, which `python pipelines/train_student.py --config PATH`
 reproduces. MLflow: a parent run tagged etc.stage=sweep with the pictures, one child run per trial.
 The stage's driver, shared with pipelines/full.py: etc_core/stages.py, sweep_stage.
@@ -31,10 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     from etc_core.ray_utils import init_ray
 
     check_sweep(cfg)  # a bad search space, missing shards, a dead store: one line, exit 2, before Ray starts
-    init_ray(cfg.ray)  # before anything imports Ray (etc_core.ray_utils)
-    from etc_core.stages import sweep_stage
+    ray_info = init_ray(cfg.ray)  # before anything imports Ray (etc_core.ray_utils)
+    from etc_core.stages import sweep_stage, with_baseline
+    from etc_core.tracking.ui import log_addresses
 
-    check_cluster(cfg, sweep=True)  # one trial (its driver and its Ray Train workers) must fit the cluster
+    warm = cfg.student.init_from == "baseline"
+    check_cluster(cfg, ("baseline",) if warm else (), sweep=True)  # one trial (driver, Ray Train workers) must fit
+    log_addresses(cfg, ray_info)  # the Ray dashboard and the MLflow UI, to watch the run
+    cfg = with_baseline(cfg)  # student.init_from: baseline: the baseline of this config, found or trained first
     summary = sweep_stage(cfg)
     metric = cfg.sweep.metric
     print(f"sweep {summary['name']} ({'resumed' if summary['restored'] else 'new'}): "

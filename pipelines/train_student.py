@@ -6,7 +6,10 @@
     infra/submit.sh --entry pipelines/train_student.py --config configs/cityscapes.yaml   # a cluster
 
 Same loop as the teacher (etc_core/train/loop.py); the teacher comes from student.teacher_uri (default
-models:/etc-teacher@champion). Registers `etc-student-<arch>`.
+models:/etc-teacher@champion, what pipelines/train_teacher.py registers). With `student.init_from: baseline` (the
+demo's) the student fine-tunes the per-frame baseline registered from the same config, and trains that baseline
+first when there is none (pipelines/train_baseline.py alone); a log line says which. Registers
+`etc-student-<arch>`; a version already registered from the same config is reused (--force trains again).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from pipelines.train_teacher import main as train_main  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    return train_main(argv, stage="student")
+    return train_main(argv, stage="student", doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -125,8 +125,9 @@ class StudentConfig(Section):
     loss: StudentLossConfig = Field(default_factory=StudentLossConfig)
     train: StageTrain = Field(default_factory=dict)  # train.* keys for the student only, not its baseline
     teacher_uri: str = "models:/etc-teacher@champion"
-    init_from: str | None = None  # fine-tune from: models:/name/3, runs:/<id>, a checkpoint, or `baseline` (full.py:
-    # the per-frame baseline that the same pipeline run trained or reused)
+    init_from: str | None = None  # fine-tune from: models:/name/3, runs:/<id>, a checkpoint, or `baseline`: the
+    # per-frame baseline registered from the same config, trained first when there is none (full.py,
+    # train_student.py and sweep.py alike)
 
 
 def merged_train(train: TrainConfig, override: dict[str, Any]) -> TrainConfig:

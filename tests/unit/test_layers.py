@@ -33,7 +33,8 @@ LAYERS = {
     "etc_core.train": 2, "etc_core.train.augment": 2, "etc_core.train.backend": 2, "etc_core.train.checkpoint": 2,
     "etc_core.train.config": 2, "etc_core.sweep": 2, "etc_core.sweep.config": 2,
     # 3: MLflow tracking and registry, inference, evaluation, the model card, the sweep space, flow timing
-    "etc_core.tracking.mlflow": 3, "etc_core.tracking.registry": 3, "etc_core.infer": 3,
+    "etc_core.tracking.mlflow": 3, "etc_core.tracking.registry": 3, "etc_core.tracking.ui": 3,
+    "etc_core.tracking.copy": 3, "etc_core.infer": 3,
     "etc_core.train.evaluate": 3, "etc_core.train.card": 3, "etc_core.sweep.space": 3, "etc_core.flow.timing": 3,
     # 4: EtcConfig, gathered from the sections below, with load_config and parse_args
     "etc_core.config": 4,
