@@ -11,14 +11,19 @@ from etc_core.config import parse_args
 from etc_core.entry import run_entry
 
 
-def make_dataset(argv: list[str] | None = None) -> int:
-    """Write the generated video dataset of the config's `data` section and print its summary."""
-    from etc_core.data.generated import check_existing, write_dataset
-    from etc_core.preflight import bad_input
+def _summary(func) -> str:
+    """The first paragraph of a command's docstring, on one line: its --help description."""
+    return " ".join(func.__doc__.split("\n\n")[0].split())
 
-    cfg, _ = parse_args("Write the generated video dataset (frames, labels, flow) to data.root.", argv)
-    with bad_input():  # data.root holding another dataset: exit 2 before any clip is written
-        check_existing(cfg.data)
+
+def make_dataset(argv: list[str] | None = None) -> int:
+    """Write the generated video dataset (frames, labels, exact flow) of the config's `data` section to data.root and
+    print its summary."""
+    from etc_core.data.generated import write_dataset
+    from etc_core.preflight import check_make_dataset
+
+    cfg, _ = parse_args(_summary(make_dataset), argv, prog="etc-pipeline make-dataset")
+    check_make_dataset(cfg)  # a real dataset's kind, or data.root holding another dataset: exit 2 before any clip
     print(write_dataset(cfg.data).summary())
     return 0
 
@@ -39,7 +44,7 @@ def check_dataset(argv: list[str] | None = None) -> int:
     from etc_core.data.registry import list_datasets, open_dataset
     from etc_core.errors import DatasetError
 
-    args = _kind_and_root("check-dataset", check_dataset.__doc__.splitlines()[0], argv, list_datasets())
+    args = _kind_and_root("check-dataset", _summary(check_dataset), argv, list_datasets())
     try:
         dataset = open_dataset(DataConfig(kind=args.kind, root=args.root))
     except DatasetError as e:  # a broken tree is a usage problem here: one line naming the path, exit 2
@@ -54,7 +59,7 @@ def download_help(argv: list[str] | None = None) -> int:
     login)."""
     from etc_core.data.registry import download_help as text, downloadable
 
-    args = _kind_and_root("download-help", download_help.__doc__.splitlines()[0], argv, downloadable())
+    args = _kind_and_root("download-help", _summary(download_help), argv, downloadable())
     print(text(args.kind, args.root))
     return 0
 
@@ -85,7 +90,7 @@ def predict(argv: list[str] | None = None) -> int:
         parser.add_argument("--overlay", default="video", choices=OVERLAYS, help="OUT/overlay.mp4, OUT/overlay/*.png")
         _device_args(parser)
 
-    cfg, args = parse_args(predict.__doc__.splitlines()[0], argv, add)
+    cfg, args = parse_args(_summary(predict), argv, add, prog="etc-pipeline predict")
     size = parse_size(args.size)
     check_predict(cfg, args)  # --input, --out, the store: before the model loads
     with bad_input():
@@ -126,7 +131,7 @@ def evaluate(argv: list[str] | None = None) -> int:
         parser.add_argument("--json", default=None, help="also write the table as JSON here")
         _device_args(parser)
 
-    cfg, args = parse_args(evaluate.__doc__.splitlines()[0], argv, add)
+    cfg, args = parse_args(_summary(evaluate), argv, add, prog="etc-pipeline evaluate")
     size = parse_size(args.size)
     flow_model = args.flow_model or (("dis" if cfg.flow.source == "dis" else cfg.flow.model) if args.input else None)
     flow_weights = args.flow_weights or cfg.flow.weights
@@ -167,7 +172,7 @@ def export(argv: list[str] | None = None) -> int:
         parser.add_argument("--size", default=None, help="HxW of the ONNX input (default: data.height x data.width)")
         parser.add_argument("--tolerance", type=float, default=1e-3, help="max abs logit difference allowed")
 
-    cfg, args = parse_args(export.__doc__.splitlines()[0], argv, add)
+    cfg, args = parse_args(_summary(export), argv, add, prog="etc-pipeline export")
     size = parse_size(args.size) or (cfg.data.height, cfg.data.width)
     formats = ("torchscript", "onnx") if args.format == "both" else (args.format,)
     check_export(cfg, args, formats)  # the formats, --out, the store: before the model loads
@@ -181,8 +186,38 @@ def export(argv: list[str] | None = None) -> int:
               f"{'ok' if r.ok else 'MISMATCH'}")
     return 0 if all(r.ok for r in results) else 1
 
+def copy_store(argv: list[str] | None = None) -> int:
+    """Copy the config's MLflow experiment (its runs with their metrics, pictures and artifacts, its logged models)
+    and the model versions registered from it, aliases included, to another tracking store such as a server; a rerun
+    copies only what is new."""
+    from etc_core.errors import ConfigError
+    from etc_core.preflight import bad_input
+    from etc_core.tracking.config import local_store_path
+    from etc_core.tracking.copy import copy_store as copy
+    from etc_core.tracking.mlflow import redact
+
+    def add(parser) -> None:
+        parser.add_argument("--to", required=True, help="the destination's tracking URI: http://HOST:5000 (a server), "
+                                                        "or sqlite:///path/mlflow.db")
+        parser.add_argument("--artifact-root", default=None,
+                            help="for a destination store on this disk: where a new experiment keeps its artifacts "
+                                 "(default: mlartifacts/ beside it); a server keeps them where it was told to")
+
+    cfg, args = parse_args(_summary(copy_store), argv, add, prog="etc-pipeline copy-store")
+    src, root = cfg.mlflow.tracking_uri, args.artifact_root
+    if root is None and (db := local_store_path(args.to)) is not None:
+        root = str(db.parent / "mlartifacts")
+    with bad_input():  # a missing or unreachable store, an unknown experiment: one line, exit 2
+        if args.to == src:
+            raise ConfigError(f"--to {redact(args.to)}: the store the config reads from (mlflow.tracking_uri)")
+        report = copy(src, args.to, cfg.mlflow.experiment, root)
+    print(f"{redact(src)} -> {redact(args.to)}, experiment {cfg.mlflow.experiment}: {report.summary()}")
+    print(f"later runs log there with mlflow.tracking_uri={redact(args.to)} (or MLFLOW_TRACKING_URI)")
+    return 0
+
+
 COMMANDS = {"make-dataset": make_dataset, "check-dataset": check_dataset, "download-help": download_help,
-            "predict": predict, "evaluate": evaluate, "export": export}
+            "predict": predict, "evaluate": evaluate, "export": export, "copy-store": copy_store}
 
 
 def usage() -> str:

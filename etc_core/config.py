@@ -199,10 +199,11 @@ class _OneLineParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def parse_args(description: str, argv: list[str] | None = None,
-               add_arguments=None) -> tuple[EtcConfig, argparse.Namespace]:
-    """Parse `--config PATH [section.key=value ...]`; on a config or argument error print one line and exit 2."""
-    parser = _OneLineParser(description=description)
+def parse_args(description: str, argv: list[str] | None = None, add_arguments=None,
+               prog: str | None = None) -> tuple[EtcConfig, argparse.Namespace]:
+    """Parse `--config PATH [section.key=value ...]`; on a config or argument error print one line and exit 2.
+    prog: the command as usage lines show it (default: the script's name)."""
+    parser = _OneLineParser(prog=prog, description=description)
     parser.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="dotted overrides")
     if add_arguments is not None:
