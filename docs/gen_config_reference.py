@@ -5,7 +5,7 @@ sections (each in the module beside the code it configures).
     .venv/bin/python docs/gen_config_reference.py --check   # exit 1 when docs/config.md is out of date
 
 Every key of EtcConfig, section by section (with the module that defines it), with its type, default, range and
-the comment on its line in the source (or its Field description). tests/unit/test_docs.py fails when the committed file differs from this output.
+its comment in the source, the comment lines that continue it included (or its Field description). tests/unit/test_docs.py fails when the committed file differs from this output.
 """
 from __future__ import annotations
 
@@ -53,16 +53,26 @@ in the module named under its heading.
 
 
 def _comments(cls: type) -> dict[str, str]:
-    """{field name: the comment on its line} for the fields a class defines in its own body."""
+    """{field name: its comment} for the fields a class defines in its own body: the comment on its line(s), and the
+    comment-only lines after it that continue it (up to a blank line or the end of the class; a comment block that
+    runs straight into the next statement is about that statement)."""
     source = textwrap.dedent(inspect.getsource(cls))
     by_line: dict[int, str] = {}
+    code_lines: set[int] = set()
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT:
             by_line[tok.start[0]] = tok.string.lstrip("#").strip()
+        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER):
+            code_lines.update(range(tok.start[0], tok.end[0] + 1))
     out = {}
     for node in ast.parse(source).body[0].body:
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             lines = [by_line[n] for n in range(node.lineno, node.end_lineno + 1) if n in by_line]
+            after = node.end_lineno + 1
+            while lines and after in by_line and after not in code_lines:
+                after += 1
+            if after not in code_lines:  # a blank line or the class's end: the comment lines continue this field's
+                lines += [by_line[n] for n in range(node.end_lineno + 1, after)]
             if lines:
                 out[node.target.id] = " ".join(lines)
     return out

@@ -1,7 +1,9 @@
-"""Every shell example of README.md and docs/quickstart.md either runs here or is listed below with the reason it
-cannot, so that an example cannot rot unnoticed: a new one fails the quick test until it is classified, and the
-slow test runs the runnable ones in order, in a temporary directory (configs/ and pipelines/ linked in), with tiny
-overrides appended (small generated data, two training steps, small networks)."""
+"""Every shell example of README.md, docs/quickstart.md and docs/gpu.md either runs here or is listed below with the
+reason it cannot, so that an example cannot rot unnoticed: a new one fails the quick test until it is classified,
+and the slow test runs the runnable ones in order, in a temporary directory (configs/ and pipelines/ linked in), with
+size and path overrides appended (small generated data, two training steps) and, for some, the lines their output
+must hold (EXPECT: the stages one by one on configs/demo.yaml, the student after the teacher, are issue 34's
+contract)."""
 from __future__ import annotations
 
 import os
@@ -16,7 +18,7 @@ from tests.conftest import REPO, TINY_DATA
 
 pytestmark = pytest.mark.integration
 
-DOCS = ("README.md", "docs/quickstart.md")
+DOCS = ("README.md", "docs/quickstart.md", "docs/gpu.md")
 # first words of the examples not run here, and why
 NOT_HERE = {
     "make demo": "the demo itself: its time is measured by hand (README)",
@@ -33,10 +35,32 @@ NOT_HERE = {
     ".venv/bin/python pipelines/full.py --config configs/demo.yaml data.num_videos=40":
         "full.py --config configs/demo.yaml runs in tests/integration/test_job_submit.py (every stage, the table) "
         "and starts its own Ray in tests/reliability/test_faults.py",
+    "infra/mlflow_server.sh": "a server that runs until stopped (tests/unit/test_infra.py checks its command)",
+    "nvidia-smi": "needs an NVIDIA driver",
+    ".venv/bin/python pipelines/full.py --config configs/gpu.yaml":
+        "needs a GPU: tests/gpu/test_gpu_config.py runs it at tiny sizes; without one, "
+        "tests/integration/test_entry_configs.py checks the one line it stops with",
+    ".venv/bin/etc-pipeline copy-store --config configs/demo.yaml --to http://":
+        "needs the server above (tests/integration/test_copy_store.py copies between two SQLite stores)",
 }
-TINY = [*TINY_DATA, "ray.num_cpus=2", "teacher.arch=pspnet18_slim", "student.arch=lraspp_mobilenetv3",
-        "train.max_steps=2", "train.steps_per_epoch=2", "train.batch_size=2", "train.crop=null",
-        "train.cpus_per_worker=1", "pipeline.ptlflow_timing_pairs=0", "sweep.num_samples=1"]
+# size and path overrides only (the demo's own networks and recipe; issue 34: the stages run alone with these)
+TINY = [*TINY_DATA, "ray.num_cpus=2", "train.max_steps=2", "train.steps_per_epoch=2", "train.batch_size=2",
+        "train.crop=null", "train.cpus_per_worker=1", "pipeline.ptlflow_timing_pairs=0", "sweep.num_samples=1"]
+BASELINE = "student.init_from=baseline: models:/etc-baseline-pspnet18_slim/1"
+# what a command's output must show, beyond exit code 0 (the first command starting with the key)
+EXPECT = {
+    ".venv/bin/python pipelines/train_teacher.py": [
+        "Ray dashboard: http://127.0.0.1:", "?workflowType=machine_learning once started with",
+        "mlflow ui --backend-store-uri sqlite:///"],
+    # the contract of issue 34: the student alone, after the teacher with the same overrides, trains its baseline
+    ".venv/bin/python pipelines/train_student.py": [f"{BASELINE} (none from this config: trained now)",
+                                                    "registered etc-student-pspnet18_slim version 1"],
+    ".venv/bin/python pipelines/train_baseline.py": [
+        "baseline: etc-baseline-pspnet18_slim version 1 was trained from this config before; reused"],
+    ".venv/bin/python pipelines/sweep.py": [f"{BASELINE} (registered from this config before: reused)"],
+    ".venv/bin/python pipelines/full.py --config configs/demo.yaml student.train": [
+        "stages run: student, evaluate; reused: flow, teacher, baseline"],  # the stages' baseline is full.py's
+}
 
 
 def shell_examples(doc: str) -> list[str]:
@@ -72,6 +96,24 @@ def test_every_doc_example_is_run_or_says_why_not():
     assert len([c for doc in DOCS for c in shell_examples(doc) if not _skipped(c)]) >= 8
 
 
+def _recipe(target: str) -> list[str]:
+    """The commands of a Makefile target, its variables filled in (PY, TEST_WORKERS at their defaults)."""
+    text = (REPO / "Makefile").read_text()
+    values = dict(re.findall(r"^(\w+) [?:]?= (.*)$", text, re.M))
+    lines = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", text, re.M).group(1).splitlines()
+    while any("$(" in line for line in lines):
+        lines = [re.sub(r"\$\((\w+)\)", lambda m: values[m.group(1)], line) for line in lines]
+    return [line.strip() for line in lines]
+
+
+def test_make_lines_say_what_the_makefile_runs():
+    """quickstart.md's `make demo` / `make test` comments name the command each target runs."""
+    said = re.findall(r"^make (\w+) .*then: (.*)$", (REPO / "docs" / "quickstart.md").read_text(), re.M)
+    assert {target for target, _ in said} == {"demo", "test"}
+    for target, command in said:
+        assert command.strip() in _recipe(target), (target, command, _recipe(target))
+
+
 @pytest.mark.slow
 def test_doc_examples_run_with_tiny_overrides(ray_local, tmp_path):
     join = f"ray.address={ray_local.get_runtime_context().gcs_address}"  # one Ray for all: no start-up per command
@@ -79,6 +121,7 @@ def test_doc_examples_run_with_tiny_overrides(ray_local, tmp_path):
         (tmp_path / name).symlink_to(REPO / name)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)  # the default store: runs/mlflow.db in the temporary directory
+    seen: set[str] = set()
     for doc in DOCS:
         for command in shell_examples(doc):
             if _skipped(command):
@@ -92,3 +135,8 @@ def test_doc_examples_run_with_tiny_overrides(ray_local, tmp_path):
                 argv[argv.index("data.root=/tmp/etc-data")] = f"data.root={tmp_path}/etc-data"
             proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
             assert proc.returncode == 0, (doc, command, proc.stderr[-3000:])
+            said = proc.stdout + proc.stderr
+            for key in [k for k in EXPECT if command.startswith(k) and k not in seen][:1]:
+                seen.add(key)
+                assert all(line in said for line in EXPECT[key]), (command, EXPECT[key], said[-3000:])
+    assert seen == set(EXPECT), set(EXPECT) - seen  # every expectation met a command
