@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from etc_core.data._real import ID_MODES, ClipIndex, IndexedDataset, image_header, png_names, require_dir
+from etc_core.data._real import (ID_MODES, ClipIndex, IndexedDataset, image_header, image_size, png_names,
+                                 require_dir)
 from etc_core.data.base import IGNORE_INDEX
 from etc_core.data.registry import DatasetKind
 from etc_core.errors import DatasetError
@@ -87,10 +88,6 @@ def _frame_format(directory: Path, frames: dict[int, str]) -> str:
     return fmt
 
 
-def _size(path: Path) -> tuple[int, int]:
-    return image_header(path)[0]
-
-
 def _index_clip(root: Path, split: str, clip: str) -> ClipIndex:
     """Validate one clip folder and return its index entry; raise on the first problem."""
     frames_dir = require_dir(root / split / clip / "frames", f"the clip's numbered frames, {_SEE}")
@@ -99,7 +96,7 @@ def _index_clip(root: Path, split: str, clip: str) -> ClipIndex:
         raise DatasetError(f"{frames_dir}: no frames (.png or .jpg named by their number, e.g. 000001.png)")
     fmt = _frame_format(frames_dir, frames)
     first = min(frames)
-    size = _size(frames_dir / frames[first])
+    size = image_size(frames_dir / frames[first])
     labels = []
     labels_dir = root / split / clip / "labels"
     for name in png_names(labels_dir, FRAME_SUFFIXES):
@@ -112,7 +109,7 @@ def _index_clip(root: Path, split: str, clip: str) -> ClipIndex:
         if n not in frames or frames[n].rsplit(".", 1)[0] != stem:
             raise DatasetError(f"{labels_dir / name}: no frame {stem} in {frames_dir} (a label is named like its "
                                f"frame, e.g. frames/{frames[first]} -> labels/{frames[first].rsplit('.', 1)[0]}.png)")
-        frame_size = _size(frames_dir / frames[n])
+        frame_size = image_size(frames_dir / frames[n])
         if frame_size != size:
             raise DatasetError(f"{frames_dir / frames[n]}: size {frame_size[0]}x{frame_size[1]}, the clip's first "
                                f"frame is {size[0]}x{size[1]}")
