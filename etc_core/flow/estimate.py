@@ -120,7 +120,7 @@ class GroundTruthEstimator:
     def __init__(self, dataset):
         if not callable(getattr(dataset, "pair_flow", None)):
             raise ConfigError(f"flow.source=ground_truth: {type(dataset).__name__} has no ground-truth flow "
-                              f"(use flow.source=ptlflow)")
+                              f"(use flow.source=dis, or ptlflow)")
         self.dataset = dataset
 
     def estimate(self, img0: np.ndarray, img1: np.ndarray, refs: list[PairRef]) -> np.ndarray:
@@ -162,7 +162,7 @@ class GroundTruthSource(FlowSource):
 
         if data is not None and not dataset_kind(data.kind).exact_flow:
             raise ConfigError(f"flow.source: ground_truth needs a dataset with exact flow, data.kind={data.kind} has "
-                              f"none (use flow.source=ptlflow)")
+                              f"none (use flow.source=dis, or ptlflow)")
 
     def describe(self) -> str:
         return "ground truth"

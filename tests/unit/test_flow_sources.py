@@ -80,7 +80,7 @@ def test_an_unknown_source_is_one_line_naming_the_key_and_the_known_sources():
 def test_ground_truth_is_refused_before_ray_on_a_dataset_without_exact_flow(tmp_path):
     cfg = load_config(None, ["data.kind=cityscapes", f"data.root={tmp_path}"])
     with pytest.raises(ConfigError, match=r"^flow.source: ground_truth needs a dataset with exact flow, "
-                                          r"data.kind=cityscapes has none \(use flow.source=ptlflow\)$"):
+                                          r"data.kind=cityscapes has none \(use flow.source=dis, or ptlflow\)$"):
         create_flow_source(cfg.flow).check(cfg.data)
     create_flow_source(cfg.flow).check(load_config().data)  # the generated data has it
 
