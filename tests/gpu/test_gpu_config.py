@@ -21,7 +21,7 @@ def test_gpu_config_runs_every_stage_on_the_gpu(tmp_path):
     assert "stages run: flow, teacher, baseline, student, evaluate" in proc.stdout
     assert "flow actor(s) of raft_small (weights none): 1 CPU, 1 GPU each" in proc.stderr  # the flow on the GPU
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("etc-pipeline").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("etc-gpu").experiment_id])
     trained = [r for r in runs if r.data.tags.get("etc.stage") in ("teacher", "baseline", "student")]
     assert len(trained) == 3 and all(r.data.params["train.use_gpu"] == "True" for r in trained)
     assert all(r.data.params["train.amp"] == "True" for r in trained)

@@ -96,7 +96,7 @@ def test_gpu_config_without_a_gpu_stops_before_any_work_with_one_line(tmp_path, 
     from etc_core.entry import run_entry
     from pipelines.full import main
 
-    monkeypatch.chdir(tmp_path)  # the config's relative paths (runs/gpu/..., runs/mlflow.db) would land here
+    monkeypatch.chdir(tmp_path)  # the config's relative paths (runs/gpu/...) would land here
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(SystemExit) as done:
         run_entry(main, ["--config", str(REPO / "configs" / "gpu.yaml")])
