@@ -130,8 +130,8 @@ def test_evaluate_data_without_exact_flow_asks_for_a_flow_model(tmp_path, capsys
                       "flowless", "--device", "cpu"])
         assert exit_.value.code == 2
         assert capsys.readouterr().err.strip().splitlines()[-1] == (
-            f"InputError: evaluate --data {tmp_path}: flowless clips carry no exact flow; give --flow-model (a "
-            f"ptlflow model) for TC")
+            f"InputError: evaluate --data {tmp_path}: flowless clips carry no exact flow; give --flow-model (dis, "
+            f"or a ptlflow model) for TC")
     finally:
         DATASETS.remove("flowless")
 
