@@ -6,6 +6,7 @@ clip frame came from. Label images hold every id of the dataset in a fixed patte
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +101,17 @@ def make_folder(root: Path, splits: dict = FOLDER, h: int = H, w: int = W, suffi
             for n in labelled:
                 _save(label, root / split / clip / "labels" / f"{n:06d}.png")
     return root
+
+
+def assert_breakage_named(reader, tree: Path, copy: Path, breakage) -> None:
+    """Copy `tree` to `copy`, break the copy with breakage(copy) (which returns the regex of the expected message),
+    and check that opening it with reader(copy) is one DatasetError line matching it and naming the copy."""
+    import pytest
+
+    from etc_core.errors import DatasetError
+
+    shutil.copytree(tree, copy)
+    message = breakage(copy)
+    with pytest.raises(DatasetError, match=message) as err:
+        reader(copy)
+    assert "\n" not in str(err.value) and str(copy) in str(err.value)

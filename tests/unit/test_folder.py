@@ -16,7 +16,8 @@ from etc_core.errors import ConfigError, DatasetError
 from etc_core.flow.sources import create_flow_source
 from etc_core.flow.stage import plan_shards, stage_identity
 from tests.conftest import REPO
-from tests.real_trees import FOLDER_CLASSES, H, W, folder_label, frame_number, make_folder
+from tests.real_trees import (FOLDER_CLASSES, H, W, assert_breakage_named, folder_label, frame_number,
+                              make_folder)
 
 
 @pytest.fixture(scope="module")
@@ -122,12 +123,7 @@ def _no_labels(root):
 @pytest.mark.parametrize("breakage", [_no_classes, _label_size, _no_val, _not_numbered, _gap, _padding,
                                       _orphan_label, _colour_label, _stray_file, _no_labels])
 def test_a_broken_folder_names_the_path_in_one_line(root, tmp_path, breakage):
-    broken = tmp_path / "own"
-    shutil.copytree(root, broken)
-    message = breakage(broken)
-    with pytest.raises(DatasetError, match=message) as err:
-        FolderDataset(broken)
-    assert "\n" not in str(err.value) and str(broken) in str(err.value)
+    assert_breakage_named(FolderDataset, root, tmp_path / "own", breakage)
 
 
 def test_an_id_outside_classes_txt_is_named_when_read(root, tmp_path):
