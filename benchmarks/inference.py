@@ -49,21 +49,39 @@ def architectures(teacher: str, sizes: list[tuple[int, int]], quick: bool) -> li
     return rows
 
 
-def etc_vs_baseline(sizes: list[tuple[int, int]], rounds: int, quick: bool) -> list[dict]:
-    """The reproduction's seed-0 ETC (+TL+KD) and baseline students, timed in alternation."""
-    import json
-
-    from etc_core.infer.predict import Predictor
-    from etc_core.tracking import mlflow as tracking
+def _students(quick: bool) -> tuple[dict, str]:
+    """({"baseline": model, "+TL+KD": model}, where they come from): the reproduction's seed-0 baseline and ETC
+    students when this bench store holds them (a run of benchmarks.reproduce here trained them), else two fresh
+    networks of the student's architecture. The ETC terms change a student's weights, never its network, and a dense
+    network's time does not depend on its weights; `make bench` starts from an empty store and a complete ledger
+    trains nothing, so the fresh networks are what it times then."""
+    from benchmarks.repro_plan import Plan
+    from etc_core.config import apply_values
+    from etc_core.models import create_model
     from etc_core.tracking.registry import load_model
+    from etc_core.train.run import find_registered
 
-    path = common.RESULTS / ("reproduce_quick.json" if quick else "reproduce.json")
-    if not path.exists():
-        raise SystemExit(f"{path}: not found; run python -m benchmarks.reproduce first")
-    runs = json.loads(path.read_text())["runs"]
-    uris = {r["variant"]: r["model_uri"] for r in runs if r["seed"] == runs[0]["seed"]}
-    tracking.setup(common.bench_config(quick=quick).mlflow)
-    models = {name: load_model(uris[name])[0] for name in ("baseline", "+TL+KD")}
+    cfg = common.bench_config(quick=quick)
+    steps = 4 if quick else 600  # benchmarks/reproduce.py's fine-tune schedule
+    plan = Plan(cfg, [0], {"train.max_steps": steps, "train.steps_per_epoch": 2 if quick else steps // 3})
+    baseline, teacher = find_registered(plan.seeds[0], "baseline"), find_registered(plan.teacher_cfg, "teacher")
+    if baseline is not None and teacher is not None:
+        student = apply_values(plan.students[0]["+TL+KD"][0], {"student.init_from": baseline.model_uri,
+                                                               "student.teacher_uri": teacher.model_uri})
+        etc = find_registered(student, "student")
+        if etc is not None:
+            return ({"baseline": load_model(baseline.model_uri)[0], "+TL+KD": load_model(etc.model_uri)[0]},
+                    f"the reproduction's seed-0 students ({baseline.model_uri}, {etc.model_uri})")
+    torch.manual_seed(0)
+    models = {name: create_model(cfg.student.arch, num_classes=19) for name in ("baseline", "+TL+KD")}
+    return models, f"two fresh {cfg.student.arch} networks (no trained students in this bench store)"
+
+
+def etc_vs_baseline(sizes: list[tuple[int, int]], rounds: int, quick: bool) -> list[dict]:
+    """The ETC (+TL+KD) and baseline students (_students), timed in alternation."""
+    from etc_core.infer.predict import Predictor
+
+    models, source = _students(quick)
     rows = []
     for size in sizes:
         frame = _frame(size)
@@ -73,7 +91,7 @@ def etc_vs_baseline(sizes: list[tuple[int, int]], rounds: int, quick: bool) -> l
             for name, predictor in predictors.items():
                 times[name].append(latency_ms(predictor, frame, 1 if quick else 5, 0.5 if quick else 4.0))
         base, etc = statistics.median(times["baseline"]), statistics.median(times["+TL+KD"])
-        rows.append({"size": list(size), "arch": models["baseline"].__class__.__name__, "uris": uris,
+        rows.append({"size": list(size), "arch": models["baseline"].__class__.__name__, "source": source,
                      "baseline_ms": times["baseline"], "etc_ms": times["+TL+KD"], "etc_over_baseline": etc / base})
         print(f"{size[0]}x{size[1]}: ETC {etc:.1f} ms vs baseline {base:.1f} ms = {etc / base:.3f}x", flush=True)
     return rows

@@ -166,9 +166,11 @@ def inference_section(r: dict) -> list[str]:
              "| size | arch | role | latency ms | FPS | speed-up vs teacher |", "|---|---|---|---|---|---|"]
     lines += [f"| {a['size'][0]}x{a['size'][1]} | {a['arch']} | {a['role']} | {a['latency_ms']:.1f} | "
               f"{a['fps']:.2f} | {a['speedup_vs_teacher']:.1f}x |" for a in r["architectures"]]
-    lines += ["", f"ETC-trained student vs the same architecture trained without ETC (the seed-0 +TL+KD and baseline "
-              f"students of the reproduction run that stood on {r['date']}, before the one of section 5; a network's "
-              "speed does not depend on its weights; timed in alternation):", "",
+    source = r["etc_vs_baseline"][0].get("source", "the seed-0 +TL+KD and baseline students of the reproduction "
+                                                   f"run that stood on {r['date']}, before the one of section 5")
+    lines += ["", f"ETC-trained student vs the same architecture trained without ETC ({source}; the ETC terms change "
+              "a student's weights, never its network, and a network's speed does not depend on its weights; timed "
+              "in alternation):", "",
               "| size | ETC ms (rounds) | baseline ms (rounds) | ETC / baseline |", "|---|---|---|---|"]
     lines += [f"| {e['size'][0]}x{e['size'][1]} | {', '.join(f'{x:.1f}' for x in e['etc_ms'])} | "
               f"{', '.join(f'{x:.1f}' for x in e['baseline_ms'])} | **{e['etc_over_baseline']:.3f}** |"
