@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # only named as types here
 
 log = logging.getLogger(__name__)
 
-UI_HOST, UI_PORT = "127.0.0.1", 5000  # where `mlflow ui` listens in the command these lines give
+UI_HOST, UI_PORT = "127.0.0.1", 5000  # where the MLflow UI listens in the command these lines give
 
 
 def experiment_url(base: str, experiment_id: str) -> str:

@@ -140,3 +140,14 @@ class CountingServer:
 
     def __exit__(self, *exc) -> None:
         self.sock.close()
+
+
+def frames_dir(root: Path) -> Path:
+    """A folder of three small PNG frames: a valid --input for predict / evaluate."""
+    import numpy as np
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    for t in range(3):
+        Image.fromarray(np.full((16, 24, 3), 40 * t, np.uint8)).save(root / f"{t:06d}.png")
+    return root

@@ -7,27 +7,17 @@ Real processes, real MLflow clients and real closed ports; nothing is mocked.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from etc_core.cli import main
-from tests.reliability._inputs import ETC, CountingServer, assert_one_line_error, closed_port, files_under, run
+from tests.reliability._inputs import (ETC, CountingServer, assert_one_line_error, closed_port, files_under, frames_dir,
+                                      run)
 
 pytestmark = pytest.mark.integration
 
 HINT = "set MLFLOW_TRACKING_URI or mlflow.tracking_uri=URI to use another store"
 HTTP_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT")
-
-
-def _frames(root: Path) -> Path:
-    """A folder of three small PNG frames: a valid --input."""
-    root.mkdir(parents=True)
-    for t in range(3):
-        Image.fromarray(np.full((16, 24, 3), 40 * t, np.uint8)).save(root / f"{t:06d}.png")
-    return root
 
 
 def _cli(capsys, *argv) -> tuple[int, list[str]]:
@@ -39,7 +29,7 @@ def _cli(capsys, *argv) -> tuple[int, list[str]]:
 
 
 def test_predict_against_a_dead_tracking_server_is_one_line_exit_2_and_leaves_nothing(tmp_path):
-    frames = _frames(tmp_path / "in")
+    frames = frames_dir(tmp_path / "in")
     uri = f"http://127.0.0.1:{closed_port()}"
     start = time.perf_counter()
     proc = run([*ETC, "predict", "--model", "models:/nope@champion", "--input", str(frames), "--out", "out",
@@ -61,7 +51,7 @@ def test_predict_against_a_dead_tracking_server_is_one_line_exit_2_and_leaves_no
     ("export", ["--out", "out", "--format", "torchscript"]),
 ])
 def test_reading_the_default_store_creates_none(command, args, tmp_path, monkeypatch, capsys):
-    frames = _frames(tmp_path / "in")
+    frames = frames_dir(tmp_path / "in")
     monkeypatch.chdir(tmp_path)  # the default store is runs/mlflow.db here
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     argv = [a.replace("{frames}", str(frames)) for a in args]
@@ -86,7 +76,7 @@ def test_reading_the_default_store_creates_none(command, args, tmp_path, monkeyp
      "StorageError: --out {tmp}/in/000000.png/x: {tmp}/in/000000.png is a file, not a folder"),
 ])
 def test_inputs_and_outputs_are_checked_before_the_store(command, args, line, tmp_path, capsys):
-    _frames(tmp_path / "in")
+    frames_dir(tmp_path / "in")
     dead = f"mlflow.tracking_uri=http://127.0.0.1:{closed_port()}"  # reached only if the order were wrong
     code, err = _cli(capsys, command, "--model", "models:/nope@champion",
                      *[a.replace("{tmp}", str(tmp_path)) for a in args], dead)

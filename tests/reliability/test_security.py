@@ -18,8 +18,8 @@ import psutil
 import pytest
 
 from tests.conftest import REPO, end_processes
-from tests.reliability._inputs import (ETC, assert_one_line_error, closed_port, files_under, run, write_checkpoint,
-                                       write_shard_set)
+from tests.reliability._inputs import (ETC, assert_one_line_error, closed_port, files_under, frames_dir, run,
+                                       write_checkpoint, write_shard_set)
 
 pytestmark = pytest.mark.integration
 
@@ -186,7 +186,7 @@ def test_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path):
     assert control.returncode == 0 and (tmp_path / "pwned").exists()  # the file really is malicious
     (tmp_path / "pwned").unlink()
 
-    proc = run([*ETC, "predict", "--model", str(ckpt), "--input", str(tmp_path / "frames"),
+    proc = run([*ETC, "predict", "--model", str(ckpt), "--input", str(frames_dir(tmp_path / "frames")),
                 "--out", str(tmp_path / "pred")])
     assert_one_line_error(proc, "InputError", f"{ckpt}: unreadable checkpoint (UnpicklingError: Weights only load "
                                               "failed", code=2)
@@ -210,7 +210,7 @@ def test_malicious_weights_in_the_mlflow_registry_are_refused(tmp_path):
     client.log_artifacts(run_id, str(extra), "model/extra_files")
     client.set_terminated(run_id)
 
-    proc = run([*ETC, "predict", "--model", f"runs:/{run_id}/model", "--input", str(tmp_path / "frames"),
+    proc = run([*ETC, "predict", "--model", f"runs:/{run_id}/model", "--input", str(frames_dir(tmp_path / "frames")),
                 "--out", str(tmp_path / "pred"), f"mlflow.tracking_uri={uri}"])
     assert_one_line_error(proc, "InputError", f"runs:/{run_id}/model: not an etc-pipeline model (UnpicklingError: "
                                               "Weights only load failed", code=2)
