@@ -118,34 +118,24 @@ def _log_history(trial) -> None:
             tracking.log_metrics(metrics, step=int(row["step"]))
 
 
-def _kept_checkpoint(path: str, filesystem) -> bool:
-    """Whether Ray still keeps the checkpoint at `path` (train.num_to_keep drops the others): a local folder, or
-    bucket/prefix on the storage's S3 filesystem."""
-    if filesystem is None:
-        return os.path.isdir(path)
-    from pyarrow import fs
-
-    return filesystem.get_file_info(path).type == fs.FileType.Directory
-
-
 def _register(cfg: EtcConfig, trial, run_id: str, num_classes: int, manifest: dict):
-    """Register the trial's kept checkpoint with the best val mIoU, read through the filesystem Ray Train stored it
-    on (train.storage_path: a local folder or s3:// at s3.endpoint_url); None when no checkpoint is kept."""
-    filesystem = cfg.s3.access.filesystem(cfg.train.storage_path)
+    """Register the trial's kept checkpoint (train.num_to_keep drops the others) with the best val mIoU, read through
+    the filesystem Ray Train stored it on (train.storage_path: local, or s3:// at s3.endpoint_url); None when no
+    checkpoint is kept."""
+    from pyarrow import fs
+    from ray.train import Checkpoint
+
+    filesystem = cfg.s3.access.filesystem(cfg.train.storage_path) or fs.LocalFileSystem()
     rows = [r for r in trial.history if isinstance(r.get("checkpoint_path"), str)
-            and math.isfinite(r.get("val_miou", math.nan)) and _kept_checkpoint(r["checkpoint_path"], filesystem)]
+            and math.isfinite(r.get("val_miou", math.nan))
+            and filesystem.get_file_info(r["checkpoint_path"]).type == fs.FileType.Directory]
     if not rows:
         log.warning("sweep.register_best: trial %s kept no checkpoint at %s; nothing registered", trial.trial_id,
                     cfg.train.storage_path)
         return None
     row = max(rows, key=lambda r: r["val_miou"])
-    if filesystem is None:
-        state = load_checkpoint(row["checkpoint_path"])
-    else:
-        from ray.train import Checkpoint
-
-        with Checkpoint(row["checkpoint_path"], filesystem=filesystem).as_directory() as local:
-            state = load_checkpoint(local)
+    with Checkpoint(row["checkpoint_path"], filesystem=filesystem).as_directory() as local:
+        state = load_checkpoint(local)
     return register_state(trial.config, "student", state, best_metrics(row), num_classes, run_id, manifest)
 
 
