@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import statistics
 
+from benchmarks import common
+
 METRICS = ("miou", "tc", "tc_noc", "flicker_interior", "flicker_boundary", "mvc8")
 TITLES = ("mIoU", "TC", "TC-noc", "flicker interior %", "flicker boundary %", "mVC8")
 
@@ -33,8 +35,7 @@ def _suffix(r: dict) -> str:
     """'' for the reproduction, '_motion' for the motion study, '_kd' for the distillation study (file names)."""
     if r.get("study"):
         return {"reproduce": ""}.get(r["study"], "_" + r["study"])
-    stem = _config(r).rsplit("/", 1)[-1].removesuffix(".yaml")
-    return "" if stem == "reproduce" else "_" + stem.removeprefix("reproduce_")
+    return common.suffix(_config(r))
 
 
 def acceptance_section(r: dict) -> list[str]:
