@@ -104,10 +104,12 @@ def forward_pair(model, teacher, loss_fn: EtcLoss, data: dict, use_amp: bool = F
 
 
 def train_step(model, teacher, loss_fn: EtcLoss, opt, sched, scaler, batch: dict, device: torch.device,
-               use_amp: bool, grad_clip: float | None, tc_scale: float = 1.0) -> dict[str, float]:
-    """One optimizer step on a loader batch (uint8 frames, flow, label); returns the loss terms as floats and
-    `logit_norm`, the mean L2 norm of frame t's per-pixel logit vector (a shrinking norm is how a logit-form
-    temporal loss can be lowered without changing any prediction, docs/method.md)."""
+               use_amp: bool, grad_clip: float | None, tc_scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """One optimizer step on a loader batch (uint8 frames, flow, label); returns the loss terms and `logit_norm`,
+    the mean L2 norm of frame t's per-pixel logit vector (a shrinking norm is how a logit-form temporal loss can be
+    lowered without changing any prediction, docs/method.md), as detached 0-d tensors on the device: reading them
+    (`floats`) waits for the device, so the loop reads them only when it logs (docs/benchmarks.md, "Train-step
+    overhead")."""
     data = {"img_t": normalize(batch["img0"].to(device)), "img_next": normalize(batch["img1"].to(device)),
             "label": batch["label"].to(device)}
     if loss_fn.cfg.needs_flow:
@@ -122,9 +124,15 @@ def train_step(model, teacher, loss_fn: EtcLoss, opt, sched, scaler, batch: dict
     scaler.step(opt)
     scaler.update()
     sched.step()
-    values = {k: float(v.detach()) for k, v in parts.items()}
-    values["logit_norm"] = float(out.out_t.logits.detach().float().norm(dim=1).mean())
+    values = {k: v.detach() for k, v in parts.items()}
+    values["logit_norm"] = out.out_t.logits.detach().float().norm(dim=1).mean()
     return values
+
+
+def floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """train_step's values as Python floats: one transfer from the device, not one per value."""
+    names = list(values)
+    return dict(zip(names, torch.stack([values[k].float() for k in names]).tolist()))
 
 
 def step_metrics(values: dict[str, float], lr: float) -> dict[str, float]:
@@ -243,36 +251,54 @@ def train_epoch(model, teacher, loss_fn, opt, sched, scaler, cfg: EtcConfig, epo
                                 num_workers=t.loader_workers, shuffle=True, seed=t.seed + 7919 * epoch,
                                 transform=augment, steps_per_epoch=steps, s3=cfg.s3.access)
     model.train()
-    sums: dict[str, float] = {}
-    samples, start = 0, time.perf_counter()
-    step = step0
+    sums: dict[str, torch.Tensor] = {}  # on the device: added up without waiting for it
+    samples, start, data_s = 0, time.perf_counter(), 0.0
+    step, checked = step0, step0
+    waited = time.perf_counter()
     for batch in loader:
+        data_s += time.perf_counter() - waited  # time this rank waited for the loader's next batch
         values = train_step(model, teacher, loss_fn, opt, sched, scaler, batch, device, use_amp, t.grad_clip,
                             loss_fn.tc_scale(step, t.max_steps))
         step += 1
         samples += len(batch["img0"]) * world
-        if not math.isfinite(values["total"]):
-            raise FloatingPointError(f"loss is {values['total']} at step {step} ({values})")
         for k, v in values.items():
-            sums[k] = sums.get(k, 0.0) + v
-        if rank == 0 and (step - step0) % t.log_every == 0 and step - step0 < steps:  # progress within the epoch
-            rate = (step - step0) / max(time.perf_counter() - start, 1e-9)
-            log.info("epoch %d step %d/%d (%d/%d of this epoch) loss %.4f %.2f steps/s eta %s", epoch, step,
-                     t.max_steps, step - step0, steps, values["total"], rate,
-                     _eta((t.max_steps - step) / max(rate, 1e-9)))
-        if logger and step % t.log_every == 0:
-            logger.metrics(step_metrics(values, sched.get_last_lr()[0]), step=step)
+            sums[k] = sums[k] + v if k in sums else v.clone()
+        if (step - step0) % t.log_every == 0 or step % t.log_every == 0 or step - step0 == steps:  # the only reads
+            _check_finite(sums, checked, step)
+            checked, now = step, floats(values)  # of the device's values
+            if rank == 0 and (step - step0) % t.log_every == 0 and step - step0 < steps:  # progress in the epoch
+                rate = (step - step0) / max(time.perf_counter() - start, 1e-9)
+                log.info("epoch %d step %d/%d (%d/%d of this epoch) loss %.4f %.2f steps/s eta %s", epoch, step,
+                         t.max_steps, step - step0, steps, now["total"], rate,
+                         _eta((t.max_steps - step) / max(rate, 1e-9)))
+            if logger and step % t.log_every == 0:
+                logger.metrics(step_metrics(now, sched.get_last_lr()[0]), step=step)
+        waited = time.perf_counter()
+    if sums and checked != step:
+        _check_finite(sums, checked, step)
     elapsed = time.perf_counter() - start
     done = max(step - step0, 1)
-    metrics = {f"train_{k}": v / done for k, v in sums.items()}
+    metrics = {f"train_{k}": v / done for k, v in (floats(sums) if sums else {}).items()}
     metrics["samples_per_s"] = samples / max(elapsed, 1e-9)
+    metrics["data_ms_per_step"] = 1000 * data_s / done
     if rank == 0:
-        log.info("epoch %d step %d/%d loss %.4f (%s) %.1f samples/s", epoch, step, t.max_steps,
-                 metrics.get("train_total", float("nan")), epoch_terms(metrics), metrics["samples_per_s"])
+        log.info("epoch %d step %d/%d loss %.4f (%s) %.1f samples/s, %.1f ms/step waiting for data", epoch, step,
+                 t.max_steps, metrics.get("train_total", float("nan")), epoch_terms(metrics),
+                 metrics["samples_per_s"], metrics["data_ms_per_step"])
         if logger:
             logger.metrics({"train/samples_per_s": metrics["samples_per_s"],
+                            "train/data_ms_per_step": metrics["data_ms_per_step"],
                             "train/epoch_logit_norm": metrics["train_logit_norm"]}, step=step)
     return metrics
+
+
+def _check_finite(sums: dict[str, torch.Tensor], first: int, last: int) -> None:
+    """Raise when a loss term of steps first+1..last was not finite (their sum is not): checked at every log point
+    and at the epoch's end, where the loop reads the device anyway, not after every step."""
+    total = float(sums["total"])
+    if not math.isfinite(total):
+        raise FloatingPointError(f"loss is {total} in steps {first + 1}-{last} "
+                                 f"(sums since the epoch began: {floats(sums)})")
 
 
 def _eta(seconds: float) -> str:

@@ -14,7 +14,8 @@ from etc_core.config import StudentLossConfig, _default_space, load_config
 from etc_core.losses import (EtcLoss, LossConfig, Outputs, Term, kd_pixel, kd_temporal, list_terms,
                              segmentation_loss, temporal_loss, term_names)
 from etc_core.models import create_model, freeze
-from etc_core.train.loop import build_optimizer, epoch_terms, forward_pair, stage_spec, step_metrics, train_step
+from etc_core.train.loop import (build_optimizer, epoch_terms, floats, forward_pair, stage_spec, step_metrics,
+                                 train_step)
 
 NUM_CLASSES = 4
 
@@ -245,8 +246,8 @@ def test_a_registered_term_reaches_the_total_the_logs_the_baseline_and_the_sweep
     batch = {"img0": torch.from_numpy(rng.integers(0, 255, (2, 3, 32, 48), dtype=np.uint8)),
              "img1": torch.from_numpy(rng.integers(0, 255, (2, 3, 32, 48), dtype=np.uint8)),
              "flow": torch.zeros(2, 2, 32, 48), "label": torch.from_numpy(rng.integers(0, NUM_CLASSES, (2, 32, 48)))}
-    values = train_step(model, None, loss_fn, opt, sched, torch.amp.GradScaler("cuda", enabled=False), batch,
-                        torch.device("cpu"), use_amp=False, grad_clip=None)
+    values = floats(train_step(model, None, loss_fn, opt, sched, torch.amp.GradScaler("cuda", enabled=False), batch,
+                               torch.device("cpu"), use_amp=False, grad_clip=None))
     assert values["pair_l1"] > 0 and values["total"] == pytest.approx(values["ce"] + 0.5 * values["pair_l1"])
     assert "train/loss_pair_l1" in step_metrics(values, 0.01)
     assert epoch_terms({f"train_{k}": v for k, v in values.items()}).split()[-4:-2] == ["pair_l1",

@@ -8,8 +8,8 @@ from etc_core.config import load_config
 from etc_core.losses import EtcLoss, Outputs
 from etc_core.losses.etc import LossConfig
 from etc_core.models import create_model, paired_dropout
-from etc_core.train.loop import (build_optimizer, build_training, epoch_terms, stage_spec, step_metrics,
-                                 train_step)
+from etc_core.train.loop import (_check_finite, build_optimizer, build_training, epoch_terms, floats, stage_spec,
+                                 step_metrics, train_step)
 
 K = 5
 
@@ -30,8 +30,8 @@ def test_temporal_loss_is_zero_on_an_identical_pair_with_zero_flow_in_train_mode
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     loss_fn = EtcLoss(LossConfig(tc_weight=1.0))
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    values = train_step(model, None, loss_fn, opt, sched, scaler, _identical_pair_batch(), torch.device("cpu"),
-                        use_amp=False, grad_clip=None)
+    values = floats(train_step(model, None, loss_fn, opt, sched, scaler, _identical_pair_batch(),
+                               torch.device("cpu"), use_amp=False, grad_clip=None))
     assert values["tc"] < 1e-6 and values["ce"] > 0.1
     assert values["logit_norm"] > 0
     # the names training logs (MLflow metrics and the epoch line), read from the loss's list of terms
@@ -125,3 +125,23 @@ def test_zero_flow_control_compares_frames_without_motion():
     true_flow = EtcLoss(LossConfig(tc_weight=1.0))(*args)["tc"]
     zero_flow = EtcLoss(LossConfig(tc_weight=1.0, tc_flow="zero"))(*args)["tc"]
     assert float(true_flow) < 0.1 * float(zero_flow)
+
+
+def test_step_values_stay_on_the_device_until_a_log_point_reads_them():
+    """train_step hands back detached 0-d tensors (reading one waits for the device); the loop adds them up on the
+    device and checks the sum at its log points, naming the steps a non-finite loss fell in."""
+    torch.manual_seed(0)
+    model = create_model("pspnet18_slim", num_classes=K).train()
+    cfg = load_config(None, [])
+    opt = build_optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    values = train_step(model, None, EtcLoss(LossConfig(tc_weight=1.0)), opt, sched,
+                        torch.amp.GradScaler("cuda", enabled=False), _identical_pair_batch(), torch.device("cpu"),
+                        use_amp=False, grad_clip=None)
+    assert all(torch.is_tensor(v) and v.dim() == 0 and not v.requires_grad for v in values.values())
+    assert floats(values) == {k: float(v) for k, v in values.items()}
+    sums = {"total": torch.tensor(3.0), "ce": torch.tensor(2.0)}
+    _check_finite(sums, 50, 100)  # finite: nothing raised
+    sums["total"] = sums["total"] + torch.tensor(float("nan"))
+    with pytest.raises(FloatingPointError, match="loss is nan in steps 51-100"):
+        _check_finite(sums, 50, 100)
