@@ -5,7 +5,9 @@
 2. RAPIDFlow, random init (the same compute as trained weights) at 192x320, 1008 pairs: a plain sequential loop
    in this process writing the same shards (etc_core.flow.work.write_shards_sequentially: the same code and
    bytes), and the stage with 1 and 2 flow actors.
-3. With CUDA: pairs/s per GPU of two ptlflow models through the stage, 1 and 2 actors on one GPU.
+3. DIS (OpenCV, a CPU estimator that runs here for real) at the same size: the plain loop against the stage at its
+   defaults (issue 35: the stage >= 1.0x the loop).
+4. With CUDA: pairs/s per GPU of two ptlflow models through the stage, 1 and 2 actors on one GPU.
 
 Ray is started (or joined) and its workers warmed up by a tiny run before anything is timed. Every row reports end-to-end pairs/s (the stage's compute
 phase: actor start-up included), steady-state pairs/s (after the first shard was written), the slowest actor's
@@ -61,19 +63,20 @@ def stage(name: str, size: tuple, *extra: str) -> dict:
     return row
 
 
-def sequential(name: str, size: tuple, model: str) -> dict:
-    """The plain loop in this process: build the model, then read, estimate, encode and write shard by shard."""
+def sequential(name: str, size: tuple, *extra: str) -> dict:
+    """The plain loop in this process: build the estimator (all of this process's torch threads), then read,
+    estimate, encode and write shard by shard."""
     from etc_core.data.registry import open_dataset
-    from etc_core.flow.estimate import PtlflowEstimator
+    from etc_core.flow.sources import create_flow_source
     from etc_core.flow.stage import plan_shards
     from etc_core.flow.work import ShardJob, steady_rate, write_shards_sequentially
 
-    cfg = _cfg(name, size, "flow.source=ptlflow", f"flow.model={model}", "flow.weights=none")
+    cfg = _cfg(name, size, *extra)
     dataset = open_dataset(cfg.data, generate=True)
     jobs = [ShardJob(split, i, s) for split, plan in plan_shards(dataset, cfg).items() for i, s in enumerate(plan)]
     shutil.rmtree(cfg.shards.uri, ignore_errors=True)
     start, cpu = time.perf_counter(), time.process_time()
-    estimator = PtlflowEstimator(model, "none", device="cpu")
+    estimator = create_flow_source(cfg.flow).estimator(dataset)
     startup = time.perf_counter() - start
     done_at = []
     for job in jobs:
@@ -106,9 +109,11 @@ def main() -> None:
     warm_up_s = time.perf_counter() - warm
     gt = {f"{n} worker{'s' * (n > 1)}": stage(f"gt-{n}", gt_size, f"flow.max_cpus={n}") for n in (1, 2)}
     ptl = ["flow.source=ptlflow", f"flow.model={args.model}", "flow.weights=none"]
-    pt = {"sequential": sequential("seq", pt_size, args.model)}
+    pt = {"sequential": sequential("seq", pt_size, *ptl)}
     for n in (1, 2):
         pt[f"{n} actor{'s' * (n > 1)}"] = stage(f"pt-{n}", pt_size, *ptl, f"flow.num_actors={n}")
+    dis = {"sequential": sequential("dis-seq", pt_size, "flow.source=dis"),
+           "stage (defaults)": stage("dis-stage", pt_size, "flow.source=dis")}
     gpu_rows = []
     if torch.cuda.is_available():
         for model in GPU_MODELS:
@@ -126,11 +131,15 @@ def main() -> None:
                           "pairs": pt["sequential"]["pairs"], "rows": pt,
                           "two_vs_one_actor": rate(pt, "2 actors") / rate(pt, "1 actor"),
                           "stage_vs_sequential": rate(pt, "2 actors") / rate(pt, "sequential")},
+              "dis": {"preset": common.bench_config().flow.dis_preset, "frame": list(pt_size[0]),
+                      "pairs": dis["sequential"]["pairs"], "rows": dis,
+                      "stage_vs_sequential": rate(dis, "stage (defaults)") / rate(dis, "sequential")},
               "gpu": gpu_rows, "warm_up_s": warm_up_s}
     print(f"ground truth: 2 vs 1 worker {result['ground_truth']['two_vs_one']:.2f}x, driver CPU "
           f"{100 * result['ground_truth']['driver_cpu_fraction']:.1f} % of wall; {args.model}: 2 vs 1 actor "
           f"{result['ptlflow']['two_vs_one_actor']:.2f}x, stage (2 actors) vs sequential loop "
-          f"{result['ptlflow']['stage_vs_sequential']:.2f}x")
+          f"{result['ptlflow']['stage_vs_sequential']:.2f}x; DIS: stage (defaults) vs sequential loop "
+          f"{result['dis']['stage_vs_sequential']:.2f}x")
     common.save("flow_stage" + ("_quick" if args.quick else ""), result, started)
 
 

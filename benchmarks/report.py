@@ -138,7 +138,7 @@ def flow_section(r: dict) -> list[str]:
              f"- stage (2 actors) vs the sequential loop: **{pt['stage_vs_sequential']:.2f}x** (target ≥ 1.1: "
              f"{_verdict(pt['stage_vs_sequential'] >= 1.1)})",
              f"- 2 actors vs 1 actor: **{pt['two_vs_one_actor']:.2f}x** (target ≥ 1.6: "
-             f"{_verdict(pt['two_vs_one_actor'] >= 1.6)})", "", *_flow_why(r), "",
+             f"{_verdict(pt['two_vs_one_actor'] >= 1.6)})", "", *_flow_why(r), "", *_dis_rows(r.get("dis")),
              "GPU, pairs/s per GPU through the stage:", ""]
     if r["gpu"]:
         lines += ["| model | actors on one GPU | fp16 | pairs/s end to end | steady pairs/s | start-up |",
@@ -149,6 +149,17 @@ def flow_section(r: dict) -> list[str]:
         lines.append("not yet measured: no GPU was lent to the run above (the script measures "
                      "rapidflow_it1 and raft_small when `torch.cuda.is_available()`).")
     return lines + ["", "![throughput vs workers](figures/throughput_workers.png)", ""]
+
+
+def _dis_rows(dis: dict | None) -> list[str]:
+    """The DIS rows: the stage at its defaults against the plain loop with the same estimator (issue 35, item 4)."""
+    if not dis:
+        return ["DIS (a CPU estimator), the stage at its defaults against the plain loop: not yet measured.", ""]
+    return [f"DIS ({dis['preset']}), {dis['pairs']} pairs of {dis['frame'][0]}x{dis['frame'][1]} frames: the stage at "
+            "its defaults (DIS in the read tasks, one CPU and one cv2 thread each) against the plain loop in one "
+            "process (cv2 with torch's threads), writing the same shards:", "", *_flow_rows(dis["rows"]), "",
+            f"- stage (defaults) vs the sequential loop: **{dis['stage_vs_sequential']:.2f}x** (target ≥ 1.0: "
+            f"{_verdict(dis['stage_vs_sequential'] >= 1.0)})", ""]
 
 
 def flow_epe_section(r: dict) -> list[str]:
