@@ -49,7 +49,7 @@ demo: $(STAMP)
 # (benchmarks/results/reproduce_ledger.json): only models without a row are trained; `--remeasure` trains them all.
 # Not in BENCH, each run by its own command (the page's table gives it): the reproduction's sweep
 # (python -m benchmarks.reproduce --sweep), the motion study (--config configs/reproduce_motion.yaml), the KD study.
-BENCH := data_acceptance reproduce train_overhead inference flow_stage flow_epe flow_encoding soak
+BENCH := data_acceptance reproduce train_overhead inference flow_stage flow_epe flow_encoding scale soak
 bench: $(STAMP)
 	rm -rf runs/bench
 	set -e; for b in $(BENCH); do $(PY) -m benchmarks.$$b; done

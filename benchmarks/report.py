@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks import common, flow_encoding, report_repro
+from benchmarks import common, flow_encoding, report_repro, report_scale
 
 DOC = common.REPO / "docs" / "benchmarks.md"
 FIGURES = common.REPO / "docs" / "figures"
@@ -329,6 +329,7 @@ def main() -> None:
         report_repro.acceptance_figure(results["data_acceptance_motion"], FIGURES)
     DOC.write_text(text)
     print(f"wrote {DOC.relative_to(common.REPO)}")
+    report_scale.write(_load("scale"))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib.util
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -67,3 +69,31 @@ def test_benchmarks_page_matches_the_committed_results():
     assert results["data_acceptance"] and results["train_overhead"], "benchmarks/results/ lacks the committed results"
     assert (REPO / "docs" / "benchmarks.md").read_text() == report.render(results), \
         "docs/benchmarks.md is out of date: run .venv/bin/python -m benchmarks.report"
+
+
+def test_scale_page_matches_its_result_and_the_plan_is_its_arithmetic():
+    """docs/scale.md is what benchmarks/report_scale.py makes of benchmarks/results/scale.json; the plan's figures
+    are pairs x bytes, pairs x ms and iterations x GPUs x step, on configs/cityscapes.yaml's schedule."""
+    from benchmarks import report, report_scale
+
+    measured = report._load("scale")
+    assert (REPO / "docs" / "scale.md").read_text() == report_scale.render(measured), \
+        "docs/scale.md is out of date: run .venv/bin/python -m benchmarks.report"
+    r = {"frame": [1024, 2048], "median_tar_bytes_per_pair": 3e6,
+         "median_bytes_per_pair": {"frames": 2e6, "flow": 0.9e6, "labels": 0.05e6, "meta": 1e3},
+         "decode_ms_per_pair": {"median": 100.0, "max": 120.0}}
+    p = report_scale.plan(r)
+    sched = p["schedule"]
+    assert sched == {"iterations": 74200, "gpus": 4, "crop": 769, "batch_per_gpu": 2, "k": [-2, -1, 1, 2, 3],
+                     "flow_model": "raft"}
+    assert p["pairs"] == {"train": 2975 * 5, "val": 500 * 29, "test": 1525 * 29}
+    assert p["bytes_per_pair"]["generated"] == 3e6
+    assert p["bytes_per_pair"]["cityscapes"] == pytest.approx(2 * 324e9 / (5000 * 30) + 1e6)
+    assert p["storage_gb"]["generated"]["train"] == pytest.approx(2975 * 5 * 3e6 / 1e9)
+    assert p["flow_ms_per_pair"]["fp32"] == pytest.approx(256.396 * 1024 * 2048 / 500_000)
+    assert p["flow_gpu_h"]["fp32"] == pytest.approx((2975 * 5 + 500 * 29) * p["flow_ms_per_pair"]["fp32"] / 3.6e6)
+    for name, step in p["step_s"].items():
+        assert p["train_gpu_h"][name] == pytest.approx(74200 * 4 * step / 3600)
+        assert p["loader_cores_per_gpu"][name] == pytest.approx(2 / step * 0.1)
+    steps = list(p["step_s"].values())  # teacher, baseline student, ETC student
+    assert 0 < steps[1] < steps[2] < steps[0]  # the teacher's forwards make the ETC student's step the dearer
