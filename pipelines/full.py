@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     # one pipeline at a time per SQLite MLflow store, from its first use (a fresh store's tables are made there)
     with locks.hold(locks.store_lock(cfg.mlflow.tracking_uri), cfg.pipeline.lock_wait_s):
         ray_info = init_ray(cfg.ray)
-        check_cluster(cfg, training_stages(cfg), sweep=cfg.pipeline.sweep)  # a request this cluster can never hold
+        check_cluster(cfg, training_stages(cfg), sweep=cfg.pipeline.sweep, flow=True)  # a request it can never hold
         log_addresses(cfg, ray_info)  # the Ray dashboard and the MLflow UI, to watch the run
         result = run_pipeline(cfg, force=tuple(args.force))
     print()

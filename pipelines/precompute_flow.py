@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     # refused credentials: one line, exit 2, before Ray starts and before any MLflow run exists
     check_flow(cfg)
     ray_info = init_ray(cfg.ray)
-    check_cluster(cfg)  # relative paths on a multi-node cluster
+    check_cluster(cfg, flow=True)  # relative paths, and paths some node lacks, on a multi-node cluster
     from etc_core.stages import flow_stage
     from etc_core.tracking.ui import log_addresses
 

@@ -35,3 +35,21 @@ def test_the_private_ray_name_the_cluster_check_reads_is_still_there():
 
     assert callable(state.get_max_resources_from_cluster_config)
     assert "get_max_resources_from_cluster_config" in inspect.getsource(worker_group)
+
+
+def test_the_paths_checked_on_every_node_are_those_workers_read(tmp_path):
+    """Shards and Ray Train storage when anything trains, the data root and a flow checkpoint file when the flow
+    stage may run; s3:// and the backbone weights (the driver reads those) are never looked for on the nodes."""
+    ckpt = tmp_path / "raft.ckpt"
+    ckpt.write_bytes(b"x")
+    cfg = load_config(REPO / "configs" / "demo.yaml", [
+        f"data.root={tmp_path}/data", f"shards.uri={tmp_path}/shards", "train.storage_path=s3://b/ray",
+        f"student.train.storage_path={tmp_path}/student_ray", "flow.source=ptlflow", f"flow.weights={ckpt}",
+        f"teacher.pretrained={ckpt}"])
+    assert cluster_check.worker_paths(cfg, (), False, flow=True) == [
+        ("data.root", f"{tmp_path}/data"), ("flow.weights", str(ckpt)), ("shards.uri", f"{tmp_path}/shards")]
+    assert cluster_check.worker_paths(cfg, ("teacher", "student"), False, flow=False) == [
+        ("shards.uri", f"{tmp_path}/shards"), ("student: train.storage_path", f"{tmp_path}/student_ray")]
+    assert cluster_check.worker_paths(cfg, (), True, flow=False)[-1] == ("student: train.storage_path",
+                                                                         f"{tmp_path}/student_ray")
+    assert cluster_check.worker_paths(cfg, (), False, flow=False) == []
