@@ -254,6 +254,13 @@ def figures(repro: dict | None, flow: dict | None, train: dict | None) -> None:
         plt.close(fig)
 
 
+def gpu_section(r: dict) -> list[str]:
+    """Figures measured on a lent GPU (benchmarks/results/gpu.json: rows of what, value, unit), with the card."""
+    lines = ["## GPU", "", f"Measured on {r['machine'].get('gpu')} by `{r['command']}`, {r['date']}.", "",
+             "| what | value |", "|---|---|"]
+    return lines + [f"| {row['what']} | {row['value']:.1f} {row['unit']} |" for row in r["rows"]] + [""]
+
+
 NOT_MEASURED = {"flow_stage": "3. Flow stage (`python -m benchmarks.flow_stage`): not yet measured since the stage moved "
                                "to Ray Data (issue 19); the run of 2026-11-25 measured the stage before it (git "
                                "history).",
@@ -268,7 +275,12 @@ NOT_MEASURED = {"flow_stage": "3. Flow stage (`python -m benchmarks.flow_stage`)
                 "reproduce_kd_sweep": "7a. The KD weights, swept on val (`python -m benchmarks.reproduce --study kd "
                                       "--sweep`): not yet measured.",
                 "reproduce_kd": "7. The distillation study (`python -m benchmarks.reproduce --study kd`): not yet "
-                                "measured."}
+                                "measured.",
+                "gpu": "GPU (issues 32 and 35): **not measured**. No GPU machine has been lent to this work, so there "
+                       "is no figure per GPU yet: the flow stage's pairs/s with a ptlflow model on CUDA, one Ray Train "
+                       "worker's samples/s and added ms per step with `train.use_gpu=true` and `train.amp=true`, the "
+                       "loader's samples/s beside it, and the pyfunc model's frames/s on CUDA. docs/scale.md's "
+                       "training rows are estimates until then."}
 # Each result file (benchmarks/results/NAME.json) and its section of the page, in page order.
 SECTIONS = {"train_overhead": train_section, "flow_stage": flow_section, "flow_epe": flow_epe_section,
             "flow_encoding": flow_encoding.report_section,
@@ -277,7 +289,7 @@ SECTIONS = {"train_overhead": train_section, "flow_stage": flow_section, "flow_e
             "reproduce": report_repro.reproduce_section,
             "data_acceptance_motion": report_repro.acceptance_section, "reproduce_motion": report_repro.reproduce_section,
             "reproduce_kd_sweep": report_repro.kd_sweep_section, "reproduce_kd": report_repro.reproduce_section,
-            "soak": soak_section}
+            "soak": soak_section, "gpu": gpu_section}
 NAMES = tuple(SECTIONS)
 
 
