@@ -317,7 +317,18 @@ class RunLogger:
         use_s3(s3)
         bound_http_retries()
         self.client = mlflow.MlflowClient(tracking_uri)
-        self.run_id = run_id
+        self.tracking_uri, self.run_id = tracking_uri, run_id
+
+    def system_metrics(self):
+        """Start MLflow's sampler of this process's machine (CPU, memory, disk, network, and GPU utilisation and
+        memory through pynvml when there is a GPU) into the run's `system/*`, continuing its steps after a restart;
+        returns it (`.finish()` stops it). On a Ray Train rank-0 worker it describes the node that trains, not the
+        driver's. MLflow's class (not re-exported by `mlflow`; guard: tests/unit/test_tracking_worker.py)."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(self.run_id, resume_logging=True, tracking_uri=self.tracking_uri)
+        monitor.start()
+        return monitor
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
         import time

@@ -199,40 +199,45 @@ def train_loop_per_worker(config: dict) -> None:
     logger = RunLogger(cfg.mlflow.tracking_uri, config["run_id"], cfg.s3.access) if rank == 0 and config.get("run_id") else None
     augment = PairAugment(crop=t.crop, scale=t.scale, flip=t.flip) if t.crop else None
 
-    while True:
-        epoch = step // t.steps_per_epoch
-        steps = min(t.steps_per_epoch - step % t.steps_per_epoch, t.max_steps - step)
-        train_metrics = train_epoch(model, teacher, loss_fn, opt, sched, scaler, cfg, epoch, step, steps,
-                                     rank, world, augment, device, use_amp, logger) if steps > 0 else {}
-        step += max(steps, 0)
-        metrics = {"step": step, "epoch": epoch, **train_metrics}
-        val = {f"val_{k}": float("nan") for k in METRICS} | {"val_pairs": 0.0}
-        picture = None
-        if rank == 0:
-            val_loader = shards.make_loader(cfg.shards.uri, "val", t.val_batch_size, shuffle=False,
-                                            s3=cfg.s3.access)
-            # the bare module: a DDP forward broadcasts buffers, a collective the other ranks never join
-            val, picture = evaluate(raw, val_loader, num_classes, device, pictures=t.pictures)
-            log.info("%s epoch %d step %d/%d: val mIoU %.2f TC %.2f TC-noc %.2f flicker %.2f%% (%d pairs)", stage,
-                     epoch, step, t.max_steps, val["val_miou"], val["val_tc"], val["val_tc_noc"],
-                     val["val_flicker_interior"], val["val_pairs"])
-            if logger:
-                logger.metrics({f"val/{k[4:]}": v for k, v in val.items() if math.isfinite(v)}, step=step)
-                if picture is not None:
-                    logger.image(picture, "val/pictures", step=step)
-        metrics.update(val)
-        if config.get("score_tc_weight") is not None:  # a sweep trial: its objective, in every report
-            metrics["val_score"] = val_score(val["val_miou"], val["val_tc"], config["score_tc_weight"])
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint = None
-            if rank == 0 and steps > 0:
-                save_checkpoint(d, model=raw.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                                scaler=scaler.state_dict(), step=step, rng=rng_state(), arch=spec.arch,
-                                num_classes=num_classes)
-                checkpoint = Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=checkpoint)  # every rank, same number of times
-        if step >= t.max_steps:
-            break
+    monitor = logger.system_metrics() if logger else None  # system/*: the machine that trains, not the driver's
+    try:
+        while True:
+            epoch = step // t.steps_per_epoch
+            steps = min(t.steps_per_epoch - step % t.steps_per_epoch, t.max_steps - step)
+            train_metrics = train_epoch(model, teacher, loss_fn, opt, sched, scaler, cfg, epoch, step, steps,
+                                         rank, world, augment, device, use_amp, logger) if steps > 0 else {}
+            step += max(steps, 0)
+            metrics = {"step": step, "epoch": epoch, **train_metrics}
+            val = {f"val_{k}": float("nan") for k in METRICS} | {"val_pairs": 0.0}
+            picture = None
+            if rank == 0:
+                val_loader = shards.make_loader(cfg.shards.uri, "val", t.val_batch_size, shuffle=False,
+                                                s3=cfg.s3.access)
+                # the bare module: a DDP forward broadcasts buffers, a collective the other ranks never join
+                val, picture = evaluate(raw, val_loader, num_classes, device, pictures=t.pictures)
+                log.info("%s epoch %d step %d/%d: val mIoU %.2f TC %.2f TC-noc %.2f flicker %.2f%% (%d pairs)", stage,
+                         epoch, step, t.max_steps, val["val_miou"], val["val_tc"], val["val_tc_noc"],
+                         val["val_flicker_interior"], val["val_pairs"])
+                if logger:
+                    logger.metrics({f"val/{k[4:]}": v for k, v in val.items() if math.isfinite(v)}, step=step)
+                    if picture is not None:
+                        logger.image(picture, "val/pictures", step=step)
+            metrics.update(val)
+            if config.get("score_tc_weight") is not None:  # a sweep trial: its objective, in every report
+                metrics["val_score"] = val_score(val["val_miou"], val["val_tc"], config["score_tc_weight"])
+            with tempfile.TemporaryDirectory() as d:
+                checkpoint = None
+                if rank == 0 and steps > 0:
+                    save_checkpoint(d, model=raw.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                                    scaler=scaler.state_dict(), step=step, rng=rng_state(), arch=spec.arch,
+                                    num_classes=num_classes)
+                    checkpoint = Checkpoint.from_directory(d)
+                ray.train.report(metrics, checkpoint=checkpoint)  # every rank, same number of times
+            if step >= t.max_steps:
+                break
+    finally:
+        if monitor is not None:
+            monitor.finish()
 
 
 def frozen_teacher(teacher_ref, device: torch.device) -> torch.nn.Module | None:

@@ -167,8 +167,8 @@ def run_training(cfg: EtcConfig, stage: str, parent_run_id: str | None = None, f
     digest = stage_hash(cfg, stage)
     with tracking.stage_run(cfg.mlflow, stage, run_name=f"{stage}-{spec.arch}", parent_run_id=parent_run_id,
                             params={**flatten(cfg), "pretrained": spec.pretrained},
-                            tags={"etc.config_hash": digest, "etc.arch": spec.arch, **pretrained_tags(backbone)},
-                            system_metrics=True) as run:
+                            tags={"etc.config_hash": digest, "etc.arch": spec.arch, **pretrained_tags(backbone)}
+                            ) as run:  # its system/* metrics come from the rank-0 Train worker (train/loop.py)
         tracking.log_shards_input(cfg.shards.uri, manifest)
         trainer = make_trainer(cfg, stage, num_classes, teacher_ref, run.info.run_id,
                                name=f"{stage}-{spec.arch}-{digest}" + (time.strftime("-%Y%m%d-%H%M%S") if force else ""),
