@@ -74,11 +74,14 @@ done
 
 [[ "$port" =~ ^[0-9]+$ ]] || die "--port: not a number: $port"
 
-# The backend: SQLite paths become absolute (four slashes), PostgreSQL URIs pass through.
+# The backend: SQLite paths become absolute (four slashes), PostgreSQL URIs pass through (psycopg2 named).
 case "$backend" in
     postgresql://*|postgresql+*://*)
         [[ "$backend" != *:*:*@* ]] || echo "mlflow_server.sh: warning: the --backend URI holds a password;" \
-            "it shows in ps and shell history (use PGPASSWORD or ~/.pgpass)" >&2 ;;
+            "it shows in ps and shell history (use PGPASSWORD or ~/.pgpass)" >&2
+        # SQLAlchemy 2 reads a bare postgresql:// as psycopg 3; the driver the project installs (the `server`
+        # extra) is psycopg2
+        [[ "$backend" != postgresql://* ]] || backend="postgresql+psycopg2://${backend#postgresql://}" ;;
     sqlite:///*) path="${backend#sqlite:///}" ;;
     *://*) die "--backend: expected sqlite:///PATH, a plain path or postgresql://..., got $backend" ;;
     *) path="$backend" ;;

@@ -1,5 +1,6 @@
 """The cluster path on one machine: two Ray nodes on 127.0.0.1 that share S3 (a moto server reached through
-`s3.endpoint_url` only: no AWS_ENDPOINT_URL anywhere) and an MLflow server (infra/mlflow_server.sh on 127.0.0.1).
+`s3.endpoint_url` only: no AWS_ENDPOINT_URL anywhere) and an MLflow server (infra/mlflow_server.sh on 127.0.0.1) on a
+real PostgreSQL (pgserver) that the pipeline logs to, registers in and loads its models from.
 
 pipelines/full.py runs every stage with its Ray Train workers spread over both nodes; the worker node is killed
 during student training and the run finishes from its last S3 checkpoint on the head node, with one registered
@@ -33,11 +34,32 @@ STEPS = ["train.max_steps=24", "train.steps_per_epoch=8", "train.batch_size=2", 
 
 
 @pytest.fixture
-def mlflow_server(tmp_path):
-    """`infra/mlflow_server.sh` on 127.0.0.1 with its own SQLite store and artifact root; yields its URI."""
+def postgres():
+    """A real PostgreSQL (the pgserver package: PostgreSQL's own binaries, on a unix socket in a temp dir, no TCP
+    port), stopped and removed afterwards; yields the server (its .psql(query) runs SQL)."""
+    import tempfile
+
+    import pgserver
+
+    folder = tempfile.mkdtemp(prefix="pg", dir="/tmp")  # short: the socket's path has a length limit
+    server = pgserver.get_server(folder, cleanup_mode="delete")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, postgres):
+    """`infra/mlflow_server.sh` on 127.0.0.1 with a PostgreSQL backend store (psycopg2, the `server` extra) and its
+    own artifact root; yields its URI."""
     port = closed_port()
     mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    proc = subprocess.Popen(["bash", "infra/mlflow_server.sh", "--backend", f"{tmp_path}/server/mlflow.db",
+    from urllib.parse import parse_qs, urlparse
+
+    socket_dir = parse_qs(urlparse(postgres.get_uri()).query)["host"][0]  # pgserver listens on no TCP port
+    backend = f"postgresql://postgres@/postgres?host={socket_dir}"
+    proc = subprocess.Popen(["bash", "infra/mlflow_server.sh", "--backend", backend,
                              "--artifacts-destination", f"{tmp_path}/server/artifacts", "--port", str(port),
                              "--", "--workers", "1"], cwd=REPO, env={**os.environ, "MLFLOW": mlflow_bin},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -115,7 +137,7 @@ def _student_checkpoints(endpoint: str) -> list[str]:
     return found
 
 
-def test_pipeline_across_two_nodes_survives_losing_one(moto_s3, two_nodes, mlflow_server, tmp_path):
+def test_pipeline_across_two_nodes_survives_losing_one(moto_s3, two_nodes, mlflow_server, postgres, tmp_path):
     cluster, worker = two_nodes
     storage.s3_client(moto_s3).create_bucket(Bucket=BUCKET)
     assert "AWS_ENDPOINT_URL" not in os.environ
@@ -150,6 +172,8 @@ def test_pipeline_across_two_nodes_survives_losing_one(moto_s3, two_nodes, mlflo
     client = mlflow.MlflowClient(mlflow_server)
     assert [v.version for v in client.search_model_versions("name='etc-student-pspnet18_slim'")] == ["1"]
     assert [v.version for v in client.search_model_versions("name='etc-teacher'")] == ["1"]
+    held = postgres.psql("SELECT name FROM registered_models ORDER BY name;")  # the server's store is PostgreSQL
+    assert "etc-student-pspnet18_slim" in held and "etc-teacher" in held, held
     assert any(u.endswith("/manifest.json") for u in storage.list_files(f"s3://{BUCKET}/shards", moto_s3))
 
     # the same student uninterrupted (its own Ray storage, so nothing resumes), on the node that is left: the run

@@ -94,3 +94,18 @@ def test_no_address_starts_its_own_ray_even_beside_a_ray_start_cluster(ray_local
         assert address != gcs and float(cpus) == 1.0
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_model_work_runs_in_a_ray_task_asking_for_a_gpu_only_where_the_cluster_has_one(ray_local):
+    """on_worker: the final evaluation and the model card's FPS run as Ray tasks, not in the driver (on a GPU node
+    when there is one); without Ray they run in this process."""
+    from etc_core.ray_utils import on_worker
+
+    def where() -> tuple[int, list]:
+        import ray
+
+        return os.getpid(), ray.get_runtime_context().get_assigned_resources().get("GPU", 0)
+
+    pid, gpus = on_worker(where)
+    assert pid != os.getpid() and gpus == 0  # this cluster has no GPU: the task asked for none
+    assert ray_local.cluster_resources().get("GPU", 0) == 0

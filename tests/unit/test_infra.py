@@ -142,7 +142,8 @@ def test_mlflow_server_warns_when_binding_elsewhere_and_passes_s3_and_postgres()
                   "--artifacts-destination", "s3://bucket/prefix")
     words = shlex.split(done.stdout)
     assert done.returncode == 0 and "warning: binding 0.0.0.0" in done.stderr
-    assert words[words.index("--backend-store-uri") + 1] == "postgresql://mlflow@db:5432/mlflow"
+    # psycopg2 named: SQLAlchemy 2 would read a bare postgresql:// as psycopg 3, which the project does not install
+    assert words[words.index("--backend-store-uri") + 1] == "postgresql+psycopg2://mlflow@db:5432/mlflow"
     assert words[words.index("--artifacts-destination") + 1] == "s3://bucket/prefix"
 
 
