@@ -101,19 +101,29 @@ def eval_split(manifest: dict) -> str:
 
 def _evaluate(cfg: EtcConfig, models: dict[str, Registered]) -> tuple[dict, str]:
     """mIoU, TC, tc_noc, flicker, mVC and FPS of every model of this run on the test shards (val when there is no test
-    split), with the reference rows: one table."""
-    from etc_core.infer.evaluate import evaluate_models, format_table
+    split), with the reference rows: one table. Each model is scored by a Ray task of its own (on a GPU when the
+    cluster has one: etc_core/ray_utils.py, on_worker), with a progress bar."""
+    from etc_core.infer.evaluate import format_table
+    from etc_core.ray_utils import on_worker
+    from etc_core.train.run import read_manifest
+
+    split = eval_split(read_manifest(cfg))
+    parts = [on_worker(_evaluate_one, cfg, f"{stage}:{models[stage].name}/{models[stage].version}",
+                       models[stage].model_uri, split, references=not i)
+             for i, stage in enumerate(s for s in ("teacher", "baseline", "student") if s in models)]
+    evaluation = {"source": parts[0]["source"], "rows": [row for part in parts for row in part["rows"]]}
+    evaluation["rows"].sort(key=lambda row: row["arch"] == "reference")  # the models, then the references
+    return evaluation, format_table(evaluation)
+
+
+def _evaluate_one(cfg: EtcConfig, label: str, model_uri: str, split: str, references: bool) -> dict:
+    """One model's rows on the shards (and the reference rows when asked), in whichever process runs it."""
+    from etc_core.infer.evaluate import evaluate_models
     from etc_core.infer.load import pick_device
     from etc_core.tracking.registry import load_model
 
-    loaded = []
-    for stage in ("teacher", "baseline", "student"):
-        if stage in models:
-            model, meta = load_model(models[stage].model_uri)
-            loaded.append((f"{stage}:{models[stage].name}/{models[stage].version}", model, meta))
-    from etc_core.train.run import read_manifest
-
-    evaluation = evaluate_models(loaded, shards=cfg.shards.uri, split=eval_split(read_manifest(cfg)),
-                                 device=pick_device("auto"), batch_size=cfg.pipeline.eval_batch_size,
-                                 s3=cfg.s3.access)
-    return evaluation, format_table(evaluation)
+    tracking.setup(cfg.mlflow, cfg.s3.access)
+    model, meta = load_model(model_uri)
+    return evaluate_models([(label, model, meta)], shards=cfg.shards.uri, split=split, device=pick_device("auto"),
+                           batch_size=cfg.pipeline.eval_batch_size, s3=cfg.s3.access, references=references,
+                           progress=label)

@@ -65,3 +65,15 @@ def init_ray(cfg: RayConfig | None = None, runtime_env: dict | None = None) -> d
         log.info("started a local Ray on 127.0.0.1")  # its dashboard: etc_core/tracking/ui.py, log_addresses
     return {"address": ctx.address_info.get("gcs_address"), "dashboard_url": ctx.dashboard_url,
             "local": not address}
+
+
+def on_worker(fn, *args, **kwargs):
+    """fn(*args, **kwargs) as a Ray task when this process is in Ray (the head's CPU is not where a model should be
+    timed or scored): it asks for 1 GPU when the cluster has one, else 1 CPU; without Ray, in this process."""
+    import ray
+
+    if not ray.is_initialized():
+        return fn(*args, **kwargs)
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    task = ray.remote(fn).options(num_cpus=1, num_gpus=gpus, max_retries=0, name=getattr(fn, "__name__", "task"))
+    return ray.get(task.remote(*args, **kwargs))

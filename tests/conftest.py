@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,38 @@ def end_processes(procs, timeout: float) -> None:
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     for proc in alive:
         proc.kill()
+
+
+@contextmanager
+def mlflow_server(backend: str, artifacts: Path):
+    """`infra/mlflow_server.sh` on 127.0.0.1 with this backend store (a SQLite path or postgresql://...) and artifact
+    root; yields its URI once /health answers, and ends it (and its workers) afterwards."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    import psutil
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    proc = subprocess.Popen(["bash", "infra/mlflow_server.sh", "--backend", backend, "--artifacts-destination",
+                             str(artifacts), "--port", str(port), "--", "--workers", "1"], cwd=REPO,
+                            env={**os.environ, "MLFLOW": mlflow_bin}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return urllib.request.urlopen(f"{uri}/health", timeout=2).read() == b"OK"
+        except OSError:
+            return proc.poll() is not None  # exited: the assertion below says so
+
+    try:
+        wait_for(healthy, 120, "the MLflow server to answer /health")
+        assert proc.poll() is None, "infra/mlflow_server.sh exited"
+        yield uri
+    finally:
+        server = psutil.Process(proc.pid)
+        end_processes([*server.children(recursive=True), server], timeout=10)

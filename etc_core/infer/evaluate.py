@@ -86,16 +86,18 @@ def evaluate_models(models: list[tuple[str, torch.nn.Module, dict]], *, shards: 
                     data: DataConfig | None = None, video: str | None = None, split: str = "val",
                     flow_model: str | None = None, flow_weights: str = "none", device: torch.device,
                     half: bool = False, size: tuple[int, int] | None = None, batch_size: int = 8,
-                    s3: S3Access = S3Access()) -> dict:
+                    s3: S3Access = S3Access(), references: bool = True, progress: str | None = None) -> dict:
     """Score (name, model, meta) triples on exactly one of shards / data / video; return {"source", "rows"}.
-    data: a data section (any registered data.kind at data.root); s3: cfg.s3.access, where s3:// shards live."""
+    data: a data section (any registered data.kind at data.root); s3: cfg.s3.access, where s3:// shards live;
+    references: add the reference rows (not for a video); progress: a progress bar over the shards' batches with
+    this title (Ray's own bar inside a Ray task, so the driver's console shows it)."""
     check_sources(shards, data, video, flow_model)
     estimator = flow_source(flow_model, flow_weights, data).estimator() if flow_model is not None else None
     scores = [_Scores(Predictor(model, device, half, size)) for _, model, _ in models]
-    refs = [_Scores(None, name) for name in REFERENCES] if video is None else []
+    refs = [_Scores(None, name) for name in REFERENCES] if video is None and references else []
     if shards is not None:
         source = {"kind": "shards", "uri": shards, "split": split, "flow": "shards"}
-        num_classes, shape = _score_shards(scores, refs, models, shards, split, batch_size, s3)
+        num_classes, shape = _score_shards(scores, refs, models, shards, split, batch_size, s3, progress)
     elif data is not None:
         flow = _flow_label(flow_model, flow_weights) if estimator else "ground_truth"
         source = {"kind": "data", "path": data.root, "dataset": data.kind, "split": split, "flow": flow}
@@ -128,7 +130,7 @@ def _init(scores: list[_Scores], refs: list[_Scores], models, num_classes: int |
 
 
 def _score_shards(scores, refs, models, uri: str, split: str, batch_size: int,
-                  s3: S3Access) -> tuple[int, tuple[int, int]]:
+                  s3: S3Access, progress: str | None = None) -> tuple[int, tuple[int, int]]:
     """Labelled pairs (img0, img1, flow, label, label1, valid) of a shard set: mIoU on img0, the rest on the pair."""
     from etc_core.data import shards as shard_io
 
@@ -138,7 +140,11 @@ def _score_shards(scores, refs, models, uri: str, split: str, batch_size: int,
     device = scores[0].predictor.device
     _init(scores, refs, models, int(manifest["num_classes"]), device)
     shape = None
-    for batch in shard_io.make_loader(uri, split, batch_size, shuffle=False, s3=s3):
+    batches = shard_io.make_loader(uri, split, batch_size, shuffle=False, s3=s3)
+    if progress:
+        samples = int(manifest.get("splits", {}).get(split, {}).get("samples", 0))
+        batches = _bar(batches, progress, -(-samples // batch_size) or None)
+    for batch in batches:
         img0, img1 = batch["img0"].permute(0, 2, 3, 1), batch["img1"].permute(0, 2, 3, 1)  # [B,H,W,3] uint8
         shape = tuple(img0.shape[1:3])
         for s in scores:
@@ -150,6 +156,19 @@ def _score_shards(scores, refs, models, uri: str, split: str, batch_size: int,
     if shape is None:
         raise InputError(f"{uri}: split {split!r} holds no samples")
     return int(manifest["num_classes"]), shape
+
+
+def _bar(iterable, desc: str, total: int | None):
+    """A progress bar over batches: Ray's inside a Ray task or actor (it draws in the driver's console), else tqdm."""
+    import ray
+
+    if ray.is_initialized() and ray.get_runtime_context().get_task_id() is not None:
+        from ray.experimental.tqdm_ray import tqdm as ray_tqdm  # Ray's documented bar for remote code
+
+        return ray_tqdm(iterable, desc=desc, total=total, unit="batch")
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, unit="batch")
 
 
 def _score_dataset(scores, refs, models, data: DataConfig, split: str, batch_size: int,

@@ -1,8 +1,10 @@
-"""After a sweep: MLflow parent run (tagged etc.stage=sweep) with one child run per trial, pictures of the
-mIoU-TC trade-off and of the objective against each swept value, the best trial's config as YAML, and
-optionally the best trial's model in the registry.
+"""After a sweep, into its MLflow parent run (tagged etc.stage=sweep, opened by etc_core/sweep/run.py before the
+trials): one child run per trial, pictures of the mIoU-TC trade-off and of the objective against each swept value,
+the best trial's config as YAML, and optionally the best trial's model in the registry.
 
-Logged post hoc from the driver: one writer per SQLite store (concurrent writers would race on its schema).
+With a tracking server each trial opened its child run and logged to it as it trained (etc_core/tracking/
+sweep_runs.py): here it gets its final tags. With a node-local store the trials logged nothing (one writer per SQLite
+store: concurrent writers would race on its schema) and their histories are logged here.
 """
 from __future__ import annotations
 
@@ -140,37 +142,39 @@ def _register(cfg: EtcConfig, trial, run_id: str, num_classes: int, manifest: di
 
 
 def log_sweep(cfg: EtcConfig, name: str, trials: list, best, front: list[str], num_classes: int,
-              manifest: dict, parent_run_id: str | None = None) -> dict:
-    """Log the parent run, a child per trial, the pictures and best.yaml; return run ids, paths, registration."""
+              manifest: dict, parent_run_id: str) -> dict:
+    """Into the active parent run (parent_run_id): a child per trial (the one the trial or an earlier logging of
+    this sweep opened, else a new one), the pictures and best.yaml; return run ids, paths, registration."""
+    from etc_core.tracking import sweep_runs
+
     sweep = cfg.sweep
     best_path = write_best_yaml(best, name, best_yaml_path(cfg, name))
     children, registered = {}, None
-    with tracking.stage_run(cfg.mlflow, "sweep", run_name=name, params=flatten(cfg), parent_run_id=parent_run_id,
-                            tags={"etc.sweep": name, "etc.sweep.metric": sweep.metric,
-                                  "etc.sweep.best_trial": best.trial_id}) as parent:
-        for trial in trials:
-            params = {k: v for k, v in flatten(trial.config).items() if not k.startswith("sweep.")}
-            tags = {"etc.sweep": name, "etc.trial_id": trial.trial_id, "etc.trial.values": json.dumps(trial.values),
-                    "etc.trial.status": "error" if trial.error else "ok",
-                    "etc.trial.epochs": str(len(trial.history)), "etc.pareto": str(trial.trial_id in front)}
-            with tracking.stage_run(cfg.mlflow, "sweep-trial", run_name=f"trial-{trial.trial_id}", params=params,
-                                    tags=tags) as child:
-                children[trial.trial_id] = child.info.run_id
-                tracking.log_shards_input(trial.config.shards.uri, manifest)
+    tracking.set_tags({"etc.sweep.best_trial": best.trial_id})
+    for trial in trials:
+        params = {k: v for k, v in flatten(trial.config).items() if not k.startswith("sweep.")}
+        tags = {"etc.sweep": name, "etc.trial_id": trial.trial_id, "etc.trial.values": json.dumps(trial.values),
+                "etc.trial.status": "error" if trial.error else "ok",
+                "etc.trial.epochs": str(len(trial.history)), "etc.pareto": str(trial.trial_id in front)}
+        opened = sweep_runs.find_trial(cfg.mlflow, parent_run_id, trial.trial_id, cfg.s3.access)
+        with tracking.stage_run(cfg.mlflow, sweep_runs.TRIAL_STAGE, run_name=f"trial-{trial.trial_id}",
+                                params=None if opened else params, tags=tags, run_id=opened) as child:
+            children[trial.trial_id] = child.info.run_id
+            tracking.log_shards_input(trial.config.shards.uri, manifest)
+            if opened is None:  # its metrics are not there yet (a node-local store: the trial logged nothing)
                 _log_history(trial)
-                if trial is best and sweep.register_best:
-                    registered = _register(cfg, trial, child.info.run_id, num_classes, manifest)
-        tracking.log_metrics({f"best/{k}": best.value(k) for k in ("val_miou", "val_tc", "val_score")
-                              if math.isfinite(best.value(k))} |
-                             {"sweep/trials": len(trials), "sweep/failed": sum(t.error is not None for t in trials),
-                              "sweep/pareto_size": len(front)})
-        tracking.log_figure(pareto_figure(trials, front, best.trial_id), "sweep/pareto_miou_tc.png")
-        for key, spec in sweep.space.items():
-            fig = value_figure(trials, key, sweep.metric, log_x=spec.type == "loguniform")
-            tracking.log_figure(fig, f"sweep/{sweep.metric}_vs_{key}.png")
-        # the local file keeps what it needs to run; the MLflow copy has passwords inside URIs masked
-        tracking.log_text(tracking.redact(Path(best_path).read_text()), f"sweep/{BEST_YAML}")
-    log.info("best config written to %s (MLflow run %s, artifact sweep/%s)", best_path, parent.info.run_id,
-             BEST_YAML)
-    return {"parent_run_id": parent.info.run_id, "child_run_ids": children, "best_yaml": str(best_path),
+            if trial is best and sweep.register_best:
+                registered = _register(cfg, trial, child.info.run_id, num_classes, manifest)
+    tracking.log_metrics({f"best/{k}": best.value(k) for k in ("val_miou", "val_tc", "val_score")
+                          if math.isfinite(best.value(k))} |
+                         {"sweep/trials": len(trials), "sweep/failed": sum(t.error is not None for t in trials),
+                          "sweep/pareto_size": len(front)})
+    tracking.log_figure(pareto_figure(trials, front, best.trial_id), "sweep/pareto_miou_tc.png")
+    for key, spec in sweep.space.items():
+        fig = value_figure(trials, key, sweep.metric, log_x=spec.type == "loguniform")
+        tracking.log_figure(fig, f"sweep/{sweep.metric}_vs_{key}.png")
+    # the local file keeps what it needs to run; the MLflow copy has passwords inside URIs masked
+    tracking.log_text(tracking.redact(Path(best_path).read_text()), f"sweep/{BEST_YAML}")
+    log.info("best config written to %s (MLflow run %s, artifact sweep/%s)", best_path, parent_run_id, BEST_YAML)
+    return {"parent_run_id": parent_run_id, "child_run_ids": children, "best_yaml": str(best_path),
             "registered": registered}

@@ -1,5 +1,6 @@
 """Driver side of a sweep: one Ray Tune trial per sampled config, each fitting the student with Ray Train (the shared
-loop), then the Pareto front, MLflow (parent + one child per trial, pictures) and the best trial's config file.
+loop), then the Pareto front, MLflow (parent + one child per trial, pictures) and the best trial's config file. With
+a tracking server each trial logs to its child run live (etc_core/tracking/sweep_runs.py).
 
     summary = run_sweep(cfg)   # Ray already up (etc_core.ray_utils.init_ray)
 
@@ -22,9 +23,10 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from etc_core.config import EtcConfig
 from etc_core.errors import EtcError
 from etc_core.extras import require
-from etc_core.section import config_hash
+from etc_core.section import config_hash, flatten
 from etc_core.sweep.space import apply_values, check_space, may_need_teacher, pareto_front, tune_space
 from etc_core.tracking import mlflow as tracking
+from etc_core.tracking import sweep_runs
 from etc_core.train.config import stage_config, trial_resources
 from etc_core.train.run import make_trainer, read_manifest, read_pretrained, resolve_init, resolve_teacher
 
@@ -114,20 +116,34 @@ def sweep_name(cfg: EtcConfig) -> str:
 
 
 def train_trial(values: dict, base: dict, num_classes: int, teacher, storage_path: str, init=None,
-                backbone=None) -> None:
-    """One Tune trial: the base config with the trial's values, trained as a student by Ray Train (no live MLflow)."""
+                backbone=None, live_parent: str | None = None) -> None:
+    """One Tune trial: the base config with the trial's values, trained as a student by Ray Train. live_parent: the
+    sweep's parent run on a tracking server; the trial opens its child run under it and its rank-0 worker logs there
+    as it trains (None: the driver logs the trial after the sweep)."""
     import ray
     from ray import tune
 
     cfg = apply_values(EtcConfig.model_validate(base), values)
+    trial_id = tune.get_context().get_trial_id()
+    run_id = None
+    if live_parent:
+        params = {k: v for k, v in flatten(cfg).items() if not k.startswith("sweep.")}
+        run_id = sweep_runs.trial_run(cfg.mlflow, live_parent, trial_id, params, cfg.s3.access)
     teacher_ref = ray.put(teacher) if teacher is not None and cfg.student.loss.needs_teacher else None
-    trainer = make_trainer(cfg, "student", num_classes, teacher_ref, run_id=None,
-                           name=tune.get_context().get_trial_id(), storage_path=storage_path,
+    trainer = make_trainer(cfg, "student", num_classes, teacher_ref, run_id=run_id, name=trial_id,
+                           storage_path=storage_path,
                            callbacks=[TuneReportCallback()],  # rank 0's reports, val_score included, to Tune
                            init=ray.put(init) if init is not None else None,
                            backbone=ray.put(backbone) if backbone is not None else None,
                            score_tc_weight=cfg.sweep.score_tc_weight)
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception:
+        if run_id:
+            sweep_runs.end_trial(cfg.mlflow, run_id, ok=False, s3=cfg.s3.access)
+        raise
+    if run_id:  # (a trial ASHA stops may end before this: the driver ends its run after the sweep)
+        sweep_runs.end_trial(cfg.mlflow, run_id, ok=True, s3=cfg.s3.access)
 
 
 def expected_trials(cfg: EtcConfig) -> int:
@@ -228,35 +244,43 @@ def run_sweep(cfg: EtcConfig, parent_run_id: str | None = None, force: bool = Fa
     cfg = stage_config(cfg, "student")  # every trial trains the student
     manifest = read_manifest(cfg)
     num_classes = int(manifest["num_classes"])
-    tracking.setup(cfg.mlflow, cfg.s3.access)  # before resolving models:/ URIs
+    experiment = tracking.setup(cfg.mlflow, cfg.s3.access)  # before resolving models:/ URIs
     teacher = resolve_teacher(cfg, "student", may_need_teacher(cfg))
     init = resolve_init(cfg, "student", num_classes)  # every trial fine-tunes from the same weights
     backbone = read_pretrained(cfg, "student", init)  # read once here: trials and their workers get the object
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, base=cfg.model_dump(mode="json"), num_classes=num_classes,
-                             teacher=teacher, storage_path=f"{cfg.train.storage_path.rstrip('/')}/{name}-train",
-                             init=init, backbone=backbone),
-        # Tune refuses a trial that asks for nothing; one byte of memory asks for no CPU (the trial's Ray Train
-        # workers take theirs outside the trial's placement group)
-        {"cpu": cfg.sweep.cpus_per_trial} if cfg.sweep.cpus_per_trial else {"cpu": 0, "memory": 1})
-    tuner, restored = make_tuner(cfg, trainable, name)
-    grid = tuner.fit()
-    want = expected_trials(cfg)
-    done = grid.num_terminated + grid.num_errors
-    if done < want:
-        raise SweepError(f"sweep {name}: {done} of {want} trials finished; rerun the same command to resume "
-                         f"from {cfg.train.storage_path}/{name}")
-    trials = collect(grid, cfg)
-    ok = [t for t in trials if t.error is None and math.isfinite(t.value(cfg.sweep.metric))]
-    if not ok:
-        first = next((t.error for t in trials if t.error), "no finite metric")
-        raise SweepError(f"sweep {name}: no trial reported a finite {cfg.sweep.metric} ({first})")
-    for t in trials:
-        if t.error:
-            log.warning("trial %s failed: %s", t.trial_id, t.error)
-    best = max(ok, key=lambda t: t.value(cfg.sweep.metric))
-    front = [trials[i].trial_id for i in pareto_front([t.point for t in trials])]
-    logged = log_sweep(cfg, name, trials, best, front, num_classes, manifest, parent_run_id)
+    earlier = sweep_runs.find_sweep(cfg.mlflow, experiment, name, cfg.s3.access)  # this sweep started before
+    with tracking.stage_run(cfg.mlflow, "sweep", run_name=name, params=flatten(cfg), parent_run_id=parent_run_id,
+                            tags={"etc.sweep": name, "etc.sweep.metric": cfg.sweep.metric}, s3=cfg.s3.access,
+                            run_id=earlier) as parent:
+        live = parent.info.run_id if sweep_runs.live(cfg.mlflow) else None
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, base=cfg.model_dump(mode="json"), num_classes=num_classes,
+                                 teacher=teacher, storage_path=f"{cfg.train.storage_path.rstrip('/')}/{name}-train",
+                                 init=init, backbone=backbone, live_parent=live),
+            # Tune refuses a trial that asks for nothing; one byte of memory asks for no CPU (the trial's Ray Train
+            # workers take theirs outside the trial's placement group)
+            {"cpu": cfg.sweep.cpus_per_trial} if cfg.sweep.cpus_per_trial else {"cpu": 0, "memory": 1})
+        tuner, restored = make_tuner(cfg, trainable, name)
+        log.info("sweep %s: MLflow run %s%s", name, parent.info.run_id,
+                 ", each trial logging to its child run as it trains" if live else
+                 " (a node-local store takes one writer: the trials are logged after the sweep)")
+        grid = tuner.fit()
+        want = expected_trials(cfg)
+        done = grid.num_terminated + grid.num_errors
+        if done < want:
+            raise SweepError(f"sweep {name}: {done} of {want} trials finished; rerun the same command to resume "
+                             f"from {cfg.train.storage_path}/{name}")
+        trials = collect(grid, cfg)
+        ok = [t for t in trials if t.error is None and math.isfinite(t.value(cfg.sweep.metric))]
+        if not ok:
+            first = next((t.error for t in trials if t.error), "no finite metric")
+            raise SweepError(f"sweep {name}: no trial reported a finite {cfg.sweep.metric} ({first})")
+        for t in trials:
+            if t.error:
+                log.warning("trial %s failed: %s", t.trial_id, t.error)
+        best = max(ok, key=lambda t: t.value(cfg.sweep.metric))
+        front = [trials[i].trial_id for i in pareto_front([t.point for t in trials])]
+        logged = log_sweep(cfg, name, trials, best, front, num_classes, manifest, parent.info.run_id)
     log.info("sweep %s: best trial %s %s %.2f (%s); Pareto front %s", name, best.trial_id, cfg.sweep.metric,
              best.value(cfg.sweep.metric), best.values, front)
     return {"name": name, "path": f"{cfg.train.storage_path}/{name}", "restored": restored, "trials": trials,

@@ -210,11 +210,12 @@ def git_commit() -> str | None:
 @contextmanager
 def stage_run(cfg: MlflowConfig, stage: str, run_name: str | None = None, params: dict[str, Any] | None = None,
               parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-              system_metrics: bool = False, s3: S3Access | None = None) -> Iterator[Any]:
+              system_metrics: bool = False, s3: S3Access | None = None, run_id: str | None = None) -> Iterator[Any]:
     """Open a run for one stage, tagged `etc.stage` and the git commit; nested under the active run or `parent_run_id`.
     s3: the config's S3 access, for artifacts on S3 (use_s3).
 
     system_metrics: MLflow samples this process's machine (CPU, memory, disk, GPU) into `system/*` while it is open.
+    run_id: go on in this existing run (a resumed sweep's parent) instead of starting one.
     """
     import mlflow
 
@@ -226,8 +227,8 @@ def stage_run(cfg: MlflowConfig, stage: str, run_name: str | None = None, params
         run_tags["mlflow.source.git.commit"] = commit
     if parent:
         run_tags["mlflow.parentRunId"] = parent
-    with mlflow.start_run(run_name=run_name or stage, experiment_id=exp_id, nested=active is not None,
-                          tags=run_tags, log_system_metrics=system_metrics) as run:
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name or stage, experiment_id=exp_id,
+                          nested=active is not None, tags=run_tags, log_system_metrics=system_metrics) as run:
         if params:
             log_params(params)
         yield run

@@ -204,6 +204,7 @@ def register_state(cfg: EtcConfig, stage: str, state: dict, metrics: dict[str, f
     with its FPS, its metrics on its LoggedModel and a model card as the version's description."""
     from etc_core.models import from_weights
     from etc_core.tracking.registry import resolve_version
+    from etc_core.ray_utils import on_worker
     from etc_core.train.card import measure_fps, model_card
 
     spec = stage_spec(cfg, stage)
@@ -213,7 +214,7 @@ def register_state(cfg: EtcConfig, stage: str, state: dict, metrics: dict[str, f
         log.info("%s version %s already holds this config; not registering again", found.name, found.version)
         return found
     size = example_shape(manifest)
-    metrics = {**metrics, "fps": measure_fps(model, size)}
+    metrics = {**metrics, "fps": on_worker(measure_fps, model, size)}  # timed on a GPU node when there is one
     teacher = resolve_version(cfg.student.teacher_uri) if spec.loss.needs_teacher else None
     tags = {"etc.config_hash": stage_hash(cfg, stage), "etc.stage": stage, "etc.arch": spec.arch,
             "etc.run_id": run_id, "etc.shards": cfg.shards.uri, **({"etc.teacher": teacher} if teacher else {})}

@@ -13,17 +13,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
-import urllib.request
 
 import mlflow
 import psutil
 import pytest
 
 from etc_core.storage import uri as storage
-from tests.conftest import REPO, TINY_DATA, end_processes, run_python, wait_for
-from tests.reliability._inputs import assert_one_line_error, closed_port
+from tests.conftest import TINY_DATA, run_python, wait_for
+from tests.conftest import mlflow_server as start_mlflow_server
+from tests.reliability._inputs import assert_one_line_error
 from tests.reliability._procs import Output, popen, sigkill
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -53,31 +51,11 @@ def postgres():
 def mlflow_server(tmp_path, postgres):
     """`infra/mlflow_server.sh` on 127.0.0.1 with a PostgreSQL backend store (psycopg2, the `server` extra) and its
     own artifact root; yields its URI."""
-    port = closed_port()
-    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
     from urllib.parse import parse_qs, urlparse
 
     socket_dir = parse_qs(urlparse(postgres.get_uri()).query)["host"][0]  # pgserver listens on no TCP port
-    backend = f"postgresql://postgres@/postgres?host={socket_dir}"
-    proc = subprocess.Popen(["bash", "infra/mlflow_server.sh", "--backend", backend,
-                             "--artifacts-destination", f"{tmp_path}/server/artifacts", "--port", str(port),
-                             "--", "--workers", "1"], cwd=REPO, env={**os.environ, "MLFLOW": mlflow_bin},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return urllib.request.urlopen(f"{uri}/health", timeout=2).read() == b"OK"
-        except OSError:
-            return proc.poll() is not None  # exited: the assertion below says so
-
-    try:
-        wait_for(healthy, 120, "the MLflow server to answer /health")
-        assert proc.poll() is None, "infra/mlflow_server.sh exited"
+    with start_mlflow_server(f"postgresql://postgres@/postgres?host={socket_dir}", tmp_path / "server") as uri:
         yield uri
-    finally:
-        server = psutil.Process(proc.pid)
-        end_processes([*server.children(recursive=True), server], timeout=10)
 
 
 def _start_cluster(attempts: int = 3):

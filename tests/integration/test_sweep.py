@@ -14,7 +14,7 @@ import pytest
 
 from etc_core.config import load_config
 from etc_core.sweep.run import release_orphaned_placement_groups, run_sweep, sweep_name
-from tests.conftest import REPO, run_dirs, run_python
+from tests.conftest import REPO, mlflow_server, run_dirs, run_python
 
 pytestmark = pytest.mark.integration
 
@@ -73,24 +73,35 @@ def test_asha_sweep_logs_parent_children_pictures_and_best_yaml(tiny_shards, tmp
 
 
 @pytest.mark.slow
-def test_a_sweep_on_s3_storage_registers_its_best_trial(tiny_shards, moto_s3, tmp_path):
-    """train.storage_path=s3://... (moto, at s3.endpoint_url): the best trial's checkpoint is read back through the
-    filesystem Ray Train stored it on and registered (issue 32: it used to be skipped with a warning)."""
+def test_a_sweep_on_s3_storage_with_a_server_logs_trials_live_and_registers_its_best(tiny_shards, moto_s3, tmp_path):
+    """train.storage_path=s3://... (moto, at s3.endpoint_url) and an MLflow server: the trial opens its child run and
+    its Ray Train worker logs to it while the sweep runs (before the driver logs the sweep's summary); the best
+    trial's checkpoint is read back through the filesystem Ray Train stored it on and registered in that run."""
     from etc_core.storage import uri as storage
 
     storage.s3_client(moto_s3).create_bucket(Bucket="etc-sweep")
-    cfg = load_config(None, [*tiny_shards, *run_dirs(tmp_path), *TINY_TRAIN, "train.cpus_per_worker=2",
-                             "sweep.cpus_per_trial=0", "sweep.num_samples=1", "sweep.search=random",
-                             "sweep.scheduler=fifo", "sweep.space={train.lr: {type: grid, values: [0.05]}}",
-                             "sweep.metric=val_miou", "sweep.register_best=true",
-                             "train.storage_path=s3://etc-sweep/ray", f"s3.endpoint_url={moto_s3}"])
-    summary = run_sweep(cfg)
-    assert [t.error for t in summary["trials"]] == [None]
-    kept = [r["checkpoint_path"] for r in summary["best"].history if "checkpoint_path" in r]
-    assert kept and all(p.startswith("etc-sweep/ray/") for p in kept)  # on S3, not on this disk
-    registered = summary["registered"]
-    version = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_model_version(registered.name, registered.version)
-    assert version.run_id == summary["child_run_ids"][summary["best"].trial_id]
+    with mlflow_server(f"{tmp_path}/server/mlflow.db", tmp_path / "server" / "artifacts") as server:
+        cfg = load_config(None, [*tiny_shards, *run_dirs(tmp_path), *TINY_TRAIN, "train.cpus_per_worker=2",
+                                 "sweep.cpus_per_trial=0", "sweep.num_samples=1", "sweep.search=random",
+                                 "sweep.scheduler=fifo", "sweep.space={train.lr: {type: grid, values: [0.05]}}",
+                                 "sweep.metric=val_miou", "sweep.register_best=true", f"mlflow.tracking_uri={server}",
+                                 "train.storage_path=s3://etc-sweep/ray", f"s3.endpoint_url={moto_s3}"])
+        summary = run_sweep(cfg)
+        assert [t.error for t in summary["trials"]] == [None]
+        kept = [r["checkpoint_path"] for r in summary["best"].history if "checkpoint_path" in r]
+        assert kept and all(p.startswith("etc-sweep/ray/") for p in kept)  # on S3, not on this disk
+        client = mlflow.MlflowClient(server)
+        child = summary["child_run_ids"][summary["best"].trial_id]
+        registered = summary["registered"]
+        assert client.get_model_version(registered.name, registered.version).run_id == child
+        children = client.search_runs([client.get_run(child).info.experiment_id],
+                                      f"tags.`mlflow.parentRunId` = '{summary['parent_run_id']}'")
+        assert [c.info.run_id for c in children] == [child]  # the trial's own run, not a second one after it
+        live = client.get_metric_history(child, "val/miou")  # logged by the trial's rank-0 worker
+        summary_at = client.get_metric_history(summary["parent_run_id"], "sweep/trials")[0].timestamp
+        assert [m.step for m in live] == [int(r["step"]) for r in summary["best"].history]
+        assert max(m.timestamp for m in live) < summary_at  # while the sweep ran, not after it
+        assert client.get_run(child).data.params["train.lr"] == "0.05"
 
 
 def test_placement_groups_of_a_dead_creator_are_released_and_live_ones_kept(ray_local):

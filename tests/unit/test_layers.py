@@ -34,6 +34,7 @@ LAYERS = {
     "etc_core.train.config": 2, "etc_core.sweep": 2, "etc_core.sweep.config": 2,
     # 3: MLflow tracking and registry, inference, evaluation, the model card, the sweep space, flow timing
     "etc_core.tracking.mlflow": 3, "etc_core.tracking.registry": 3, "etc_core.tracking.ui": 3,
+    "etc_core.tracking.sweep_runs": 3,
     "etc_core.tracking.copy": 3, "etc_core.infer": 3,
     "etc_core.train.evaluate": 3, "etc_core.train.card": 3, "etc_core.sweep.space": 3, "etc_core.flow.timing": 3,
     # 4: EtcConfig, gathered from the sections below, with load_config and parse_args
