@@ -215,7 +215,8 @@ def stage_run(cfg: MlflowConfig, stage: str, run_name: str | None = None, params
     s3: the config's S3 access, for artifacts on S3 (use_s3).
 
     system_metrics: MLflow samples this process's machine (CPU, memory, disk, GPU) into `system/*` while it is open.
-    run_id: go on in this existing run (a resumed sweep's parent) instead of starting one.
+    run_id: go on in this existing run (a resumed sweep's parent) instead of starting one; of `params`, only those
+    it does not hold yet are logged (MLflow refuses to change a logged param).
     """
     import mlflow
 
@@ -229,6 +230,8 @@ def stage_run(cfg: MlflowConfig, stage: str, run_name: str | None = None, params
         run_tags["mlflow.parentRunId"] = parent
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name or stage, experiment_id=exp_id,
                           nested=active is not None, tags=run_tags, log_system_metrics=system_metrics) as run:
+        if params and run_id:  # going on in a run: its params are those of its first start (ray.address, ...)
+            params = {k: v for k, v in params.items() if k not in run.data.params}
         if params:
             log_params(params)
         yield run

@@ -1,32 +1,83 @@
-"""A Ray worker node that does not see one folder of this machine: run as
-`unshare -m --propagation private python -m tests.integration._isolated_node GCS_ADDRESS HIDDEN_DIR`; it mounts an
-empty tmpfs over HIDDEN_DIR in its own mount namespace, then joins the cluster at GCS_ADDRESS on 127.0.0.1 as node
-`isolated` (1 CPU) the way ray.cluster_utils.Cluster.add_node starts its worker nodes, and stays until SIGTERM.
+"""A Ray worker node that does not see some folders of this machine, with a home, torch cache, temp dir and working
+directory of its own (its log: <home>/node.log): `start(gcs_address, hidden, home)` runs this module under `unshare -m --propagation private`;
+it mounts an empty tmpfs over each hidden folder in its own mount namespace, then joins the cluster at gcs_address on
+127.0.0.1 the way ray.cluster_utils.Cluster.add_node starts its worker nodes, and stays until SIGTERM.
 `ray start --address` would refuse (it takes a multi-node cluster on this platform only with
 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1, which also makes Ray listen beyond 127.0.0.1)."""
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def start(gcs_address: str, hidden: list[Path], home: Path, cpus: int = 1, resources: dict | None = None,
+          name: str = "isolated") -> subprocess.Popen:
+    """The node's process, once it has joined (its raylet and workers are its descendants)."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HOME": str(home), "TORCH_HOME": str(home / "torch"), "TMPDIR": str(home),
+           "XDG_CACHE_HOME": str(home / "cache"), "PYTHONPATH": str(REPO), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", sys.executable, "-m",
+                             "tests.integration._isolated_node", gcs_address, json.dumps([str(h) for h in hidden]),
+                             str(cpus), json.dumps(resources or {}), name],
+                            cwd=home, env=env, stdout=subprocess.PIPE, stderr=open(home / "node.log", "w"), text=True)
+    line = proc.stdout.readline().strip()  # the one line it prints: nothing fills the pipe afterwards
+    if line != "joined":
+        stop(proc, kill=True)
+        raise AssertionError(f"the isolated node did not join: {line} {(home / 'node.log').read_text()[-3000:]}")
+    return proc
+
+
+def tree(proc: subprocess.Popen) -> list[psutil.Process]:
+    try:
+        parent = psutil.Process(proc.pid)
+        return [*parent.children(recursive=True), parent]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def raylet_pid(proc: subprocess.Popen) -> int:
+    return next(p.pid for p in tree(proc) if p.name() == "raylet")
+
+
+def stop(proc: subprocess.Popen, kill: bool = False) -> None:
+    """End the node: SIGKILL to every process of it at once (kill: a lost machine), else SIGTERM, then SIGKILL."""
+    procs = tree(proc)
+    for p in procs:
+        try:
+            p.kill() if kill else p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=20)
+    for p in alive:
+        p.kill()
+    proc.wait(timeout=20)
 
 
 def main() -> None:
-    gcs_address, hidden = sys.argv[1], sys.argv[2]
-    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", hidden], check=True)
+    gcs_address, hidden, cpus, resources, name = sys.argv[1:6]
+    for folder in json.loads(hidden):
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", folder], check=True)
     import ray._private.node
     import ray._private.parameter
 
     params = ray._private.parameter.RayParams(
-        gcs_address=gcs_address, node_ip_address="127.0.0.1", num_cpus=1, num_gpus=0, node_name="isolated",
+        gcs_address=gcs_address, node_ip_address="127.0.0.1", num_cpus=int(cpus), num_gpus=0, node_name=name,
         object_store_memory=150 * 1024 * 1024, min_worker_port=0, max_worker_port=0, include_log_monitor=False,
-        node_manager_port=0, resources={"isolated": 1})
+        node_manager_port=0, resources=json.loads(resources))
     node = ray._private.node.Node(params, head=False, shutdown_at_exit=True, spawn_reaper=True)
     print("joined", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stop.wait()
+    stop_event = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    stop_event.wait()
     node.kill_all_processes(check_alive=False, allow_graceful=True)
 
 

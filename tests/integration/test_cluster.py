@@ -2,11 +2,14 @@
 `s3.endpoint_url` only: no AWS_ENDPOINT_URL anywhere) and an MLflow server (infra/mlflow_server.sh on 127.0.0.1) on a
 real PostgreSQL (pgserver) that the pipeline logs to, registers in and loads its models from.
 
-pipelines/full.py runs every stage with its Ray Train workers spread over both nodes; the worker node is killed
-during student training and the run finishes from its last S3 checkpoint on the head node, with one registered
-version. A node-local (SQLite) MLflow store on the same two nodes is refused in one line before any work.
-What this does not show: separate disks (both nodes read data.root from this machine's disk; a real cluster needs
-it on every node, docs/cluster.md), GPUs, NCCL, and a network between hosts.
+The worker node runs in its own mount namespace with its own home, torch cache, temp dir and working directory
+(tests/integration/_isolated_node.py); the teacher's backbone weights sit in a folder only the head sees, so a
+worker that opened them instead of taking them from the driver would fail. pipelines/full.py runs every stage with
+its Ray Train workers spread over both nodes; the worker node is killed during student training and the run
+finishes from its last S3 checkpoint on the head node, with one registered version. A node-local (SQLite) MLflow
+store on the same two nodes is refused in one line before any work. What this does not show: separate disks for
+the data (both nodes read data.root from this machine's disk; a real cluster needs it on every node, and the path
+check refuses a node that lacks it: test_node_paths.py), GPUs, NCCL, and a network between hosts.
 """
 from __future__ import annotations
 
@@ -17,9 +20,11 @@ import re
 import mlflow
 import psutil
 import pytest
+import torch
 
 from etc_core.storage import uri as storage
 from tests.conftest import TINY_DATA, run_python, wait_for
+from tests.integration import _isolated_node as isolated_node
 from tests.conftest import mlflow_server as start_mlflow_server
 from tests.reliability._inputs import assert_one_line_error
 from tests.reliability._procs import Output, popen, sigkill
@@ -58,17 +63,17 @@ def mlflow_server(tmp_path, postgres):
         yield uri
 
 
-def _start_cluster(attempts: int = 3):
-    """(Cluster, worker node): a head (2 CPUs) and a worker node (1 CPU) on 127.0.0.1, no dashboards. Ray gives a
-    raylet a fixed 30 s to register with the GCS (ray/_private/node.py), which a machine busy with other work can
-    miss: a failed start is shut down and tried again."""
+def _start_head(attempts: int = 3):
+    """A head (2 CPUs) on 127.0.0.1, no dashboard. Ray gives a raylet a fixed 30 s to register with the GCS
+    (ray/_private/node.py), which a machine busy with other work can miss: a failed start is shut down and tried
+    again."""
     from ray.cluster_utils import Cluster
 
     for attempt in range(attempts):
         cluster = Cluster()
         try:
             cluster.add_node(num_cpus=2, resources={"head": 1}, include_dashboard=False)
-            return cluster, cluster.add_node(num_cpus=1, resources={"worker": 1}, include_dashboard=False)
+            return cluster
         except Exception:  # noqa: BLE001 - "The current node timed out during startup"
             cluster.shutdown()
             if attempt == attempts - 1:
@@ -76,25 +81,32 @@ def _start_cluster(attempts: int = 3):
 
 
 @pytest.fixture
-def two_nodes(moto_s3, monkeypatch):
-    """Two Ray nodes on 127.0.0.1 started without AWS_ENDPOINT_URL (moto_s3 sets it for the session)."""
+def two_nodes(moto_s3, monkeypatch, tmp_path):
+    """(cluster, worker node process, head-only folder): a head and a worker node (1 CPU) on 127.0.0.1 started
+    without AWS_ENDPOINT_URL (moto_s3 sets it for the session). The worker node runs in its own mount namespace
+    with its own home, torch cache, temp dir and working directory, and the head-only folder is an empty tmpfs
+    there (tests/integration/_isolated_node.py): a worker that opened a head-local file would fail."""
     monkeypatch.delenv("AWS_ENDPOINT_URL")  # nothing here may rely on it
-    cluster, worker = _start_cluster()
+    head_only = tmp_path / "head-only"
+    head_only.mkdir()
+    cluster = _start_head()
+    worker = None
     try:
-        yield cluster, worker
+        worker = isolated_node.start(cluster.gcs_address, [head_only], tmp_path / "worker-home",
+                                     resources={"worker": 1}, name="worker")
+        yield cluster, worker, head_only
     finally:
+        if worker is not None:
+            isolated_node.stop(worker)
         cluster.shutdown()
-
-
-def _raylet_pid(node) -> int:
-    return node.all_processes["raylet"][0].process.pid
 
 
 def _train_workers_by_node(cluster, worker) -> dict[str, int]:
     """How many RayTrainWorker processes run under each node's raylet (workers are the raylet's children)."""
     counts = {"head": 0, "worker": 0}
-    for name, node in (("head", cluster.head_node), ("worker", worker)):
-        for child in psutil.Process(_raylet_pid(node)).children(recursive=True):
+    head_raylet = cluster.head_node.all_processes["raylet"][0].process.pid
+    for name, raylet in (("head", head_raylet), ("worker", isolated_node.raylet_pid(worker))):
+        for child in psutil.Process(raylet).children(recursive=True):
             try:
                 counts[name] += "RayTrainWorker" in " ".join(child.cmdline())
             except psutil.NoSuchProcess:
@@ -116,7 +128,11 @@ def _student_checkpoints(endpoint: str) -> list[str]:
 
 
 def test_pipeline_across_two_nodes_survives_losing_one(moto_s3, two_nodes, mlflow_server, postgres, tmp_path):
-    cluster, worker = two_nodes
+    import torchvision.models as tvm
+
+    cluster, worker, head_only = two_nodes
+    weights = head_only / "r18.pth"  # backbone weights on the head's disk alone: the driver hands them over
+    torch.save(tvm.resnet18(weights=None).state_dict(), weights)
     storage.s3_client(moto_s3).create_bucket(Bucket=BUCKET)
     assert "AWS_ENDPOINT_URL" not in os.environ
     common = [f"data.root={tmp_path}/data", *TINY_DATA, f"ray.address={cluster.address}",
@@ -129,16 +145,17 @@ def test_pipeline_across_two_nodes_survives_losing_one(moto_s3, two_nodes, mlflo
     assert storage.list_files(f"s3://{BUCKET}", moto_s3) == []  # refused before any work
 
     proc = popen(["pipelines/full.py", *common, f"mlflow.tracking_uri={mlflow_server}", *STEPS,
-                  "teacher.arch=pspnet18_slim", "student.arch=pspnet18_slim", "train.workers=2",
+                  "teacher.arch=pspnet18", "student.arch=pspnet18_slim", "train.workers=2",
                   "train.cpus_per_worker=1", "train.placement_strategy=SPREAD", "pipeline.ptlflow_timing_pairs=0",
-                  "pipeline.baseline=false", "teacher.train.max_steps=2", "teacher.train.steps_per_epoch=2"])
+                  "pipeline.baseline=false", "teacher.train.max_steps=2", "teacher.train.steps_per_epoch=2",
+                  f"teacher.pretrained={weights}"])
     out = Output(proc)
     try:
         out.wait_for(r"== student: training", 600)
         wait_for(lambda: _student_checkpoints(moto_s3), 300, "a student checkpoint registered in S3", poll_s=0.2)
         spread = _train_workers_by_node(cluster, worker)
         assert spread == {"head": 1, "worker": 1}, spread  # the DDP group spans both nodes
-        cluster.remove_node(worker, allow_graceful=False)  # SIGKILL: raylet, object store, its Train worker
+        isolated_node.stop(worker, kill=True)  # SIGKILL: raylet, object store, its Train worker
         proc.wait(timeout=600)
     finally:
         sigkill(proc)
@@ -157,7 +174,7 @@ def test_pipeline_across_two_nodes_survives_losing_one(moto_s3, two_nodes, mlflo
     # the same student uninterrupted (its own Ray storage, so nothing resumes), on the node that is left: the run
     # that lost a node ends where this one does (seeded loop; the checkpoint holds every state it needs)
     again = run_python("pipelines/train_student.py", *common, f"mlflow.tracking_uri={mlflow_server}", *STEPS,
-                       "teacher.arch=pspnet18_slim", "student.arch=pspnet18_slim", "train.workers=2",
+                       "teacher.arch=pspnet18", "student.arch=pspnet18_slim", "train.workers=2",
                        "train.cpus_per_worker=1", f"train.storage_path=s3://{BUCKET}/ray-again", timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     def final(version: str) -> list[float]:  # val mIoU and TC at the last step of the run that trained it

@@ -11,10 +11,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.conftest import REPO, end_processes
+from tests.conftest import REPO
+from tests.integration import _isolated_node as isolated_node
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -40,33 +40,22 @@ print(json.dumps(out))
 @pytest.fixture
 def split_nodes():
     """(GCS address, shared folder, head-only folder) of a head (ray.cluster_utils.Cluster) and a worker node in its
-    own mount namespace (tests/integration/_isolated_node.py), with its own home, torch cache and temp dir, on
-    127.0.0.1."""
+    own mount namespace (tests/integration/_isolated_node.py), on 127.0.0.1."""
     from ray.cluster_utils import Cluster
 
     root = Path(tempfile.mkdtemp(prefix="nodes", dir="/tmp"))
     shared, head_only = root / "shared", root / "head-only"
-    for folder in (shared / "data", head_only / "data", head_only / "ray_results", root / "home"):
+    for folder in (shared / "data", head_only / "data", head_only / "ray_results"):
         folder.mkdir(parents=True)
     cluster = Cluster()
     worker = None
     try:
         cluster.add_node(num_cpus=1, include_dashboard=False)
-        env = {**os.environ, "HOME": str(root / "home"), "TORCH_HOME": str(root / "home" / "torch"),
-               "TMPDIR": str(root / "home"), "PYTHONPATH": str(REPO), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-        worker = subprocess.Popen(["unshare", "-m", "--propagation", "private", sys.executable, "-m",
-                                   "tests.integration._isolated_node", cluster.gcs_address, str(head_only)],
-                                  cwd=root / "home", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True)
-        assert worker.stdout.readline().strip() == "joined", worker.stderr.read()[-3000:]
+        worker = isolated_node.start(cluster.gcs_address, [head_only], root / "home", resources={"isolated": 1})
         yield cluster.gcs_address, shared, head_only
     finally:
         if worker is not None:
-            try:
-                parent = psutil.Process(worker.pid)
-                end_processes([*parent.children(recursive=True), parent], timeout=20)
-            except psutil.NoSuchProcess:
-                pass
+            isolated_node.stop(worker)
         cluster.shutdown()
         shutil.rmtree(root, ignore_errors=True)
 
