@@ -226,7 +226,7 @@ def stage_run(cfg: MlflowConfig, stage: str, run_name: str | None = None, params
     run_tags = {"etc.stage": stage, **(tags or {})}
     if commit := git_commit():  # what the UI shows as the run's source version
         run_tags["mlflow.source.git.commit"] = commit
-    if parent:
+    if parent and not run_id:  # a run gone on in keeps the parent it started under
         run_tags["mlflow.parentRunId"] = parent
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name or stage, experiment_id=exp_id,
                           nested=active is not None, tags=run_tags, log_system_metrics=system_metrics) as run:
