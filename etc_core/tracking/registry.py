@@ -37,7 +37,9 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # etc_core/, shipped inside e
 SERVED_CODE = PACKAGE_DIR / "infer" / "served.py"  # the models-from-code file MLflow runs to load a version
 LAYOUTS = ("artifacts", "extra_files")  # where etc_model.json and weights.pt lie: pyfunc layout, first layout
 # what importing etc_core.infer.served pulls in (tests/integration/test_serving.py checks the list is complete)
-SERVING_PACKAGES = ("mlflow", "torch", "torchvision", "timm", "numpy", "pillow", "pydantic", "pyyaml", "tqdm")
+# nvidia-ml-py: torch imports pynvml whenever it is installed (it is, for system metrics), so a served model does too
+SERVING_PACKAGES = ("mlflow", "torch", "torchvision", "timm", "numpy", "pillow", "pydantic", "pyyaml", "tqdm",
+                    "nvidia-ml-py")
 REREGISTER = "register it again: pipelines/full.py --force STAGE (teacher, baseline or student) retrains it"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -20,20 +21,30 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def start(gcs_address: str, hidden: list[Path], home: Path, cpus: int = 1, resources: dict | None = None,
-          name: str = "isolated") -> subprocess.Popen:
-    """The node's process, once it has joined (its raylet and workers are its descendants)."""
+          name: str = "isolated", tries: int = 2, timeout: float = 180) -> subprocess.Popen:
+    """The node's process, once it has joined (its raylet and workers are its descendants). A node that dies before
+    joining is started again once (a CI run saw one abort in Ray's C++ while joining, on a loaded machine); the
+    first failure's cause goes to stderr, the last one's to the AssertionError."""
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HOME": str(home), "TORCH_HOME": str(home / "torch"), "TMPDIR": str(home),
            "XDG_CACHE_HOME": str(home / "cache"), "PYTHONPATH": str(REPO), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", sys.executable, "-m",
-                             "tests.integration._isolated_node", gcs_address, json.dumps([str(h) for h in hidden]),
-                             str(cpus), json.dumps(resources or {}), name],
-                            cwd=home, env=env, stdout=subprocess.PIPE, stderr=open(home / "node.log", "w"), text=True)
-    line = proc.stdout.readline().strip()  # the one line it prints: nothing fills the pipe afterwards
-    if line != "joined":
+    for attempt in range(1, tries + 1):
+        proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", sys.executable, "-m",
+                                 "tests.integration._isolated_node", gcs_address, json.dumps([str(h) for h in hidden]),
+                                 str(cpus), json.dumps(resources or {}), name],
+                                cwd=home, env=env, stdout=subprocess.PIPE, stderr=open(home / "node.log", "w"),
+                                text=True)
+        # the one line it prints (nothing fills the pipe afterwards); Ray retries an unreachable GCS for ever
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline().strip() if ready else f"nothing after {timeout} s"
+        if line == "joined":
+            return proc
         stop(proc, kill=True)
-        raise AssertionError(f"the isolated node did not join: {line} {(home / 'node.log').read_text()[-3000:]}")
-    return proc
+        log = (home / "node.log").read_text().splitlines()
+        cause = [t for t in log if "Check failed" in t or "rror" in t or "Failed" in t][:10]  # the lines above the stack trace
+        failure = f"the isolated node did not join (try {attempt}/{tries}): {line!r}; its log says {cause} ... {log[-8:]}"
+        print(failure, file=sys.stderr, flush=True)
+    raise AssertionError(failure)
 
 
 def tree(proc: subprocess.Popen) -> list[psutil.Process]:
@@ -73,6 +84,7 @@ def main() -> None:
         gcs_address=gcs_address, node_ip_address="127.0.0.1", num_cpus=int(cpus), num_gpus=0, node_name=name,
         object_store_memory=150 * 1024 * 1024, min_worker_port=0, max_worker_port=0, include_log_monitor=False,
         node_manager_port=0, resources=json.loads(resources))
+    params.dashboard_agent_listen_port = None  # a free port, not the head's 52365 (as Cluster.add_node does)
     node = ray._private.node.Node(params, head=False, shutdown_at_exit=True, spawn_reaper=True)
     print("joined", flush=True)
     stop_event = threading.Event()
