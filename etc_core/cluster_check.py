@@ -43,7 +43,9 @@ def requests(cfg: EtcConfig, stages: tuple[str, ...], sweep: bool = False) -> li
 
 
 def _keys(cfg: EtcConfig, stage: str) -> str:
-    section = "teacher" if stage == "teacher" else "student" if stage == "student" else None
+    from etc_core.train.config import section_name
+
+    section = None if stage == "baseline" else section_name(stage)  # the baseline takes no student.train
     own = getattr(cfg, section).train if section else {}
     return f"with {section}.train overrides {sorted(own)}, " if own else ""
 

@@ -1,4 +1,5 @@
-"""The whole pipeline: dataset -> flow shards -> teacher -> (sweep) -> baseline and ETC student -> evaluation.
+"""The whole pipeline: dataset -> flow shards -> teacher -> (sweep) -> baseline, ETC student (and its equal-step
+control) -> evaluation.
 
 Each stage is skipped when its output for the same config already exists: the shards manifest (the flow stage
 checks it), or a registered model version tagged with the stage's config hash. `force` names stages to redo.
@@ -17,7 +18,8 @@ from etc_core.stages import announce, flow_stage, flow_timing_stage, sweep_stage
 from etc_core.tracking import mlflow as tracking
 from etc_core.tracking.registry import Registered
 
-STAGES = ("flow", "teacher", "sweep", "baseline", "student", "evaluate")
+STAGES = ("flow", "teacher", "sweep", "baseline", "student", "control", "evaluate")
+MODELS = ("teacher", "baseline", "student", "control")  # the training stages, in the evaluation table's order
 
 
 @dataclass
@@ -34,7 +36,7 @@ class PipelineResult:
 def training_stages(cfg: EtcConfig) -> tuple[str, ...]:
     """The training stages a pipeline run of cfg can start (for the resource check before any work)."""
     baseline = cfg.pipeline.baseline or cfg.student.init_from == "baseline"
-    return ("teacher", *(["baseline"] if baseline else []), "student")
+    return ("teacher", *(["baseline"] if baseline else []), "student", *(["control"] if cfg.pipeline.control else []))
 
 
 def run_pipeline(cfg: EtcConfig, force: tuple[str, ...] = ()) -> PipelineResult:
@@ -73,6 +75,8 @@ def _run_stages(cfg: EtcConfig, force: tuple[str, ...]) -> PipelineResult:
         if cfg.pipeline.baseline and "baseline" not in result.models:
             _train(cfg, "baseline", "baseline" in force, parent.info.run_id, result)
         _train(cfg, "student", "student" in force, parent.info.run_id, result)
+        if cfg.pipeline.control:  # after the sweep: the chosen student's init and steps, without the ETC terms
+            _train(cfg, "control", "control" in force, parent.info.run_id, result)
 
         with announce("evaluate", "mIoU, TC, TC-noc, flicker, mVC and speed of every model on the test shards"), \
                 tracking.stage_run(cfg.mlflow, "evaluate"):
@@ -110,10 +114,33 @@ def _evaluate(cfg: EtcConfig, models: dict[str, Registered]) -> tuple[dict, str]
     split = eval_split(read_manifest(cfg))
     parts = [on_worker(_evaluate_one, cfg, f"{stage}:{models[stage].name}/{models[stage].version}",
                        models[stage].model_uri, split, references=not i)
-             for i, stage in enumerate(s for s in ("teacher", "baseline", "student") if s in models)]
+             for i, stage in enumerate(s for s in MODELS if s in models)]
     evaluation = {"source": parts[0]["source"], "rows": [row for part in parts for row in part["rows"]]}
     evaluation["rows"].sort(key=lambda row: row["arch"] == "reference")  # the models, then the references
-    return evaluation, format_table(evaluation)
+    warm = "baseline" in models and cfg.student.init_from == models["baseline"].model_uri
+    evaluation["comparisons"] = comparisons(evaluation["rows"], warm)
+    return evaluation, "\n".join([format_table(evaluation), *(c["line"] for c in evaluation["comparisons"])])
+
+
+def comparisons(rows: list[dict], warm: bool) -> list[dict]:
+    """The student against its equal-step control first (what isolates the ETC terms), then against the baseline it
+    started from (`warm`: the student fine-tuned it, so it trained the student's steps more: secondary); each
+    {"name", "delta": {metric: student - other}, "line"} for the pairs present. One seed on the test clips: a
+    difference, not a confidence interval."""
+    by = {row["model"].split(":")[0]: row for row in rows if row["arch"] != "reference"}
+    pairs = [("control", "equal steps (the same init and steps without the ETC terms)"),
+             ("baseline", "secondary, unequal steps (the student trained its steps on top of this baseline)" if warm
+              else "the per-frame baseline (its own steps)")]
+    out = []
+    for other, what in pairs:
+        if "student" not in by or other not in by:
+            continue
+        delta = {k: by["student"][k] - by[other][k] for k in ("miou", "tc_noc", "mvc8")
+                 if by["student"].get(k) is not None and by[other].get(k) is not None}
+        shown = ", ".join(f"{label} {delta[k]:+.2f}" for k, label in (("tc_noc", "TC-noc"), ("mvc8", "mVC8"),
+                                                                       ("miou", "mIoU")) if k in delta)
+        out.append({"name": f"student - {other}", "delta": delta, "line": f"student - {other}: {shown}   [{what}]"})
+    return out
 
 
 def _evaluate_one(cfg: EtcConfig, label: str, model_uri: str, split: str, references: bool) -> dict:

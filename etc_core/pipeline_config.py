@@ -12,6 +12,7 @@ class PipelineConfig(Section):
     """What pipelines/full.py runs after the flow shards and the teacher."""
 
     baseline: bool = True  # also train the student per frame (CE only): the "without ETC" row of the table
+    control: bool = False  # also train the student's equal-step control (its init and steps, CE only): the table leads with student - control, what isolates the ETC terms
     sweep: bool = False  # run the loss-weight sweep (pipelines/sweep.py) before the student
     ptlflow_timing_pairs: int = Field(8, ge=0)  # time flow.model (random init) on this many pairs; 0 = skip
     eval_batch_size: int = Field(8, ge=1)

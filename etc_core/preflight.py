@@ -100,6 +100,9 @@ def check_full(cfg: EtcConfig, force: tuple[str, ...] = ()) -> None:
                               "(add pipeline.sweep=true)")
         if "baseline" in force and not (cfg.pipeline.baseline or cfg.student.init_from == "baseline"):
             raise ConfigError("--force baseline: pipeline.baseline is false and student.init_from is not baseline")
+        if "control" in force and not cfg.pipeline.control:
+            raise ConfigError("--force control: pipeline.control is false, so there is no control to redo "
+                              "(add pipeline.control=true)")
         if cfg.pipeline.sweep:
             check_space(cfg)
         _gpu(cfg, training_stages(cfg))
@@ -223,7 +226,7 @@ def _gpu(cfg: EtcConfig, stages: tuple[str, ...]) -> None:
     """A stage with train.use_gpu (or its own teacher.train / student.train use_gpu) needs a CUDA GPU that torch can
     use on this machine when this process starts the Ray it trains on; joining a cluster (ray.address, RAY_ADDRESS),
     the cluster check counts the cluster's GPUs once Ray is up (etc_core/cluster_check.py)."""
-    from etc_core.train.config import stage_config
+    from etc_core.train.config import section_name, stage_config
 
     if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
         return
@@ -234,7 +237,7 @@ def _gpu(cfg: EtcConfig, stages: tuple[str, ...]) -> None:
 
     if torch.cuda.is_available():
         return
-    own = {"teacher": cfg.teacher.train, "student": cfg.student.train}.get(asking[0], {})
+    own = {} if asking[0] == "baseline" else getattr(cfg, section_name(asking[0])).train
     key = f"{asking[0]}.train.use_gpu" if "use_gpu" in own else "train.use_gpu"
     build = (f"a CUDA {torch.version.cuda} build: an NVIDIA GPU and driver {cuda_driver(torch.version.cuda)}"
              if torch.version.cuda else "a CPU-only build")
@@ -258,9 +261,10 @@ def _pretrained(cfg: EtcConfig, stages: tuple[str, ...]) -> None:
     the torch hub cache or reachable) and fit their networks: each network is built once here, before any store is
     touched. PretrainedWeightsError names the URL or the file."""
     from etc_core.models import create_model
+    from etc_core.train.config import section_name
 
-    sections = {"teacher": cfg.teacher, "student": cfg.student, "baseline": cfg.student}
-    for spec in {id(sections[s]): sections[s] for s in stages}.values():
+    sections = {s: getattr(cfg, section_name(s)) for s in stages}
+    for spec in {id(v): v for v in sections.values()}.values():
         if spec.pretrained != "none":
             create_model(spec.arch, num_classes=1, pretrained=spec.pretrained, s3=cfg.s3.access)
 

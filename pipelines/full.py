@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from etc_core.config import parse_args  # noqa: E402
 from etc_core.entry import run_entry  # noqa: E402
 
-FORCEABLE = ("flow", "teacher", "sweep", "baseline", "student")  # every stage with an output to redo
+FORCEABLE = ("flow", "teacher", "sweep", "baseline", "student", "control")  # every stage with an output to redo
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,8 @@ def model_card(cfg: EtcConfig, stage: str, spec, name: str, metrics: dict[str, f
     """Markdown for the version's description (the UI renders it on the version's page)."""
     weights = ", ".join(f"{term.label} {getattr(spec.loss, term.weight):g}" for term in list_terms())
     kind = {"teacher": "the teacher", "baseline": "the per-frame baseline (cross-entropy only, no ETC terms)",
-            "student": "the ETC student (temporal loss and temporal distillation)"}[stage]
+            "student": "the ETC student (temporal loss and temporal distillation)",
+            "control": "the ETC student's control (the same init and steps, cross-entropy only)"}[stage]
     data = manifest.get("config", {}).get("data", {}) if isinstance(manifest.get("config"), dict) else {}
     splits = ", ".join(f"{split} {v.get('samples', '?')} pairs" for split, v in manifest.get("splits", {}).items())
     source = data.get("kind") or data.get("name") or "?"

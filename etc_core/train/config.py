@@ -69,7 +69,7 @@ def _train_override(value: dict[str, Any]) -> dict[str, Any]:
     return {key: getattr(checked, key) for key in value}
 
 
-STAGES = ("teacher", "student", "baseline")
+STAGES = ("teacher", "student", "baseline", "control")
 
 # `teacher.train` / `student.train`: train.* keys that differ for that stage only (e.g. student.train.max_steps=100).
 # Empty (the default), it is left out of the stage's cache key, so configs without it keep their hashes.
@@ -135,11 +135,21 @@ def merged_train(train: TrainConfig, override: dict[str, Any]) -> TrainConfig:
     return train.model_copy(update=override) if override else train
 
 
+def section_name(stage: str) -> str:
+    """The config section whose `train` overrides, `pretrained` and arch a stage uses: `teacher`, else `student`."""
+    return "teacher" if stage == "teacher" else "student"
+
+
 def stage_spec(cfg: EtcConfig, stage: str):
-    """The config section a stage trains: `teacher`, `student`, or `baseline` (the student trained per frame with
-    cross-entropy only: the "without ETC" row every comparison needs)."""
+    """The config section a stage trains: `teacher`, `student`, `baseline` (the student trained per frame with
+    cross-entropy only: the "without ETC" row every comparison needs) or `control` (the student's twin without the
+    ETC terms: the same init_from, the same student.train and so the same steps, cross-entropy only; student minus
+    control is the comparison that isolates the method, docs/method.md)."""
     if stage == "teacher":
         return cfg.teacher
+    if stage == "control":
+        no_teacher = type(cfg.student).model_fields["teacher_uri"].default
+        return cfg.student.model_copy(update={"loss": cfg.student.loss.per_frame(), "teacher_uri": no_teacher})
     if stage == "baseline":  # from the student's own init, never from student.init_from; it reads no teacher
         per_frame = cfg.student.loss.per_frame()  # every ETC term's weight 0 (and the tc ramp with it)
         no_teacher = type(cfg.student).model_fields["teacher_uri"].default
@@ -156,7 +166,7 @@ def stage_config(cfg: EtcConfig, stage: str) -> EtcConfig:
     override = stage_spec(cfg, stage).train
     if not override:
         return cfg
-    section = "teacher" if stage == "teacher" else "student"
+    section = section_name(stage)
     return cfg.model_copy(update={"train": merged_train(cfg.train, override),
                                   section: getattr(cfg, section).model_copy(update={"train": {}})})
 

@@ -15,7 +15,7 @@ from etc_core.section import config_hash, digest as _digest, flatten
 from etc_core.tracking import mlflow as tracking
 from etc_core.tracking.registry import Registered, load_weights, log_and_register
 from etc_core.train.checkpoint import load_checkpoint
-from etc_core.train.config import stage_config, stage_spec
+from etc_core.train.config import section_name, stage_config, stage_spec
 from etc_core.train.loop import train_loop_per_worker
 
 if TYPE_CHECKING:  # only named as a type here
@@ -29,7 +29,8 @@ class TrainingError(EtcError):
 
 
 def registered_name(cfg: EtcConfig, stage: str) -> str:
-    """`etc-teacher`, `etc-student-<arch>` or `etc-baseline-<arch>` (the same student without ETC)."""
+    """`etc-teacher`, `etc-student-<arch>`, `etc-baseline-<arch>` (the same student per frame, from its own init) or
+    `etc-control-<arch>` (the student's equal-step twin without the ETC terms)."""
     return "etc-teacher" if stage == "teacher" else f"etc-{stage}-{cfg.student.arch}"
 
 
@@ -87,11 +88,11 @@ def pretrained_tags(weights) -> dict[str, str]:
 
 
 def resolve_init(cfg: EtcConfig, stage: str, num_classes: int) -> tuple[dict, dict] | None:
-    """(meta, state dict) of student.init_from for the student stage (None when unset or another stage): the
-    model to fine-tune from. Call tracking.setup(cfg.mlflow) first; ConfigError when it does not fit."""
+    """(meta, state dict) of student.init_from for the student and its control (None when unset or another stage):
+    the model to fine-tune from. Call tracking.setup(cfg.mlflow) first; ConfigError when it does not fit."""
     spec = stage_spec(cfg, stage)
     uri = getattr(spec, "init_from", None)
-    if stage != "student" or not uri:
+    if stage not in ("student", "control") or not uri:
         return None
     if uri == "baseline":
         raise ConfigError("student.init_from: `baseline` is resolved by the entry points (etc_core/stages.py, "
@@ -146,7 +147,7 @@ def make_trainer(cfg: EtcConfig, stage: str, num_classes: int, teacher, run_id: 
 
 
 def run_training(cfg: EtcConfig, stage: str, parent_run_id: str | None = None, force: bool = False) -> dict:
-    """Train `stage` (teacher | student | baseline) on cfg.shards.uri with Ray Train; log, register; summarise.
+    """Train `stage` (teacher | student | baseline | control) on cfg.shards.uri with Ray Train; log, register; summarise.
 
     The Ray Train run is named from the config hash, so rerunning an interrupted config resumes it; `force`
     starts a fresh run (and registers a new version) even when this config was trained before.
@@ -166,7 +167,8 @@ def run_training(cfg: EtcConfig, stage: str, parent_run_id: str | None = None, f
     backbone_ref = ray.put(backbone) if backbone is not None else None
     digest = stage_hash(cfg, stage)
     with tracking.stage_run(cfg.mlflow, stage, run_name=f"{stage}-{spec.arch}", parent_run_id=parent_run_id,
-                            params={**flatten(cfg), "pretrained": spec.pretrained},
+                            params={**flatten(cfg.model_copy(update={section_name(stage): spec})),  # what it trains
+                                    "pretrained": spec.pretrained},
                             tags={"etc.config_hash": digest, "etc.arch": spec.arch, **pretrained_tags(backbone)}
                             ) as run:  # its system/* metrics come from the rank-0 Train worker (train/loop.py)
         tracking.log_shards_input(cfg.shards.uri, manifest)

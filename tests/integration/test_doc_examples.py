@@ -59,7 +59,7 @@ EXPECT = {
         "baseline: etc-baseline-pspnet18_slim version 1 was trained from this config before; reused"],
     ".venv/bin/python pipelines/sweep.py": [f"{BASELINE} (registered from this config before: reused)"],
     ".venv/bin/python pipelines/full.py --config configs/demo.yaml student.train": [
-        "stages run: student, evaluate; reused: flow, teacher, baseline"],  # the stages' baseline is full.py's
+        "stages run: student, control, evaluate; reused: flow, teacher, baseline"],  # the stages' baseline is full.py's
 }
 
 
