@@ -80,7 +80,8 @@ def train_section(r: dict) -> list[str]:
         lines += ["", "Where a Ray Train step's time goes: py-spy (`--nonblocking --idle`) sampled the training "
                   "thread of one more Ray Train run of each stage, not timed; wall ms per step of the epoch in each "
                   "part of the loop, next to the in-memory loop's whole step, and the CPU ms per step that Ray's own "
-                  "processes (raylet, GCS, dashboard, agents) took meanwhile on the same cores.", "",
+                  "processes (raylet, GCS, dashboard, agents, the Train controller) took meanwhile on the same cores, "
+                  "over the whole fit (its start-up included).", "",
                   "| stage | in-memory step | " + " | ".join(parts) + " | epoch (sampled) | Ray's processes, CPU |",
                   "|---|---|" + "---|" * len(parts) + "---|---|"]
         for row in profiles:
@@ -88,7 +89,24 @@ def train_section(r: dict) -> list[str]:
             lines.append(f"| {row['stage']} | {row['ms_per_step']['in_memory']:.1f} | " +
                          " | ".join(f"{p['worker_ms_per_step'].get(k, 0.0):.1f}" for k in parts) +
                          f" | {p['epoch_ms_per_step']:.1f} | {p['ray_processes_cpu_ms_per_step']:.1f} |")
+    lines += ["", *_repeat_spread(r)] if any("overhead_ms_per_step" in row for row in r["rows"]) else []
     return lines + [""]
+
+
+def _repeat_spread(r: dict) -> list[str]:
+    """Ray Train minus the bare loop in each repeat, and how far the bare loop itself moved between repeats: the noise
+    a per-step figure is read against on this machine."""
+    parts = []
+    for row in r["rows"]:
+        ms = {k: [1000 * row["batch_size"] / v for v in vals] for k, vals in row["samples_per_s"].items()}
+        added = ", ".join(f"{ray - mem:+.0f}" for ray, mem in zip(ms["ray_train"], ms["in_memory"]))
+        parts.append(f"{row['stage']} {added} ms/step (the bare loop itself: "
+                     f"{', '.join(f'{v:.0f}' for v in ms['in_memory'])} ms/step)")
+    return [f"Repeat by repeat, Ray Train minus the bare loop: {'; '.join(parts)}. The target is read against this "
+            f"spread: on {r['machine']['cores']} cores the loader decodes in the training thread (loader_workers "
+            "0), Ray's processes share the cores torch uses, and a difference smaller than the spread between "
+            "repeats is not resolved. The loop's own work per step is the profile's `loop` column (and `reading "
+            "values`, where py-spy sampled any)."]
 
 
 def _flow_rows(rows: dict) -> list[str]:

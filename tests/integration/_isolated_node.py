@@ -41,8 +41,9 @@ def start(gcs_address: str, hidden: list[Path], home: Path, cpus: int = 1, resou
             return proc
         stop(proc, kill=True)
         log = (home / "node.log").read_text().splitlines()
-        cause = [t for t in log if "Check failed" in t or "rror" in t or "Failed" in t][:10]  # the lines above the stack trace
-        failure = f"the isolated node did not join (try {attempt}/{tries}): {line!r}; its log says {cause} ... {log[-8:]}"
+        cause = [t for t in log if "Check failed" in t or "rror" in t or "Failed" in t][:10]  # above the stack trace
+        failure = (f"the isolated node did not join (try {attempt}/{tries}): {line!r}; its log says {cause} ... "
+                   f"{log[-8:]}")
         print(failure, file=sys.stderr, flush=True)
     raise AssertionError(failure)
 

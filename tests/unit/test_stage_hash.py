@@ -68,12 +68,14 @@ def test_the_control_is_the_student_without_its_etc_terms_and_keys_apart():
     cfg = load_config(REPO / "configs" / "demo.yaml", ["data.root=/d", "shards.uri=/s", "student.train.max_steps=100",
                                                        "student.init_from=models:/etc-baseline-pspnet18_slim/1"])
     student, control = stage_spec(cfg, "student"), stage_spec(cfg, "control")
-    assert control.arch == student.arch and control.init_from == student.init_from == "models:/etc-baseline-pspnet18_slim/1"
+    assert control.arch == student.arch
+    assert control.init_from == student.init_from == "models:/etc-baseline-pspnet18_slim/1"
     assert stage_config(cfg, "control").train == stage_config(cfg, "student").train  # the same steps
     assert control.loss == student.loss.per_frame() and not control.loss.needs_teacher and student.loss.tc_weight > 0
     keys = {s: stage_hash(cfg, s) for s in (*STAGES, "control")}
     assert len(set(keys.values())) == 4
     assert registered_name(cfg, "control") == "etc-control-pspnet18_slim"
-    longer = load_config(REPO / "configs" / "demo.yaml", ["data.root=/d", "shards.uri=/s", "student.train.max_steps=200",
+    longer = load_config(REPO / "configs" / "demo.yaml", ["data.root=/d", "shards.uri=/s",
+                                                          "student.train.max_steps=200",
                                                           "student.init_from=models:/etc-baseline-pspnet18_slim/1"])
     assert stage_hash(longer, "control") != keys["control"] and stage_hash(longer, "baseline") == keys["baseline"]
