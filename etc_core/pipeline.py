@@ -10,6 +10,9 @@ driver in etc_core/stages.py, the same one its own entry point (pipelines/*.py) 
 """
 from __future__ import annotations
 
+import logging
+import sys
+import time
 from dataclasses import dataclass, field
 
 from etc_core.config import EtcConfig, apply_values, flatten, load_config
@@ -17,6 +20,8 @@ from etc_core.metrics import METRICS
 from etc_core.stages import announce, flow_stage, flow_timing_stage, sweep_stage, train_stage
 from etc_core.tracking import mlflow as tracking
 from etc_core.tracking.registry import Registered
+
+log = logging.getLogger(__name__)
 
 STAGES = ("flow", "teacher", "sweep", "baseline", "student", "control", "evaluate")
 MODELS = ("teacher", "baseline", "student", "control")  # the training stages, in the evaluation table's order
@@ -106,15 +111,20 @@ def eval_split(manifest: dict) -> str:
 def _evaluate(cfg: EtcConfig, models: dict[str, Registered]) -> tuple[dict, str]:
     """mIoU, TC, tc_noc, flicker, mVC and FPS of every model of this run on the test shards (val when there is no test
     split), with the reference rows: one table. Each model is scored by a Ray task of its own (on a GPU when the
-    cluster has one: etc_core/ray_utils.py, on_worker), with a progress bar."""
+    cluster has one: etc_core/ray_utils.py, on_worker), with a progress bar on a console (a log line elsewhere)."""
     from etc_core.infer.evaluate import format_table
     from etc_core.ray_utils import on_worker
     from etc_core.train.run import read_manifest
 
     split = eval_split(read_manifest(cfg))
-    parts = [on_worker(_evaluate_one, cfg, f"{stage}:{models[stage].name}/{models[stage].version}",
-                       models[stage].model_uri, split, references=not i)
-             for i, stage in enumerate(s for s in MODELS if s in models)]
+    bars = sys.stdout.isatty()  # redrawn in place on a console; in a log (ray job logs, a file) one line per model
+    parts = []
+    for i, stage in enumerate(s for s in MODELS if s in models):
+        label, start = f"{stage}:{models[stage].name}/{models[stage].version}", time.monotonic()
+        parts.append(on_worker(_evaluate_one, cfg, label, models[stage].model_uri, split, references=not i,
+                               progress=bars))
+        if not bars:
+            log.info("evaluate: %s scored in %.0f s", label, time.monotonic() - start)
     evaluation = {"source": parts[0]["source"], "rows": [row for part in parts for row in part["rows"]]}
     evaluation["rows"].sort(key=lambda row: row["arch"] == "reference")  # the models, then the references
     warm = "baseline" in models and cfg.student.init_from == models["baseline"].model_uri
@@ -143,7 +153,7 @@ def comparisons(rows: list[dict], warm: bool) -> list[dict]:
     return out
 
 
-def _evaluate_one(cfg: EtcConfig, label: str, model_uri: str, split: str, references: bool) -> dict:
+def _evaluate_one(cfg: EtcConfig, label: str, model_uri: str, split: str, references: bool, progress: bool) -> dict:
     """One model's rows on the shards (and the reference rows when asked), in whichever process runs it."""
     from etc_core.infer.evaluate import evaluate_models
     from etc_core.infer.load import pick_device
@@ -153,4 +163,4 @@ def _evaluate_one(cfg: EtcConfig, label: str, model_uri: str, split: str, refere
     model, meta = load_model(model_uri)
     return evaluate_models([(label, model, meta)], shards=cfg.shards.uri, split=split, device=pick_device("auto"),
                            batch_size=cfg.pipeline.eval_batch_size, s3=cfg.s3.access, references=references,
-                           progress=label)
+                           progress=label if progress else None)

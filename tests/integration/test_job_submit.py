@@ -134,6 +134,8 @@ def test_full_pipeline_via_job_submit_with_s3_relative_paths_and_rerun_skips(ray
     assert equal < unequal and "[equal steps" in table and "[secondary, unequal steps" in table
     assert all(column in table for column in ("mIoU", "TC-noc", "flick-int", "latency ms"))
     assert "ptlflow rapidflow_it1 (random init, timing only)" in table
+    # a job's log is no console: one line per model scored, no progress bar redrawn into every line after it
+    assert "evaluate: control:etc-control-lraspp_mobilenetv3/1 scored in " in logs and "batch/s" not in table
     assert "mlflow ui --backend-store-uri sqlite:///" in table and "--host 127.0.0.1" in table
     assert (tmp_path / "data" / "dataset.json").is_file() and db.is_file() and (tmp_path / "ray_results").is_dir()
     s3 = boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1")
