@@ -43,11 +43,10 @@ def requests(cfg: EtcConfig, stages: tuple[str, ...], sweep: bool = False) -> li
 
 
 def _keys(cfg: EtcConfig, stage: str) -> str:
-    from etc_core.train.config import section_name
+    from etc_core.train.config import section_name, stage_spec
 
-    section = None if stage == "baseline" else section_name(stage)  # the baseline takes no student.train
-    own = getattr(cfg, section).train if section else {}
-    return f"with {section}.train overrides {sorted(own)}, " if own else ""
+    own = stage_spec(cfg, stage).train  # the baseline takes no student.train
+    return f"with {section_name(stage)}.train overrides {sorted(own)}, " if own else ""
 
 
 def check_cluster(cfg: EtcConfig, stages: tuple[str, ...] = (), sweep: bool = False,

@@ -226,7 +226,7 @@ def _gpu(cfg: EtcConfig, stages: tuple[str, ...]) -> None:
     """A stage with train.use_gpu (or its own teacher.train / student.train use_gpu) needs a CUDA GPU that torch can
     use on this machine when this process starts the Ray it trains on; joining a cluster (ray.address, RAY_ADDRESS),
     the cluster check counts the cluster's GPUs once Ray is up (etc_core/cluster_check.py)."""
-    from etc_core.train.config import section_name, stage_config
+    from etc_core.train.config import stage_config, stage_spec
 
     if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
         return
@@ -237,7 +237,7 @@ def _gpu(cfg: EtcConfig, stages: tuple[str, ...]) -> None:
 
     if torch.cuda.is_available():
         return
-    own = {} if asking[0] == "baseline" else getattr(cfg, section_name(asking[0])).train
+    own = stage_spec(cfg, asking[0]).train
     key = f"{asking[0]}.train.use_gpu" if "use_gpu" in own else "train.use_gpu"
     build = (f"a CUDA {torch.version.cuda} build: an NVIDIA GPU and driver {cuda_driver(torch.version.cuda)}"
              if torch.version.cuda else "a CPU-only build")

@@ -147,14 +147,11 @@ def stage_spec(cfg: EtcConfig, stage: str):
     control is the comparison that isolates the method, docs/method.md)."""
     if stage == "teacher":
         return cfg.teacher
-    if stage == "control":
+    if stage in ("control", "baseline"):  # every ETC term's weight 0 (and the tc ramp with it); they read no teacher
         no_teacher = type(cfg.student).model_fields["teacher_uri"].default
-        return cfg.student.model_copy(update={"loss": cfg.student.loss.per_frame(), "teacher_uri": no_teacher})
-    if stage == "baseline":  # from the student's own init, never from student.init_from; it reads no teacher
-        per_frame = cfg.student.loss.per_frame()  # every ETC term's weight 0 (and the tc ramp with it)
-        no_teacher = type(cfg.student).model_fields["teacher_uri"].default
-        return cfg.student.model_copy(update={"loss": per_frame, "init_from": None, "teacher_uri": no_teacher,
-                                              "train": {}})
+        control = cfg.student.model_copy(update={"loss": cfg.student.loss.per_frame(), "teacher_uri": no_teacher})
+        # the baseline: from the student's own init, never from student.init_from, without student.train
+        return control if stage == "control" else control.model_copy(update={"init_from": None, "train": {}})
     if stage != "student":
         raise ValueError(f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
     return cfg.student

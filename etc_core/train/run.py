@@ -91,8 +91,8 @@ def resolve_init(cfg: EtcConfig, stage: str, num_classes: int) -> tuple[dict, di
     """(meta, state dict) of student.init_from for the student and its control (None when unset or another stage):
     the model to fine-tune from. Call tracking.setup(cfg.mlflow) first; ConfigError when it does not fit."""
     spec = stage_spec(cfg, stage)
-    uri = getattr(spec, "init_from", None)
-    if stage not in ("student", "control") or not uri:
+    uri = getattr(spec, "init_from", None)  # the teacher has none; the baseline starts from its own init
+    if not uri:
         return None
     if uri == "baseline":
         raise ConfigError("student.init_from: `baseline` is resolved by the entry points (etc_core/stages.py, "
