@@ -36,10 +36,10 @@ lock:
 	rm -rf .lock-venv
 
 # Two test processes (pytest-xdist, worksteal): most tests keep one core busy (Ray start-up, single-threaded
-# training). TEST_WORKERS=0: one process.
+# training). TEST_WORKERS=0: one process. The 30 slowest tests are listed at the end (the suite must stay under 25 min).
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=30 tests
 
 demo: $(STAMP)
 	$(PY) pipelines/full.py --config configs/demo.yaml

@@ -28,6 +28,10 @@ def start(gcs_address: str, hidden: list[Path], home: Path, cpus: int = 1, resou
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HOME": str(home), "TORCH_HOME": str(home / "torch"), "TMPDIR": str(home),
            "XDG_CACHE_HOME": str(home / "cache"), "PYTHONPATH": str(REPO), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" and "RAY_AUTH_TOKEN" not in os.environ:
+        # A cluster with token authentication (Ray's default for a new local cluster when RAY_AUTH_MODE is unset: an
+        # earlier ray.init in this process set it): a second machine is given the cluster's token; its own home has none
+        env.setdefault("RAY_AUTH_TOKEN_PATH", str(Path.home() / ".ray" / "auth_token"))
     for attempt in range(1, tries + 1):
         proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", sys.executable, "-m",
                                  "tests.integration._isolated_node", gcs_address, json.dumps([str(h) for h in hidden]),
