@@ -138,7 +138,8 @@ def _register(cfg: EtcConfig, trial, run_id: str, num_classes: int, manifest: di
     row = max(rows, key=lambda r: r["val_miou"])
     with Checkpoint(row["checkpoint_path"], filesystem=filesystem).as_directory() as local:
         state = load_checkpoint(local)
-    return register_state(trial.config, "student", state, best_metrics(row), num_classes, run_id, manifest)
+    return register_state(trial.config, "student", state, best_metrics(row), num_classes, run_id, manifest,
+                          fps=row.get("fps"))
 
 
 def log_sweep(cfg: EtcConfig, name: str, trials: list, best, front: list[str], num_classes: int,

@@ -12,16 +12,18 @@ if TYPE_CHECKING:  # the aggregate sits above this module (tests/unit/test_layer
     from etc_core.config import EtcConfig
 
 
-def measure_fps(model: torch.nn.Module, size: tuple[int, int]) -> float:
-    """Frames per second of `model` at batch 1 on a [1,3,H,W] input, on this process's device (median timing)."""
+def measure_fps(model: torch.nn.Module, size: tuple[int, int], device: torch.device | None = None) -> float:
+    """Frames per second of `model` at batch 1 on a [1,3,H,W] input, on `device` (default: this process's; median
+    timing). The model is left where it was and in the mode it was in (the Train worker times the model it trains)."""
     from etc_core.metrics.speed import measure_latency
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    home, training = next(model.parameters()).device, model.training
     model = model.to(device).eval()
     frames = torch.zeros(1, 3, *size, device=device)
     with torch.inference_mode():
         latency_ms = measure_latency(lambda: model(frames), device, warmup=2, iters=5)
-    model.cpu()
+    model.to(home).train(training)
     return 1000.0 / max(latency_ms, 1e-6)
 
 

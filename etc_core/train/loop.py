@@ -24,6 +24,7 @@ from etc_core.metrics import METRICS, val_score
 from etc_core.models import SegOutput, create_model, freeze, from_weights, normalize, paired_dropout
 from etc_core.tracking.mlflow import RunLogger
 from etc_core.train.augment import PairAugment
+from etc_core.train.card import measure_fps
 from etc_core.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from etc_core.train.config import STAGES, stage_config, stage_spec  # noqa: F401 (re-exported)
 from etc_core.train.evaluate import evaluate
@@ -202,6 +203,7 @@ def train_loop_per_worker(config: dict) -> None:
     augment = PairAugment(crop=t.crop, scale=t.scale, flip=t.flip) if t.crop else None
 
     monitor = logger.system_metrics() if logger else None  # system/*: the machine that trains, not the driver's
+    fps = None  # the model card's speed: rank 0 times its model once, on the device it trains on (a GPU node's)
     try:
         while True:
             epoch = step // t.steps_per_epoch
@@ -217,6 +219,12 @@ def train_loop_per_worker(config: dict) -> None:
                                                 s3=cfg.s3.access)
                 # the bare module: a DDP forward broadcasts buffers, a collective the other ranks never join
                 val, picture = evaluate(raw, val_loader, num_classes, device, pictures=t.pictures)
+                if fps is None and config.get("size"):
+                    fps = measure_fps(raw, tuple(config["size"]), device)
+                    if logger:
+                        logger.metrics({"fps": fps}, step=step)
+                if fps is not None:
+                    metrics["fps"] = fps
                 log.info("%s epoch %d step %d/%d: val mIoU %.2f TC %.2f TC-noc %.2f flicker %.2f%% (%d pairs)", stage,
                          epoch, step, t.max_steps, val["val_miou"], val["val_tc"], val["val_tc_noc"],
                          val["val_flicker_interior"], val["val_pairs"])

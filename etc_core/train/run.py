@@ -133,7 +133,7 @@ def make_trainer(cfg: EtcConfig, stage: str, num_classes: int, teacher, run_id: 
         train_loop_per_worker, torch_config=OneNodeTorchConfig(),
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": stage, "num_classes": num_classes,
                            "run_id": run_id, "teacher": teacher, "init": init, "score_tc_weight": score_tc_weight,
-                           "backbone": backbone},
+                           "backbone": backbone, "size": example_shape(read_manifest(cfg))},  # size: rank 0's FPS
         scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker,
                                                            **({"GPU": 1} if t.use_gpu else {})},
@@ -185,7 +185,7 @@ def run_training(cfg: EtcConfig, stage: str, parent_run_id: str | None = None, f
         best = best_metrics(metrics)
         tracking.log_metrics({f"best/{k}": v for k, v in best.items()}, step=int(state["step"]))
         registered = register_state(cfg, stage, state, best, num_classes, run.info.run_id, manifest,
-                                    dedupe=not force)
+                                    dedupe=not force, fps=metrics.get("fps"))
     summary = {"stage": stage, "arch": spec.arch, "run_id": run.info.run_id, "step": int(state["step"]),
                "val_miou": best.get("val_miou"), "val_tc": best.get("val_tc"), "registered": registered,
                "storage": result.path}
@@ -201,9 +201,12 @@ def best_metrics(metrics: dict) -> dict[str, float]:
 
 
 def register_state(cfg: EtcConfig, stage: str, state: dict, metrics: dict[str, float], num_classes: int,
-                   run_id: str, manifest: dict, dedupe: bool = True) -> Registered:
+                   run_id: str, manifest: dict, dedupe: bool = True, fps: float | None = None) -> Registered:
     """Rebuild the model from a checkpoint's state and register it into the active MLflow run (once per config),
-    with its FPS, its metrics on its LoggedModel and a model card as the version's description."""
+    with its FPS, its metrics on its LoggedModel and a model card as the version's description.
+
+    fps: the frames/s the rank-0 Train worker timed on its device (train/loop.py); None: timed now, as a Ray task
+    on a GPU node when there is one."""
     from etc_core.models import from_weights
     from etc_core.tracking.registry import resolve_version
     from etc_core.ray_utils import on_worker
@@ -216,7 +219,7 @@ def register_state(cfg: EtcConfig, stage: str, state: dict, metrics: dict[str, f
         log.info("%s version %s already holds this config; not registering again", found.name, found.version)
         return found
     size = example_shape(manifest)
-    metrics = {**metrics, "fps": on_worker(measure_fps, model, size)}  # timed on a GPU node when there is one
+    metrics = {**metrics, "fps": fps if _finite(fps) else on_worker(measure_fps, model, size)}
     teacher = resolve_version(cfg.student.teacher_uri) if spec.loss.needs_teacher else None
     tags = {"etc.config_hash": stage_hash(cfg, stage), "etc.stage": stage, "etc.arch": spec.arch,
             "etc.run_id": run_id, "etc.shards": cfg.shards.uri, **({"etc.teacher": teacher} if teacher else {})}

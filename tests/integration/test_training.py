@@ -45,6 +45,9 @@ def test_teacher_then_student_train_log_register_and_load(tiny_shards, tmp_path)
     logged = client.get_logged_model(logged_model_id(champion))  # the chosen checkpoint's metrics are its model's
     on_model = {m.key: m for m in logged.metrics}
     assert on_model["val_miou"].value == pytest.approx(teacher["val_miou"]) and on_model["fps"].value > 0
+    # the speed is the rank-0 Train worker's, timed once on the device it trained on, not a second process's
+    timed = min(client.get_metric_history(teacher["run_id"], "fps"), key=lambda m: m.timestamp)  # then the model's
+    assert timed.step == 6 and on_model["fps"].value == pytest.approx(timed.value)
     (shards_input,) = run.inputs.dataset_inputs  # the shards are the run's input dataset, linked to the metrics
     assert shards_input.dataset.source and on_model["val_miou"].dataset_digest == shards_input.dataset.digest
     assert len(run.data.tags["mlflow.source.git.commit"]) == 40

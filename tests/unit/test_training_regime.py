@@ -145,3 +145,14 @@ def test_step_values_stay_on_the_device_until_a_log_point_reads_them():
     sums["total"] = sums["total"] + torch.tensor(float("nan"))
     with pytest.raises(FloatingPointError, match="loss is nan in steps 51-100"):
         _check_finite(sums, 50, 100)
+
+
+def test_the_train_worker_times_its_model_without_moving_it_or_leaving_train_mode():
+    from etc_core.train.card import measure_fps
+
+    model = create_model("lraspp_mobilenetv3", 3).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fps = measure_fps(model, (32, 48), torch.device("cpu"))
+    assert fps > 0 and model.training and next(model.parameters()).device.type == "cpu"
+    # timing runs in eval mode under inference_mode: the batch-norm statistics it trains with are untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
