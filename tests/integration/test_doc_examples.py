@@ -33,7 +33,8 @@ NOT_HERE = {
     "etc-pipeline evaluate --model": "needs models and a video of your own (tests/integration/test_infer.py)",
     "etc-pipeline export --model": "tests/integration/test_infer.py runs export",
     ".venv/bin/python pipelines/full.py --config configs/demo.yaml data.num_videos=40":
-        "full.py --config configs/demo.yaml runs in tests/integration/test_job_submit.py (every stage, the table) "
+        "full.py --config configs/demo.yaml runs below at tiny sizes (every stage, the table, the control), through "
+        "`ray job submit` in tests/integration/test_job_submit.py "
         "and starts its own Ray in tests/reliability/test_faults.py",
     "infra/mlflow_server.sh": "a server that runs until stopped (tests/unit/test_infra.py checks its command)",
     "nvidia-smi": "needs an NVIDIA driver",
@@ -59,7 +60,10 @@ EXPECT = {
         "baseline: etc-baseline-pspnet18_slim version 1 was trained from this config before; reused"],
     ".venv/bin/python pipelines/sweep.py": [f"{BASELINE} (registered from this config before: reused)"],
     ".venv/bin/python pipelines/full.py --config configs/demo.yaml student.train": [
-        "stages run: student, control, evaluate; reused: flow, teacher, baseline"],  # the stages' baseline is full.py's
+        "stages run: student, control, evaluate; reused: flow, teacher, baseline",  # the stages' baseline is full.py's
+        # the equal-step comparison first, the unequal one second (demo.yaml: pipeline.control)
+        "student - control: TC-noc ", "[equal steps", "student - baseline: TC-noc ", "[secondary, unequal steps",
+        "evaluate: control:etc-control-pspnet18_slim/1 scored in "],  # a log, not a console: one line per model
 }
 
 
@@ -140,3 +144,18 @@ def test_doc_examples_run_with_tiny_overrides(ray_local, tmp_path):
                 seen.add(key)
                 assert all(line in said for line in EXPECT[key]), (command, EXPECT[key], said[-3000:])
     assert seen == set(EXPECT), set(EXPECT) - seen  # every expectation met a command
+
+    # demo.yaml's student and its control fine-tune the baseline full.py trained, with the same steps; the control's
+    # run says it trained without the ETC terms (its params are the loss it trained, not the student's)
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("etc-pipeline").experiment_id],
+                              order_by=["attributes.start_time DESC"])  # the latest student and control: full.py's
+    params = {stage: next(r for r in runs if r.data.tags.get("etc.stage") == stage).data.params
+              for stage in ("student", "control")}
+    assert params["student"]["student.init_from"] == params["control"]["student.init_from"] == \
+        "models:/etc-baseline-pspnet18_slim/1"
+    assert (float(params["student"]["student.loss.tc_weight"]), float(params["control"]["student.loss.tc_weight"])) \
+        == (0.3, 0.0)
+    assert params["student"]["train.max_steps"] == params["control"]["train.max_steps"]

@@ -2,8 +2,8 @@
 before any work pass, or stop with the one line that the config's missing data or missing GPU calls for. Cheap and
 in-process: each entry point's check function (etc_core/preflight.py) on each configs/*.yaml, with only path
 overrides into tmp_path. The real runs: tests/integration/test_doc_examples.py runs the stages one by one on
-configs/demo.yaml at tiny sizes (teacher, then the student, which trains its baseline first), test_job_submit.py the
-whole pipeline."""
+configs/demo.yaml at tiny sizes (teacher, then the student, which trains its baseline first; full.py with the
+control), test_job_submit.py the pipeline through `ray job submit`."""
 from __future__ import annotations
 
 import pytest
