@@ -28,10 +28,13 @@ def test_reruns_retrain_only_what_changed_or_was_forced(ray_local, tmp_path):
     forced = run_pipeline(load_config(None, base), force=("teacher",))  # the student learns from the new teacher
     assert (forced.ran, forced.skipped) == (["teacher", "student", "evaluate"], ["flow"])
 
+    # a one-point space at the config's own value: the sweep's best is the student trained above, which each run
+    # after the sweep reuses (what is checked here is the sweep's restore and --force, not a second student)
     sweep = [*base, "pipeline.sweep=true", "sweep.num_samples=1", "sweep.search=random", "sweep.scheduler=fifo",
-             "sweep.space={student.loss.tc_weight: {type: loguniform, low: 0.01, high: 1.0}}"]
-    run_pipeline(load_config(None, sweep))
-    run_pipeline(load_config(None, sweep))  # restored: no second sweep folder
-    assert len(glob.glob(f"{tmp_path}/ray_results/sweep-*-best.yaml")) == 1
+             "sweep.space={student.loss.tc_weight: {type: choice, values: [0.1]}}", "student.loss.tc_weight=0.1"]
+    swept = run_pipeline(load_config(None, sweep))
+    assert (swept.ran, swept.skipped) == (["sweep", "evaluate"], ["flow", "teacher", "student"])
+    restored = run_pipeline(load_config(None, sweep))  # restored: no second sweep folder
+    assert len(glob.glob(f"{tmp_path}/ray_results/sweep-*-best.yaml")) == 1 and "student" in restored.skipped
     run_pipeline(load_config(None, sweep), force=("sweep",))
     assert len(glob.glob(f"{tmp_path}/ray_results/sweep-*-best.yaml")) == 2
