@@ -28,7 +28,8 @@ from etc_core.sweep.space import apply_values, check_space, may_need_teacher, pa
 from etc_core.tracking import mlflow as tracking
 from etc_core.tracking import sweep_runs
 from etc_core.train.config import stage_config, trial_resources
-from etc_core.train.run import make_trainer, read_manifest, read_pretrained, resolve_init, resolve_teacher
+from etc_core.train.run import (example_shape, make_trainer, read_manifest, read_pretrained, resolve_init,
+                                resolve_teacher)
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,11 @@ def sweep_name(cfg: EtcConfig) -> str:
 
 
 def train_trial(values: dict, base: dict, num_classes: int, teacher, storage_path: str, init=None,
-                backbone=None, live_parent: str | None = None) -> None:
+                backbone=None, live_parent: str | None = None, size: tuple[int, int] | None = None) -> None:
     """One Tune trial: the base config with the trial's values, trained as a student by Ray Train. live_parent: the
     sweep's parent run on a tracking server; the trial opens its child run under it and its rank-0 worker logs there
-    as it trains (None: the driver logs the trial after the sweep)."""
+    as it trains (None: the driver logs the trial after the sweep); size: the frame size its rank 0 times the model
+    at, for the best trial's model card."""
     import ray
     from ray import tune
 
@@ -135,7 +137,7 @@ def train_trial(values: dict, base: dict, num_classes: int, teacher, storage_pat
                            callbacks=[TuneReportCallback()],  # rank 0's reports, val_score included, to Tune
                            init=ray.put(init) if init is not None else None,
                            backbone=ray.put(backbone) if backbone is not None else None,
-                           score_tc_weight=cfg.sweep.score_tc_weight)
+                           score_tc_weight=cfg.sweep.score_tc_weight, size=size)
     try:
         trainer.fit()
     except Exception:
@@ -256,7 +258,7 @@ def run_sweep(cfg: EtcConfig, parent_run_id: str | None = None, force: bool = Fa
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, base=cfg.model_dump(mode="json"), num_classes=num_classes,
                                  teacher=teacher, storage_path=f"{cfg.train.storage_path.rstrip('/')}/{name}-train",
-                                 init=init, backbone=backbone, live_parent=live),
+                                 init=init, backbone=backbone, live_parent=live, size=example_shape(manifest)),
             # Tune refuses a trial that asks for nothing; one byte of memory asks for no CPU (the trial's Ray Train
             # workers take theirs outside the trial's placement group)
             {"cpu": cfg.sweep.cpus_per_trial} if cfg.sweep.cpus_per_trial else {"cpu": 0, "memory": 1})

@@ -112,13 +112,14 @@ def resolve_init(cfg: EtcConfig, stage: str, num_classes: int) -> tuple[dict, di
 
 def make_trainer(cfg: EtcConfig, stage: str, num_classes: int, teacher, run_id: str | None, name: str,
                  storage_path: str | None = None, callbacks: list | None = None, init=None,
-                 score_tc_weight: float | None = None, backbone=None):
+                 score_tc_weight: float | None = None, backbone=None, size: tuple[int, int] | None = None):
     """A TorchTrainer running the shared loop for `stage` with cfg.train's scaling; checkpoints kept by val mIoU.
 
     teacher, init: ObjectRefs of (meta, state dict) or None (the frozen teacher; the weights to start from);
     backbone: an ObjectRef of the BackboneState read_pretrained gave, or None (random init, or init given);
     run_id: the MLflow run rank 0 logs to live (None: none); score_tc_weight: every report also carries
-    val_score with this TC weight (a sweep's objective; None: no val_score).
+    val_score with this TC weight (a sweep's objective; None: no val_score); size: the frame size (H, W) at which rank 0
+    times the model for its card (example_shape of the manifest the caller read; None: not timed).
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -133,7 +134,7 @@ def make_trainer(cfg: EtcConfig, stage: str, num_classes: int, teacher, run_id: 
         train_loop_per_worker, torch_config=OneNodeTorchConfig(),
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": stage, "num_classes": num_classes,
                            "run_id": run_id, "teacher": teacher, "init": init, "score_tc_weight": score_tc_weight,
-                           "backbone": backbone, "size": example_shape(read_manifest(cfg))},  # size: rank 0's FPS
+                           "backbone": backbone, "size": size},
         scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker,
                                                            **({"GPU": 1} if t.use_gpu else {})},
@@ -174,7 +175,7 @@ def run_training(cfg: EtcConfig, stage: str, parent_run_id: str | None = None, f
         tracking.log_shards_input(cfg.shards.uri, manifest)
         trainer = make_trainer(cfg, stage, num_classes, teacher_ref, run.info.run_id,
                                name=f"{stage}-{spec.arch}-{digest}" + (time.strftime("-%Y%m%d-%H%M%S") if force else ""),
-                               init=init_ref, backbone=backbone_ref)
+                               init=init_ref, backbone=backbone_ref, size=example_shape(manifest))
         try:
             result = trainer.fit()
         except Exception as e:  # ControllerError / WorkerGroupError: one line, the root cause first

@@ -13,6 +13,7 @@ import mlflow
 import pytest
 
 from etc_core.config import load_config
+from etc_core.tracking.registry import logged_model_id
 from etc_core.sweep.run import release_orphaned_placement_groups, run_sweep, sweep_name
 from tests.conftest import REPO, mlflow_server, run_dirs, run_python
 
@@ -102,6 +103,11 @@ def test_a_sweep_on_s3_storage_with_a_server_logs_trials_live_and_registers_its_
         assert [m.step for m in live] == [int(r["step"]) for r in summary["best"].history]
         assert max(m.timestamp for m in live) < summary_at  # while the sweep ran, not after it
         assert client.get_run(child).data.params["train.lr"] == "0.05"
+        # the best trial's model card has the FPS its rank-0 worker timed while it trained, not a second timing
+        timed = min(client.get_metric_history(child, "fps"), key=lambda m: m.timestamp)
+        version = client.get_model_version(registered.name, registered.version)
+        on_model = {m.key: m.value for m in client.get_logged_model(logged_model_id(version)).metrics}
+        assert on_model["fps"] == pytest.approx(timed.value)
 
 
 def test_placement_groups_of_a_dead_creator_are_released_and_live_ones_kept(ray_local):
