@@ -46,9 +46,9 @@ def ray_head():
     address = f"http://127.0.0.1:{dash}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if _jobs(address, env, "list").returncode == 0:
+        if _answers(f"{address}/api/version"):  # the dashboard's job API (a `ray job` call costs seconds of CPU)
             break
-        time.sleep(2)
+        time.sleep(1)
     else:
         _stop_cluster(head, temp_dir)
         raise AssertionError("ray head did not come up")
@@ -90,16 +90,31 @@ def _submit(address: str, env: dict, args: list[str], cwd) -> str:
     return next(line.split("'")[1] for line in proc.stdout.splitlines() if "submitted successfully" in line)
 
 
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        return urllib.request.urlopen(url, timeout=2).status == 200
+    except OSError:
+        return False
+
+
 def _wait(address: str, env: dict, job_id: str, timeout: int = 600) -> str:
+    """The job's log once it has ended (AssertionError unless it succeeded). `ray job logs --follow` returns when
+    the job ends: one process where polling `ray job status` started dozens, each seconds of CPU."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            _jobs(address, env, "logs", job_id, "--follow", timeout=max(int(left), 1))
+        except subprocess.TimeoutExpired:
+            break
         proc = _jobs(address, env, "status", job_id)
         status = (proc.stdout + proc.stderr).lower()  # "Job '...' succeeded" (Ray's CLI logger)
-        if "succeeded" in status:
-            return _jobs(address, env, "logs", job_id).stdout
-        if "failed" in status or "stopped" in status:
-            raise AssertionError(_jobs(address, env, "logs", job_id).stdout[-4000:])
-        time.sleep(3)
+        if any(word in status for word in ("succeeded", "failed", "stopped")):
+            logs = _jobs(address, env, "logs", job_id).stdout
+            assert "succeeded" in status, (status, logs[-4000:])
+            return logs
+        time.sleep(3)  # the stream ended before the job did (a dropped connection): follow it again
     logs = _jobs(address, env, "logs", job_id).stdout
     _jobs(address, env, "stop", job_id)
     raise AssertionError(f"job {job_id} did not finish in {timeout} s; its log ends:\n{logs[-3000:]}")

@@ -75,15 +75,10 @@ def test_teacher_then_student_train_log_register_and_load(tiny_shards, tmp_path)
         want = rebuilt(normalize(torch.from_numpy(frames).permute(0, 3, 1, 2))).logits
     torch.testing.assert_close(torch.from_numpy(logits), want)
 
-    # a rerun of the same config registers nothing new; a worse-by-rule version only becomes a candidate
+    # a rerun of the same config registers nothing new (a worse version's candidate alias: test_infer; the rule's
+    # min_improvement: test_champion_rule)
     again = run_training(student_cfg, "student")
     assert again["registered"].version == student["registered"].version
-    strict = load_config(None, [*tiny_shards, *run_dirs(tmp_path), *FAST, "train.max_steps=2",
-                                "train.steps_per_epoch=2", "train.workers=1", "registry.min_improvement=1000"])
-    third = run_training(strict, "student")
-    assert third["registered"].alias == "candidate"
-    assert str(client.get_model_version_by_alias("etc-student-lraspp_mobilenetv3", "champion").version) == \
-        student["registered"].version
 
 
 def _train_cmd(tiny_shards, tmp_path, ray_address: str, *extra: str) -> list[str]:
@@ -119,10 +114,7 @@ def test_killed_driver_resumes_from_checkpoint_step(tiny_shards, tmp_path, ray_l
     again = run_python(*cmd, timeout=200)  # finished and registered: reused, nothing trained
     assert again.returncode == 0 and "etc-teacher version 1 was trained from this config before; reused" in \
         again.stdout, again.stderr[-3000:]
-    assert "teacher epoch" not in again.stderr
-    forced = run_python(*cmd, "--force", timeout=400)  # a fresh Ray Train run, a new version
-    assert forced.returncode == 0, forced.stderr[-3000:]
-    assert "registered etc-teacher version 2" in forced.stdout and "resumed from checkpoint" not in forced.stderr
+    assert "teacher epoch" not in again.stderr  # --force (a fresh Ray Train run, a new version): test_pipeline_reruns
 
 
 @pytest.mark.slow
