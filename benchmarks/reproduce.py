@@ -236,8 +236,8 @@ def main() -> None:
     for seed in [] if args.from_ledger else args.seeds:
         if plan.baseline[seed] not in known:
             model(plan.seeds[seed], "baseline", plan.baseline[seed], seed, "baseline")
-        for name in plan.missing(known, seed, kd=False):
-            student(seed, name)
+        for variant in plan.missing(known, seed, kd=False):  # not `name`: that is the study's, saved below
+            student(seed, variant)
     if not args.from_ledger and any(plan.missing(known, seed, kd=True) for seed in args.seeds):
         teacher = model(plan.teacher_cfg, "teacher", plan.teacher, 0, "teacher")
         from etc_core.train.run import find_registered
@@ -245,8 +245,8 @@ def main() -> None:
         # seeds whose baseline this store already holds first: the others train theirs again (a session's store is
         # lost with it; the ledger keeps rows, not weights)
         for seed in sorted(args.seeds, key=lambda s: find_registered(plan.seeds[s], "baseline") is None):
-            for name in plan.missing(known, seed, kd=True):
-                student(seed, name, teacher)
+            for variant in plan.missing(known, seed, kd=True):
+                student(seed, variant, teacher)
     common.save("reproduce" + suffix, {
         "command": " ".join(["python -m benchmarks.reproduce --seeds", *map(str, args.seeds), *flags]),
         "study": name, "finetune_steps": tune["train.max_steps"], "kd_weights": extra, **plan.result(ledger),
