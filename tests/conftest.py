@@ -108,6 +108,17 @@ def run_dirs(tmp_path: Path) -> list[str]:
             f"train.storage_path={tmp_path}/ray_results"]
 
 
+def answers(url: str) -> bool:
+    """Whether an HTTP GET of url (a server this test started on 127.0.0.1) answers 200 within 2 s."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 def wait_for(predicate, timeout: float, what: str, poll_s: float = 0.2):
     """predicate()'s first truthy value within timeout seconds, else AssertionError naming `what`."""
     import time

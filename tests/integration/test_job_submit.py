@@ -12,7 +12,7 @@ import mlflow
 import psutil
 import pytest
 
-from tests.conftest import REPO, TINY_DATA, aws_env, end_processes
+from tests.conftest import REPO, TINY_DATA, answers, aws_env, end_processes
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def ray_head():
     address = f"http://127.0.0.1:{dash}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if _answers(f"{address}/api/version"):  # the dashboard's job API (a `ray job` call costs seconds of CPU)
+        if answers(f"{address}/api/version"):  # the dashboard's job API (a `ray job` call costs seconds of CPU)
             break
         time.sleep(1)
     else:
@@ -88,15 +88,6 @@ def _submit(address: str, env: dict, args: list[str], cwd) -> str:
         time.sleep(3)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return next(line.split("'")[1] for line in proc.stdout.splitlines() if "submitted successfully" in line)
-
-
-def _answers(url: str) -> bool:
-    import urllib.request
-
-    try:
-        return urllib.request.urlopen(url, timeout=2).status == 200
-    except OSError:
-        return False
 
 
 def _wait(address: str, env: dict, job_id: str, timeout: int = 600) -> str:

@@ -16,7 +16,7 @@ TINY = [*TINY_DATA, "teacher.arch=pspnet18_slim", "student.arch=lraspp_mobilenet
         "student.loss.kd_temporal_weight=0"]
 
 
-def test_reruns_retrain_only_what_changed_or_was_forced(ray_local, tmp_path):
+def test_reruns_retrain_only_what_was_forced(ray_local, tmp_path):
     base = [f"data.root={tmp_path}/data", f"shards.uri={tmp_path}/shards", *run_dirs(tmp_path), *TINY]
     first = run_pipeline(load_config(None, base))
     assert first.ran == ["flow", "teacher", "student", "evaluate"]

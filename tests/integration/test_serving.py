@@ -15,7 +15,7 @@ import pytest
 from etc_core.config import load_config
 from etc_core.data import shards
 from etc_core.train.run import run_training
-from tests.conftest import end_processes, run_dirs, wait_for
+from tests.conftest import answers, end_processes, run_dirs, wait_for
 from tests.integration.test_training import FAST
 
 pytestmark = pytest.mark.integration
@@ -82,16 +82,6 @@ def _post(port: int, frames: np.ndarray) -> np.ndarray:
         return np.asarray(json.loads(response.read())["predictions"])
 
 
-def _pinged(port: int) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
 def test_trained_version_loads_as_pyfunc_in_a_fresh_process_and_serves(tiny_shards, tmp_path):
     import mlflow
@@ -108,6 +98,7 @@ def test_trained_version_loads_as_pyfunc_in_a_fresh_process_and_serves(tiny_shar
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("PYTHONPATH", None)
     port = _free_port()
+    ping = f"http://127.0.0.1:{port}/ping"
     with open(tmp_path / "serve.log", "w") as log:
         server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", URI, "--env-manager",
                                    "local", "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=env, stdout=log,
@@ -127,7 +118,7 @@ def test_trained_version_loads_as_pyfunc_in_a_fresh_process_and_serves(tiny_shar
         missing = {canonicalize_name(d) for d in got["imported"]} - _closure(got["requirements"]) - {"etc-pipeline"}
         assert not missing, f"the served model imports packages its requirements do not bring: {missing}"
 
-        wait_for(lambda: _pinged(port) or server.poll() is not None, 240, "mlflow models serve", poll_s=1)
+        wait_for(lambda: answers(ping) or server.poll() is not None, 240, "mlflow models serve", poll_s=1)
         assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
         served = _post(port, frames)
         assert served.shape == (2, 32, 48)
@@ -139,6 +130,6 @@ def test_trained_version_loads_as_pyfunc_in_a_fresh_process_and_serves(tiny_shar
         procs = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)] \
             if server.poll() is None else []
         end_processes(procs, timeout=20)
-    assert not _pinged(port)
+    assert not answers(ping)
     champion = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_model_version_by_alias("etc-teacher", "champion")
     assert "mlflow.pyfunc.load_model" in champion.description and "pspnet18_slim" in champion.description
