@@ -114,7 +114,7 @@ def test_killed_driver_resumes_from_checkpoint_step(tiny_shards, tmp_path, ray_l
     again = run_python(*cmd, timeout=200)  # finished and registered: reused, nothing trained
     assert again.returncode == 0 and "etc-teacher version 1 was trained from this config before; reused" in \
         again.stdout, again.stderr[-3000:]
-    assert "teacher epoch" not in again.stderr  # --force (a fresh Ray Train run, a new version): test_pipeline_reruns
+    assert "teacher epoch" not in again.stderr  # --force (a fresh run, a new version): test_faults
 
 
 @pytest.mark.slow

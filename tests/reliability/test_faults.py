@@ -1,9 +1,11 @@
 """Processes killed with SIGKILL mid-run: a Ray Train worker, the flow stage's driver (local and S3 on moto), and
 pipelines/full.py between stages. Each time the rerun (or Ray's own retry) finishes from what was complete, nothing
-half-written is ever visible, and the results match a run that was never interrupted.
+half-written is ever visible, and the results match a run that was never interrupted. The killed pipeline's store
+then shows what --force reruns.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -18,6 +20,7 @@ from etc_core.config import load_config
 from etc_core.data import shards
 from etc_core.data.generated import write_dataset
 from etc_core.flow.stage import run_flow_stage
+from etc_core.pipeline import run_pipeline
 from etc_core.storage import uri as storage
 from etc_core.train.run import run_training
 from tests.conftest import registered_checkpoints, run_dirs, run_python, wait_for
@@ -244,7 +247,10 @@ def test_s3_put_over_the_threshold_is_one_multipart_upload_and_a_refused_one_is_
 
 
 @pytest.mark.slow
-def test_full_pipeline_killed_between_stages_reruns_only_the_rest_on_its_own_ray(ray_local, tmp_path):
+def test_full_pipeline_killed_between_stages_reruns_the_rest_then_only_what_is_forced(ray_local, tmp_path):
+    """full.py SIGKILLed after its teacher: the rerun (on a Ray of its own) runs only the student and evaluation.
+    Then, on the same store, --force redoes a stage and what depends on it, and --force sweep starts a fresh sweep
+    instead of restoring the finished one (one pipeline's worth of training serves both checks)."""
     args = full_args(tmp_path, ray_local.get_runtime_context().gcs_address)
     proc = popen(args)
     out = Output(proc)
@@ -265,3 +271,22 @@ def test_full_pipeline_killed_between_stages_reruns_only_the_rest_on_its_own_ray
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     for name in ("etc-teacher", "etc-student-lraspp_mobilenetv3"):
         assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+
+    # --force teacher: a new teacher version from a fresh Ray Train run, and the student learns from it
+    base = [a for a in args[1:] if not a.startswith("ray.address=")]
+    forced = run_pipeline(load_config(None, base), force=("teacher",))
+    assert (forced.ran, forced.skipped) == (["teacher", "student", "evaluate"], ["flow"])
+    assert forced.models["teacher"].version == "2"
+    assert len(glob.glob(f"{tmp_path}/ray_results/teacher-*")) == 2 and \
+        len(glob.glob(f"{tmp_path}/ray_results/teacher-*-*-*")) == 1  # the forced run's name carries its start time
+
+    # a one-point space at the config's own value: the sweep's best is the student trained above, which each run
+    # after the sweep reuses (what is checked here is the sweep's restore and --force, not a second student)
+    sweep = [*base, "pipeline.sweep=true", "sweep.num_samples=1", "sweep.search=random", "sweep.scheduler=fifo",
+             "sweep.space={student.loss.tc_weight: {type: choice, values: [0.1]}}", "student.loss.tc_weight=0.1"]
+    swept = run_pipeline(load_config(None, sweep))
+    assert (swept.ran, swept.skipped) == (["sweep", "evaluate"], ["flow", "teacher", "student"])
+    restored = run_pipeline(load_config(None, sweep))  # restored: no second sweep folder
+    assert len(glob.glob(f"{tmp_path}/ray_results/sweep-*-best.yaml")) == 1 and "student" in restored.skipped
+    run_pipeline(load_config(None, sweep), force=("sweep",))
+    assert len(glob.glob(f"{tmp_path}/ray_results/sweep-*-best.yaml")) == 2
