@@ -1,8 +1,11 @@
-"""`ray job submit -- python pipelines/full.py` against a `ray start --head` cluster on 127.0.0.1, S3 on moto."""
+"""`ray job submit -- python pipelines/full.py` against a `ray start --head` cluster on 127.0.0.1, S3 on moto: two
+jobs on one store at once take turns (the second waits, then reuses everything), and a third run refuses."""
 from __future__ import annotations
 
+import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,7 +15,7 @@ import mlflow
 import psutil
 import pytest
 
-from tests.conftest import REPO, TINY_DATA, answers, aws_env, end_processes
+from tests.conftest import REPO, TINY_DATA, answers, aws_env, end_processes, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -111,9 +114,20 @@ def _wait(address: str, env: dict, job_id: str, timeout: int = 600) -> str:
     raise AssertionError(f"job {job_id} did not finish in {timeout} s; its log ends:\n{logs[-3000:]}")
 
 
+def _lock_holder(lock: str) -> int | None:
+    """The pid a held lock file names (etc_core/locks.py writes it), None while it is free or being written."""
+    try:
+        return json.loads(open(lock).read())["pid"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 @pytest.mark.slow
-def test_full_pipeline_via_job_submit_with_s3_relative_paths_and_rerun_skips(ray_head, moto_s3, tmp_path):
+def test_two_pipelines_via_job_submit_take_turns_on_one_store_with_s3_relative_paths(ray_head, moto_s3, tmp_path):
     import boto3
+
+    from etc_core.data import shards
+    from etc_core.storage import uri as storage
 
     address, env = ray_head
     boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1").create_bucket(Bucket="etc-jobs")
@@ -131,9 +145,28 @@ def test_full_pipeline_via_job_submit_with_s3_relative_paths_and_rerun_skips(ray
             "pipeline.baseline=false", "pipeline.control=false", "student.init_from=null"]
     commit = "c0ffee42" * 5  # the job has no .git: infra/submit.sh passes the checkout's commit like this
     env = {**env, **aws_env(moto_s3), "MLFLOW_DISABLE_TELEMETRY": "true", "ETC_GIT_COMMIT": commit}
-    logs = _wait(address, env, _submit(address, env, args, cwd=tmp_path))
+    # two pipelines on one SQLite store at once: whichever takes the store's lock first runs every stage, the other
+    # waits for it (pipeline.lock_wait_s), then reuses all; a third run told not to wait refuses in one line
+    jobs = [_submit(address, env, args, cwd=tmp_path), _submit(address, env, [*args, "pipeline.lock_wait_s=600"],
+                                                                cwd=tmp_path)]
+    lock = f"{db}.lock"
+    holder_pid = wait_for(lambda: _lock_holder(lock), 240, "a job to take the store's lock")
+    refused = subprocess.run([sys.executable, str(REPO / "pipelines" / "full.py"), "--config",
+                              str(REPO / "configs" / "demo.yaml"), *args[2:], "pipeline.lock_wait_s=0"], cwd=tmp_path,
+                             env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 75, refused.stderr[-2000:]
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"LockError: lock {lock} is held by pid {holder_pid} ") and \
+        "(pipeline.lock_wait_s=0)" in last, last
+    logs = [_wait(address, env, job) for job in jobs]
+    ran = [next((line for line in log.splitlines() if line.startswith("stages run:")), log[-2000:]) for log in logs]
+    holder, waiter = (0, 1) if ran[0].startswith("stages run: flow") else (1, 0)
+    assert ran[holder] == "stages run: flow, teacher, student, evaluate; reused: -", ran
+    assert ran[waiter] == "stages run: evaluate; reused: flow, teacher, student", ran  # waited, then reused all
+    assert f"waiting for lock {lock} held by pid {holder_pid} on host " in logs[waiter]
+
+    logs = logs[holder]
     assert "joining Ray at" in logs  # it joined the cluster rather than starting its own
-    assert "stages run: flow, teacher, student, evaluate; reused: -" in logs
     table = logs.split("stages run:")[1]  # the evaluation table: every model, the references, every metric
     for row in ("teacher:etc-teacher/1", "student:etc-student-lraspp_mobilenetv3/1", "ground truth",
                 "stride-8 oracle"):
@@ -144,16 +177,19 @@ def test_full_pipeline_via_job_submit_with_s3_relative_paths_and_rerun_skips(ray
     assert "evaluate: student:etc-student-lraspp_mobilenetv3/1 scored in " in logs and "batch/s" not in table
     assert "mlflow ui --backend-store-uri sqlite:///" in table and "--host 127.0.0.1" in table
     assert (tmp_path / "data" / "dataset.json").is_file() and db.is_file() and (tmp_path / "ray_results").is_dir()
-    s3 = boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1")
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="etc-jobs", Prefix="shards/")["Contents"]]
-    assert "shards/manifest.json" in keys and any(k.startswith("shards/train/shard-") for k in keys)
+    # the shards on S3 are whole: the manifest lists every shard object, each with its count of samples
+    manifest = json.loads(storage.read_bytes("s3://etc-jobs/shards/manifest.json", moto_s3))
+    entries = {f"s3://etc-jobs/shards/{s['path']}": s["samples"] for split in manifest["splits"].values()
+               for s in split["shards"]}
+    assert sorted(u for u in storage.list_files("s3://etc-jobs/shards", moto_s3) if u.endswith(".tar")) == \
+        sorted(entries)
+    for url, samples in entries.items():
+        assert shards.count_samples(url, moto_s3) == samples
+    with sqlite3.connect(db) as store:
+        assert store.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     client = mlflow.MlflowClient(f"sqlite:///{db}")
     for name in ("etc-teacher", "etc-student-lraspp_mobilenetv3"):
+        assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == ["1"]
         assert client.get_model_version_by_alias(name, "champion").version in (1, "1")
     runs = client.search_runs([client.get_experiment_by_name("etc-pipeline").experiment_id])
     assert runs and {r.data.tags.get("mlflow.source.git.commit") for r in runs} == {commit}
-
-    rerun = _wait(address, env, _submit(address, env, args, cwd=tmp_path))
-    ran = next((line for line in rerun.splitlines() if line.startswith("stages run:")), rerun[-2000:])
-    assert ran == "stages run: evaluate; reused: flow, teacher, student", ran
-    assert len(client.search_model_versions("name='etc-student-lraspp_mobilenetv3'")) == 1

@@ -1,7 +1,8 @@
 """Two runs on one shard prefix and one SQLite MLflow store: the second waits or refuses with one line, nothing breaks.
 
-etc_core/locks.py on its own (a local flock and an S3 lock object on moto, each held by a real second process), then
-three real pipelines/full.py processes started at once against one prefix and one store.
+etc_core/locks.py on its own (a local flock and an S3 lock object on moto, each held by a real second process); three
+real pipelines/full.py runs against one store at once (two `ray job submit` jobs and one that refuses to wait):
+tests/integration/test_job_submit.py.
 """
 from __future__ import annotations
 
@@ -9,21 +10,17 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 
-import mlflow
 import pytest
 
 from etc_core import locks
 from etc_core.config import load_config
-from etc_core.data import shards
 from etc_core.data.generated import write_dataset
 from etc_core.flow.stage import run_flow_stage
 from tests.conftest import REPO, TINY_DATA
-from tests.reliability._procs import full_args
 
 pytestmark = pytest.mark.integration
 
@@ -108,48 +105,3 @@ def test_s3_lock_is_exclusive_and_a_dead_or_silent_holder_is_stale(moto_s3, monk
     time.sleep(2.1)
     with locks.hold(lock, 0, moto_s3):
         assert json.loads(storage.read_bytes(lock, moto_s3))["host"] != "elsewhere"
-
-
-@pytest.mark.slow
-def test_two_pipelines_on_one_store_and_prefix_take_turns(ray_local, tmp_path):
-    address = ray_local.get_runtime_context().gcs_address
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-
-    def start(*extra: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, *full_args(tmp_path, address, *extra)], cwd=REPO, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    first, second = start(), start("pipeline.lock_wait_s=600")
-    try:
-        lock = f"{tmp_path}/mlflow.db.lock"
-        deadline = time.monotonic() + 120
-        while not (os.path.exists(lock) and open(lock).read()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        refused = subprocess.run([sys.executable, *full_args(tmp_path, address, "pipeline.lock_wait_s=0")],
-                                 cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-        outs = [p.communicate(timeout=500) for p in (first, second)]
-    finally:
-        for p in (first, second):
-            if p.poll() is None:
-                _kill(p)
-    assert refused.returncode == 75, refused.stderr[-2000:]
-    last = refused.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"LockError: lock {lock} is held by pid ") and "(pipeline.lock_wait_s=0)" in last
-    assert [p.returncode for p in (first, second)] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
-    ran = [next(line for line in out.splitlines() if line.startswith("stages run:")) for out, _ in outs]
-    holder, waiter = (0, 1) if ran[0].startswith("stages run: flow") else (1, 0)
-    assert ran[holder] == "stages run: flow, teacher, student, evaluate; reused: -"
-    assert ran[waiter] == "stages run: evaluate; reused: flow, teacher, student"  # waited, then reused all
-    assert f"waiting for lock {lock} held by pid {(first, second)[holder].pid} on host " in outs[waiter][1]
-
-    manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
-    listed = sorted(str(p.relative_to(tmp_path / "shards")) for p in (tmp_path / "shards").rglob("*.tar"))
-    assert listed == sorted(s["path"] for split in manifest["splits"].values() for s in split["shards"])
-    for split in manifest["splits"].values():
-        for shard in split["shards"]:
-            assert shards.count_samples(str(tmp_path / "shards" / shard["path"])) == shard["samples"]
-    with sqlite3.connect(tmp_path / "mlflow.db") as db:
-        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    for name in ("etc-teacher", "etc-student-lraspp_mobilenetv3"):
-        assert [str(v.version) for v in client.search_model_versions(f"name='{name}'")] == ["1"]
