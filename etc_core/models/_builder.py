@@ -9,7 +9,7 @@ import os
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import List, NamedTuple, Optional
+from typing import Any, List, NamedTuple, Optional
 from urllib.parse import urlparse
 
 import torch
@@ -17,10 +17,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from etc_core.errors import EtcError
-from etc_core.models._registry import imagenet_weights
 from etc_core.storage import uri as storage
 
 log = logging.getLogger(__name__)
+
+# model name -> the torchvision ImageNet weights (WeightsEnum member) of its backbone, as `register_model(imagenet=...)`
+# names them (etc_core/models/_registry.py); kept here, beside the code that reads weights, so that the registry
+# imports this module and never the other way round
+IMAGENET: dict[str, Any] = {}
+
+
+def imagenet_weights(name: str) -> Any:
+    """The torchvision ImageNet weights (WeightsEnum member) registered for model `name`, or None."""
+    return IMAGENET.get(name)
 
 
 class SegOutput(NamedTuple):

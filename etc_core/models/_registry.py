@@ -2,7 +2,7 @@
 
 A registration may name the torchvision ImageNet weights of the model's backbone (`@register_model(imagenet=...)`,
 timm keeps its pretrained configs beside the entry points the same way), so the weights are known without
-building the network.
+building the network (etc_core/models/_builder.py holds them, with the code that reads weights).
 """
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
+from etc_core.models._builder import IMAGENET, read_backbone
+
 log = logging.getLogger(__name__)
 
 _model_entrypoints: dict[str, Callable[..., nn.Module]] = {}
-_imagenet: dict[str, Any] = {}  # name -> torchvision WeightsEnum member of its backbone (part of the registry)
 
 
 def register_model(fn: Callable[..., nn.Module] | None = None, *, imagenet: Any = None):
@@ -27,13 +28,8 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, imagenet: Any 
         raise ValueError(f"model '{name}' is already registered (by {_model_entrypoints[name].__module__})")
     _model_entrypoints[name] = fn
     if imagenet is not None:
-        _imagenet[name] = imagenet
+        IMAGENET[name] = imagenet
     return fn
-
-
-def imagenet_weights(name: str) -> Any:
-    """The torchvision ImageNet weights (WeightsEnum member) registered for model `name`, or None."""
-    return _imagenet.get(name)
 
 
 def list_models() -> list[str]:
@@ -59,8 +55,6 @@ def create_model(name: str, num_classes: int, pretrained: bool | str = False, s3
     if num_classes < 1:
         raise ValueError(f"create_model('{name}'): num_classes must be >= 1, got {num_classes}")
     if isinstance(pretrained, str) and pretrained not in ("none", "imagenet"):
-        from etc_core.models._builder import read_backbone
-
         pretrained = read_backbone(pretrained, s3)  # once here, with the caller's S3 access
     model = _model_entrypoints[name](num_classes=num_classes, pretrained=pretrained, **kwargs)
     log.debug("created %s (num_classes=%d, pretrained=%s, %s)", name, num_classes, pretrained, kwargs)

@@ -3,7 +3,8 @@
 Every module of etc_core has a layer; a module may import (at module level or inside a function) only modules of
 its own layer or below. Imports under `if TYPE_CHECKING:` are not run and do not count: that is how a lower
 module names EtcConfig as a type. Importing `a.b.c` also runs the packages `a.b` and `a`, so they count too.
-A new module needs a line in LAYERS.
+A new module needs a line in LAYERS. No modules import each other in a circle either (a package's own modules
+and the package itself, which Python runs first, are not a circle).
 """
 from __future__ import annotations
 
@@ -41,8 +42,8 @@ LAYERS = {
     "etc_core.config": 4,
     # 5: what takes the whole config at run time: the stages, the Ray Train worker loop, the pipeline, checks, CLI
     "etc_core.flow.stage": 5, "etc_core.train.loop": 5, "etc_core.train.run": 5, "etc_core.sweep.run": 5,
-    "etc_core.sweep.report": 5, "etc_core.pipeline": 5, "etc_core.stages": 5, "etc_core.preflight": 5, "etc_core.cluster_check": 5,
-    "etc_core.cli": 5, "etc_core.entry": 5,
+    "etc_core.sweep.report": 5, "etc_core.pipeline": 5, "etc_core.stages": 5, "etc_core.preflight": 5,
+    "etc_core.cluster_check": 5, "etc_core.cli": 5, "etc_core.entry": 5,
 }
 
 
@@ -114,6 +115,59 @@ def layer_violations(modules: dict[str, Path], root: Path = REPO) -> list[str]:
                 bad.append(f"{path.relative_to(root)}:{line}: {module} (layer {mine}, {NAMES[mine]}) imports "
                            f"{target} (layer {theirs}, {NAMES[theirs]})")
     return sorted(set(bad))
+
+
+def import_circles(modules: dict[str, Path]) -> list[list[str]]:
+    """The sets of modules that import each other in a circle (strongly connected, run-time imports), sorted;
+    an import of a module's own package (which runs first anyway) is not an edge."""
+    known = set(modules)
+    graph = {}
+    for module, path in modules.items():
+        ancestors = {module.rsplit(".", n)[0] for n in range(1, module.count(".") + 1)}
+        graph[module] = sorted({t for _, t in imports(module, path, known) if t in known and t not in ancestors})
+    order, low, stack, on_stack, circles = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        order[node] = low[node] = len(order)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph[node]:
+            if target not in order:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], order[target])
+        if low[node] == order[node]:
+            component = []
+            while not component or component[-1] != node:
+                component.append(stack.pop())
+                on_stack.discard(component[-1])
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in order:
+            visit(node)
+    return sorted(circles)
+
+
+def test_no_modules_import_each_other_in_a_circle():
+    circles = import_circles(_modules())
+    assert not circles, "modules that import each other (move what both need below them):\n" + \
+        "\n".join(" <-> ".join(c) for c in circles)
+
+
+def test_the_circle_check_sees_a_function_level_import_back(tmp_path):
+    models = tmp_path / "etc_core" / "models"
+    models.mkdir(parents=True)
+    (models / "__init__.py").write_text("from etc_core.models import a\n")
+    (models / "a.py").write_text("from etc_core.models.b import x\n")
+    (models / "b.py").write_text("x = 1\n\ndef f():\n    from etc_core.models import a\n")
+    modules = {"etc_core.models": models / "__init__.py", "etc_core.models.a": models / "a.py",
+               "etc_core.models.b": models / "b.py"}
+    assert import_circles(modules) == [["etc_core.models.a", "etc_core.models.b"]]
+    (models / "b.py").write_text("x = 1\n")  # b imports nothing back: the package's import of a is no circle
+    assert import_circles(modules) == []
 
 
 def test_every_module_has_a_layer():
