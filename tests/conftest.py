@@ -14,7 +14,7 @@ os.environ.pop("RAY_ADDRESS", None)  # tests start their own local Ray, never jo
 # Ray's background work a test does not need, for every Ray this session starts (inherited by subprocesses): the log
 # monitor lists its folder every 0.5 s instead of every 0.1 s (a new worker's lines reach the driver up to 0.4 s
 # later, none is lost), no usage report, and no Python worker started before a task asks for one (Ray otherwise
-# starts one per CPU at once; in a tiny stage's run both stayed idle). Measured on one tiny teacher stage in its own Ray
+# starts one per CPU as soon as it is up). Measured on one tiny teacher stage in its own Ray
 # (pipelines/train_teacher.py, 3 runs each): 60-68 s of CPU in all its processes without these, 56-57 s with them.
 for _key, _value in {"RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0", "RAY_USAGE_STATS_ENABLED": "0",
                      "RAY_enable_worker_prestart": "0", "RAY_prestart_worker_first_driver": "0"}.items():
