@@ -117,7 +117,7 @@ def _wait(address: str, env: dict, job_id: str, timeout: int = 600) -> str:
 def _lock_holder(lock: str) -> int | None:
     """The pid a held lock file names (etc_core/locks.py writes it), None while it is free or being written."""
     try:
-        return json.loads(open(lock).read())["pid"]
+        return json.loads(Path(lock).read_text())["pid"]
     except (OSError, ValueError, KeyError):
         return None
 
